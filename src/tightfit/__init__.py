@@ -1,0 +1,17 @@
+"""tightfit: memory-efficient optimizers, a memory planner and a benchmark CLI for fine-tuning."""
+
+from .codecs import CODECS, Codec, get_codec
+from .names import OPTIMIZER_NAMES, create_optimizer, register_codec_variants, register_name
+from .optimizer import TightfitOptimizer
+from .optimizers import SGD, Adam, AdamW, Lion
+from .rules import RULES
+
+__version__ = "0.1.0"
+
+register_codec_variants("adamw", AdamW)
+register_codec_variants("adam", Adam)
+register_codec_variants("lion", Lion)
+register_codec_variants("sgd", SGD)
+
+__all__ = ["CODECS", "OPTIMIZER_NAMES", "RULES", "SGD", "Adam", "AdamW", "Codec", "Lion", "TightfitOptimizer",
+           "create_optimizer", "get_codec", "register_name", "__version__"]

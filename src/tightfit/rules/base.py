@@ -1,0 +1,114 @@
+"""What an update rule is: the math of one optimizer, once, as a pure function.
+
+A rule's ``update(param, grad, state, *, step, **hyper)`` takes float32 tensors (the
+parameter, its gradient, and a dict of decoded float32 states) and returns the new
+parameter and the new states; it mutates nothing. The shell decodes states before and
+encodes them after, so the same function serves every codec and placement.
+
+Each state is declared with its kind: ``signed`` (first moments), ``unsigned`` (second
+moments), or ``small`` (factored statistics and scalars: always fp32, never quantized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+STATE_KINDS_ALL = ("signed", "unsigned", "small")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    kind: str
+    # Shape of the state for a parameter shape; None = same shape as the parameter.
+    shape: Callable[[torch.Size], torch.Size] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in STATE_KINDS_ALL:
+            raise ValueError(f"state {self.name!r}: kind {self.kind!r} not in {STATE_KINDS_ALL}")
+
+    def shape_for(self, param_shape: torch.Size) -> torch.Size:
+        return param_shape if self.shape is None else torch.Size(self.shape(param_shape))
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    update: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    defaults: Mapping[str, Any]
+    validate: Callable[[Mapping[str, Any]], None]
+    # States kept for a parameter of this shape under these hyperparameters.
+    state_specs: Callable[[torch.Size, Mapping[str, Any]], tuple[StateSpec, ...]]
+    paper: str = ""
+    # Keys torch.optim's matching class adds to its param groups (for export).
+    torch_group_extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def doc(self) -> str:
+        return (self.update.__doc__ or "").strip()
+
+    def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule's hyperparameters taken from a param group."""
+        return {k: group[k] for k in self.defaults}
+
+
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(rule: Rule) -> Rule:
+    if rule.name in RULES:
+        raise ValueError(f"rule {rule.name!r} registered twice")
+    RULES[rule.name] = rule
+    return rule
+
+
+def get_rule(name: str) -> Rule:
+    if name not in RULES:
+        raise ValueError(f"unknown update rule {name!r}; known: {sorted(RULES)}")
+    return RULES[name]
+
+
+# --- hyperparameter checks shared by rules (ValueError naming value and what is allowed)
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name}={value!r} must be a number or a one-element tensor")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r} must be a number")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    v = _number(name, value)
+    if not v >= 0.0:  # also rejects NaN
+        raise ValueError(f"invalid {name}: {value!r} (allowed: a number >= 0)")
+
+
+def check_positive(name: str, value: Any) -> None:
+    v = _number(name, value)
+    if not v > 0.0:
+        raise ValueError(f"invalid {name}: {value!r} (allowed: a number > 0)")
+
+
+def check_unit_interval(name: str, value: Any) -> None:
+    """0 <= value < 1, the allowed range of an EMA coefficient."""
+    v = _number(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"invalid {name}: {value!r} (allowed: 0 <= {name} < 1)")
+
+
+def check_betas(value: Any, count: int) -> None:
+    if not isinstance(value, (tuple, list)) or len(value) != count:
+        raise ValueError(f"invalid betas: {value!r} (allowed: a tuple of {count} numbers in [0, 1))")
+    for i, b in enumerate(value):
+        check_unit_interval(f"betas[{i}]", b)
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}: {value!r} (allowed: True or False)")

@@ -1,0 +1,54 @@
+"""SGD with momentum, dampening and Nesterov, with torch.optim.SGD semantics
+(Sutskever et al. 2013, On the importance of initialization and momentum in deep learning)."""
+
+from __future__ import annotations
+
+from .base import Rule, StateSpec, check_bool, check_nonnegative, check_unit_interval, register_rule
+
+
+def sgd_update(param, grad, state, *, step, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    """SGD with coupled L2 decay and a momentum buffer b:
+
+        g ← g + λ·θ
+        b ← g                      at the first step
+        b ← μ·b + (1 − τ)·g        afterwards
+        g ← g + μ·b  (nesterov)  or  g ← b
+        θ ← θ − η·g
+
+    η stays outside the buffer (torch convention). Defaults: lr 1e-3, momentum 0,
+    dampening 0, weight_decay 0, nesterov False. momentum 0 keeps no state.
+    """
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay * param
+    if not momentum:
+        return param - lr * grad, {}
+    buf = grad if step == 1 else state["momentum_buffer"] * momentum + (1 - dampening) * grad
+    direction = grad + momentum * buf if nesterov else buf
+    return param - lr * direction, {"momentum_buffer": buf}
+
+
+def _validate(h) -> None:
+    check_nonnegative("lr", h["lr"])
+    check_unit_interval("momentum", h["momentum"])
+    check_unit_interval("dampening", h["dampening"])
+    check_nonnegative("weight_decay", h["weight_decay"])
+    check_bool("nesterov", h["nesterov"])
+    check_bool("maximize", h["maximize"])
+    if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
+        raise ValueError(
+            f"nesterov=True needs momentum > 0 and dampening == 0 "
+            f"(got momentum={h['momentum']!r}, dampening={h['dampening']!r})")
+
+
+SGD = register_rule(Rule(
+    name="sgd",
+    update=sgd_update,
+    defaults={"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
+              "maximize": False},
+    validate=_validate,
+    state_specs=lambda shape, hyper: (StateSpec("momentum_buffer", "signed"),) if hyper["momentum"] else (),
+    paper="Sutskever et al. 2013, On the importance of initialization and momentum in deep learning",
+    torch_group_extras={"foreach": None, "differentiable": False, "fused": None},
+))
