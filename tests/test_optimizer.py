@@ -1,0 +1,244 @@
+"""The shell over every rule x codec: convergence, robustness, param dtypes, torch interop."""
+
+import copy
+
+import pytest
+import torch
+
+import tightfit
+from cases import CODEC_NAMES, RULE_CLASSES, TOL, regression_batch, small_mlp, train
+
+QUANTIZED = ["bf16", "8bit", "4bit"]
+
+
+@pytest.mark.parametrize("codec", QUANTIZED)
+@pytest.mark.parametrize("rule", sorted(RULE_CLASSES))
+def test_quantized_states_converge_close_to_fp32(rule, codec):
+    losses = {}
+    for name in ("fp32", codec):
+        model = small_mlp()
+        opt = RULE_CLASSES[rule](model.parameters(), state=name, min_quantized_numel=0)
+        losses[name] = train(model, opt, 150)
+    start = torch.nn.functional.mse_loss(small_mlp()(regression_batch()[0]), regression_batch()[1]).item()
+    assert losses[codec] < 0.5 * start  # it trains
+    margin = TOL.get(f"converge_{codec}_{rule}", TOL[f"converge_{codec}"])
+    assert losses[codec] <= margin * losses["fp32"] + 1e-3
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("rule", sorted(RULE_CLASSES))
+def test_state_is_quantized_only_above_min_quantized_numel(rule, codec):
+    model = small_mlp()
+    opt = RULE_CLASSES[rule](model.parameters(), state=codec, min_quantized_numel=1000)
+    train(model, opt, 1)
+    for p in model.parameters():
+        stored = {v.codec for v in opt.state[p].values() if isinstance(v, tightfit.codecs.Encoded)}
+        assert stored <= ({codec} if p.numel() >= 1000 else {"fp32"})
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_CLASSES))
+def test_nonfinite_gradient_skips_that_parameter_and_keeps_its_state(rule):
+    model = small_mlp()
+    opt = RULE_CLASSES[rule](model.parameters(), state="8bit", min_quantized_numel=0)
+    train(model, opt, 3)
+    bad, good = model[0].weight, model[2].weight
+    before = {p: (p.detach().clone(), copy.deepcopy(opt.state[p])) for p in (bad, good)}
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(regression_batch()[0]), regression_batch()[1]).backward()
+    bad.grad[0, 0] = float("nan")
+    bad.grad[1, 1] = float("inf")
+    opt.step()
+    assert torch.equal(bad, before[bad][0])
+    for name, value in before[bad][1].items():
+        if isinstance(value, tightfit.codecs.Encoded):
+            for key, buf in value.buffers.items():
+                assert torch.equal(opt.state[bad][name].buffers[key], buf)
+    assert opt.state[bad]["step"].item() == 3
+    assert not torch.equal(good, before[good][0])
+    assert opt.skipped_steps == 1
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_keep_their_dtype_and_train(codec, dtype):
+    model = small_mlp()
+    x, y = regression_batch()
+    model.to(dtype)
+    opt = tightfit.AdamW(model.parameters(), lr=1e-2, state=codec, min_quantized_numel=0)
+    first = last = None
+    for _ in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+    assert all(p.dtype == dtype for p in model.parameters())
+    assert last < 0.7 * first
+
+
+def test_math_is_fp32_for_bf16_params():
+    p32 = torch.randn(50)
+    p16 = torch.nn.Parameter(p32.to(torch.bfloat16))
+    g = torch.randn(50)
+    p16.grad = g.to(torch.bfloat16)
+    ref = torch.nn.Parameter(p16.detach().float().clone())
+    ref.grad = p16.grad.float()
+    tightfit.AdamW([p16], lr=1e-2).step()
+    tightfit.AdamW([ref], lr=1e-2).step()  # the same rule on an fp32 copy, rounded once at the end
+    assert torch.equal(p16.detach(), ref.detach().to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_CLASSES))
+def test_edge_cases_none_zero_and_0dim_grads(rule):
+    scalar = torch.nn.Parameter(torch.tensor(1.5))
+    untouched = torch.nn.Parameter(torch.randn(5))
+    zero = torch.nn.Parameter(torch.randn(300))
+    opt = RULE_CLASSES[rule]([scalar, untouched, zero], state="8bit", min_quantized_numel=0)
+    scalar.grad = torch.tensor(0.25)
+    zero.grad = torch.zeros(300)
+    before = untouched.detach().clone()
+    opt.step()
+    assert torch.equal(untouched, before) and untouched not in opt.state
+    assert scalar.item() != 1.5
+    assert torch.isfinite(zero).all()
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        tightfit.AdamW(emb.parameters()).step()
+
+
+BAD_HYPERPARAMETERS = [
+    (lambda p: tightfit.AdamW(p, lr=-1e-3), r"invalid lr: -0.001 \(allowed: a number >= 0\)"),
+    (lambda p: tightfit.AdamW(p, betas=(0.9, 1.0)), r"invalid betas\[1\]: 1.0 \(allowed: 0 <= betas\[1\] < 1\)"),
+    (lambda p: tightfit.AdamW(p, betas=(0.9,)), r"invalid betas"),
+    (lambda p: tightfit.AdamW(p, eps=-1.0), r"invalid eps: -1.0"),
+    (lambda p: tightfit.AdamW(p, weight_decay=float("nan")), r"invalid weight_decay: nan"),
+    (lambda p: tightfit.AdamW(p, amsgrad=True), r"amsgrad=True is not supported"),
+    (lambda p: tightfit.AdamW(p, state="3bit"), r"unknown state codec '3bit'"),
+    (lambda p: tightfit.AdamW(p, min_quantized_numel=-5), r"invalid min_quantized_numel: -5"),
+    (lambda p: tightfit.AdamW(p, impl="cuda-magic"), r"unknown impl 'cuda-magic'"),
+    (lambda p: tightfit.Lion(p, betas=(-0.1, 0.99)), r"invalid betas\[0\]: -0.1"),
+    (lambda p: tightfit.SGD(p, momentum=1.5), r"invalid momentum: 1.5"),
+    (lambda p: tightfit.SGD(p, nesterov=True), r"nesterov=True needs momentum > 0"),
+    (lambda p: tightfit.AdamW([{"params": p, "lr": -1}]), r"invalid lr: -1"),
+]
+
+
+@pytest.mark.parametrize("factory,message", BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_raise_value_error_naming_the_value(factory, message):
+    with pytest.raises(ValueError, match=message):
+        factory([torch.nn.Parameter(torch.randn(3))])
+
+
+def test_unknown_option_is_a_type_error_listing_allowed():
+    with pytest.raises(TypeError, match="allowed"):
+        tightfit.TightfitOptimizer.__init__(tightfit.AdamW.__new__(tightfit.AdamW), [torch.zeros(1)], foo=1)
+
+
+def test_param_group_overrides_codec_and_threshold():
+    model = small_mlp()
+    first, rest = list(model[0].parameters()), [p for m in model[1:] for p in m.parameters()]
+    opt = tightfit.AdamW([{"params": first, "state": "fp32"},
+                          {"params": rest, "state": "4bit", "min_quantized_numel": 0}], lr=1e-2)
+    train(model, opt, 2)
+    assert {opt.state[p]["exp_avg"].codec for p in first} == {"fp32"}
+    assert {opt.state[p]["exp_avg"].codec for p in rest} == {"4bit"}
+
+
+def test_changing_a_groups_codec_reencodes_on_next_step():
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), lr=1e-2, min_quantized_numel=0)
+    train(model, opt, 3)
+    full = opt.state_nbytes()
+    opt.param_groups[0]["state"] = "8bit"
+    train(model, opt, 1)
+    assert opt.state_nbytes() < full / 3
+    assert {s["exp_avg"].codec for s in opt.state.values()} == {"8bit"}
+
+
+@pytest.mark.parametrize("codec,expected", [
+    ("8bit", 2 * (16_777_216 + 4 * 65_536)),
+    ("4bit", 2 * (8_388_608 + 4 * 131_072)),
+    ("fp32", 2 * 4 * 16_777_216),
+])
+def test_exact_state_bytes_of_a_4096_square_under_adamw(codec, expected):
+    p = torch.nn.Parameter(torch.zeros(4096, 4096))
+    p.grad = torch.zeros(4096, 4096)
+    opt = tightfit.AdamW([p], state=codec)
+    opt.step()
+    assert opt.state_nbytes() == expected
+
+
+def test_works_with_lr_scheduler_clipping_and_zero_grad():
+    model = small_mlp()
+    twin = copy.deepcopy(model)
+    ours = tightfit.AdamW(model.parameters(), lr=1e-2)
+    theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    schedules = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=30) for o in (ours, theirs)]
+    x, y = regression_batch()
+    for _ in range(30):
+        for m, opt, sched in ((model, ours, schedules[0]), (twin, theirs, schedules[1])):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.1)
+            opt.step()
+            sched.step()
+    assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_scaler_unscales_and_skips_overflowing_steps():
+    model = small_mlp()
+    twin = copy.deepcopy(model)
+    x, y = regression_batch()
+    ours = tightfit.AdamW(model.parameters(), lr=1e-2, state="8bit", min_quantized_numel=0)
+    plain = tightfit.AdamW(twin.parameters(), lr=1e-2, state="8bit", min_quantized_numel=0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for _ in range(5):
+        ours.zero_grad()
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        scaler.step(ours)
+        scaler.update()
+        train(twin, plain, 1)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    before = [p.detach().clone() for p in model.parameters()]
+    ours.zero_grad()
+    (torch.nn.functional.mse_loss(model(x), y) * float("inf")).backward()
+    scaler.step(ours)  # overflow: the scaler skips the step
+    scaler.update()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+def test_create_optimizer_by_name_and_unknown_name_lists_known():
+    p = [torch.nn.Parameter(torch.randn(5000))]
+    opt = tightfit.create_optimizer("adamw_8bit", p, lr=1e-4)
+    assert isinstance(opt, tightfit.AdamW) and opt.param_groups[0]["state"] == "8bit"
+    assert opt.param_groups[0]["lr"] == 1e-4
+    assert isinstance(tightfit.create_optimizer("lion_32bit", p), tightfit.Lion)
+    assert tightfit.create_optimizer("sgd_8bit", p, momentum=0.9).param_groups[0]["state"] == "8bit"
+    with pytest.raises(ValueError, match=r"unknown optimizer name 'adamw_3bit'; known: .*adamw_8bit"):
+        tightfit.create_optimizer("adamw_3bit", p)
+
+
+def test_explicit_impl_that_cannot_run_lists_usable_ones():
+    from tightfit.impl import IMPLEMENTATIONS, select_implementation
+    from tightfit.impl.base import Implementation
+
+    class Never(Implementation):
+        name = "never"
+
+        def unavailable_reason(self, rule, params, states):
+            return "it never runs"
+
+    IMPLEMENTATIONS["never"] = Never()
+    try:
+        with pytest.raises(ValueError, match=r"impl='never' cannot run here: it never runs; usable now: .*reference"):
+            select_implementation("never", tightfit.rules.ADAMW, [torch.zeros(1)], [{}])
+    finally:
+        del IMPLEMENTATIONS["never"]
