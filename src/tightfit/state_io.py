@@ -139,7 +139,7 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
         out = {"step": s["step"].detach().clone().cpu()}
         for k, v in s.items():
             if isinstance(v, Encoded):
-                out[k] = get_codec(v.codec).decode(v).to(dtype)
+                out[k] = get_codec(v.codec).decode(v).to(dtype, copy=True)  # never share storage with our state
         state[idx] = out
     groups = []
     for g in sd["param_groups"]:
