@@ -4,6 +4,7 @@ from .codecs import CODECS, Codec, get_codec
 from .names import OPTIMIZER_NAMES, create_optimizer, register_codec_variants, register_name
 from .optimizer import TightfitOptimizer
 from .optimizers import SGD, Adam, AdamW, Lion
+from .optimizers_factored import CAME, Adafactor, SophiaG
 from .rules import RULES
 
 __version__ = "0.1.0"
@@ -13,5 +14,5 @@ register_codec_variants("adam", Adam)
 register_codec_variants("lion", Lion)
 register_codec_variants("sgd", SGD)
 
-__all__ = ["CODECS", "OPTIMIZER_NAMES", "RULES", "SGD", "Adam", "AdamW", "Codec", "Lion", "TightfitOptimizer",
+__all__ = ["CAME", "CODECS", "OPTIMIZER_NAMES", "RULES", "SGD", "Adafactor", "Adam", "AdamW", "SophiaG", "Codec", "Lion", "TightfitOptimizer",
            "create_optimizer", "get_codec", "register_name", "__version__"]

@@ -4,5 +4,8 @@ from .base import RULES, Rule, StateSpec, get_rule, register_rule
 from .adamw import ADAM, ADAMW
 from .lion import LION
 from .sgd import SGD
+from .adafactor import ADAFACTOR, ADAFACTOR_HF
+from .came import CAME
+from .sophia import SOPHIAG
 
-__all__ = ["ADAM", "ADAMW", "LION", "RULES", "SGD", "Rule", "StateSpec", "get_rule", "register_rule"]
+__all__ = ["ADAFACTOR", "ADAFACTOR_HF", "ADAM", "ADAMW", "CAME", "LION", "SOPHIAG", "RULES", "SGD", "Rule", "StateSpec", "get_rule", "register_rule"]

@@ -1,0 +1,157 @@
+"""Adafactor, CAME and SophiaG: thin names over their rules (rules/adafactor.py,
+rules/came.py, rules/sophia.py) x any state codec, and their ``create_optimizer`` names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .codecs import CODECS, Codec, get_codec
+from .names import CODEC_SUFFIX, register_name
+from .optimizer import TightfitOptimizer
+from .rules.adafactor import ADAFACTOR, ADAFACTOR_HF
+from .rules.came import CAME as CAME_RULE
+from .rules.sophia import SOPHIAG, sophiag_hessian_update
+
+ADAFACTOR_CONVENTIONS = {"torch": ADAFACTOR, "hf": ADAFACTOR_HF}
+_UNSET: Any = object()
+
+
+class Adafactor(TightfitOptimizer):
+    """Adafactor (arXiv 1804.04235) with a factored second moment; ``convention`` picks
+    whose semantics — and defaults — you get:
+
+    ============== ======================================= ============================================
+    convention     ``"torch"`` (default):                  ``"hf"``: transformers.Adafactor
+                   torch.optim.Adafactor
+    ============== ======================================= ============================================
+    lr             1e-2, only a cap: min(lr, 1/√t)          None (relative step); a number needs
+                                                            ``relative_step=False``
+    second moment  beta2_decay -0.8                         decay_rate -0.8
+    eps            (None, 1e-3); None = float32 eps         (1e-30, 1e-3), ε₁ added to g²
+    clipping       d 1.0                                    clip_threshold 1.0
+    weight decay   0.0, θ ← θ(1 − lr·λ)                     0.0, θ ← θ − λ·αₜ·θ
+    other          maximize False                           scale_parameter True, relative_step True,
+                                                            warmup_init False
+    beta1          None (tightfit extension)                None
+    ============== ======================================= ============================================
+
+    Matrices (and the last two dims of >2-D tensors) keep fp32 row/column statistics;
+    vectors and scalars a full fp32 second moment. ``beta1`` adds a first moment (EMA of
+    the lr-scaled update) stored through ``state``: ``state="8bit"`` makes it 8-bit.
+    All options but ``lr`` are keyword-only, since the two conventions name them
+    differently; an option of the other convention raises TypeError listing the allowed.
+
+    >>> opt = Adafactor(model.parameters())                                   # torch.optim defaults
+    >>> opt = Adafactor(model.parameters(), convention="hf")                  # transformers defaults
+    >>> opt = Adafactor(params, lr=1e-3, convention="hf", relative_step=False, scale_parameter=False,
+    ...                 beta1=0.9, state="8bit")                              # HF Trainer + 8-bit momentum
+    """
+
+    rule = ADAFACTOR
+
+    def __init__(self, params, lr=_UNSET, *, convention: str = "torch", state: str | Codec = "fp32",
+                 min_quantized_numel: int = 4096, impl: str = "auto", **hyper: Any):
+        if convention not in ADAFACTOR_CONVENTIONS:
+            raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
+        self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule
+        self.convention = convention
+        if lr is not _UNSET:
+            hyper["lr"] = lr
+        super().__init__(params, state=state, min_quantized_numel=min_quantized_numel, impl=impl, **hyper)
+
+
+class CAME(TightfitOptimizer):
+    """CAME (arXiv 2307.02047) with came-pytorch 0.1.3 semantics: Adafactor's factored
+    second moment, momentum, and a factored confidence (instability) scaling.
+
+    ``lr`` is required (README: 0.5-0.9x the AdamW lr, e.g. 2e-4 with weight_decay 1e-2).
+    Defaults: eps (1e-30, 1e-16), clip_threshold 1.0, betas (0.9, 0.999, 0.9999),
+    weight_decay 0. Only ``exp_avg`` goes through ``state``; factored statistics stay fp32.
+
+    >>> opt = CAME(model.parameters(), lr=2e-4, weight_decay=1e-2, state="8bit")
+    """
+
+    rule = CAME_RULE
+
+    def __init__(self, params, lr=None, eps=(1e-30, 1e-16), clip_threshold=1.0, betas=(0.9, 0.999, 0.9999),
+                 weight_decay=0.0, *, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
+                 impl: str = "auto"):
+        super().__init__(params, lr=lr, eps=eps, clip_threshold=clip_threshold, betas=betas,
+                         weight_decay=weight_decay, state=state, min_quantized_numel=min_quantized_numel,
+                         impl=impl)
+
+
+class SophiaG(TightfitOptimizer):
+    """SophiaG (arXiv 2305.14342) with Liuhong99/Sophia semantics; ``exp_avg`` and the
+    ``hessian`` EMA both go through ``state``.
+
+    ``bs`` is the number of tokens (samples) per optimizer step — a group hyperparameter
+    like lr (sophia.py passes it to ``step``); for GPT-2 small, 480 x 1024. Refresh the
+    Hessian every k steps (k = 10 in the paper) with the GNB estimator — a backward of
+    the mean loss on labels sampled from the model's own logits, then
+    ``update_hessian()``:
+
+    >>> opt = SophiaG(model.parameters(), lr=2e-4, rho=0.05, weight_decay=0.2, bs=batch * seq_len)
+    >>> for step, (x, y) in enumerate(loader):
+    ...     F.cross_entropy(model(x).flatten(0, -2), y.flatten()).backward()
+    ...     opt.step(); opt.zero_grad()
+    ...     if step % 10 == 9:
+    ...         logits = model(x)
+    ...         sampled = torch.distributions.Categorical(logits=logits).sample()
+    ...         F.cross_entropy(logits.flatten(0, -2), sampled.flatten()).backward()
+    ...         opt.update_hessian(); opt.zero_grad()
+
+    Defaults: lr 1e-4, betas (0.965, 0.99), rho 0.04, weight_decay 0.1, bs 5120.
+    """
+
+    rule = SOPHIAG
+
+    def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *, bs=5120,
+                 maximize: bool = False, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
+                 impl: str = "auto"):
+        super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs,
+                         maximize=maximize, state=state, min_quantized_numel=min_quantized_numel, impl=impl)
+
+    @torch.no_grad()
+    def update_hessian(self) -> None:
+        """h ← β₂h + (1 − β₂)·g⊙g from each param's current ``.grad`` (decode → EMA → encode).
+
+        Params without a gradient are left alone; a non-finite gradient leaves h as it
+        was and is counted in ``skipped_steps``. The step counter does not move.
+        """
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
+                                       f"{tuple(param.shape)}); use a dense gradient")
+                state = self._ensure_state(param, group)
+                if not bool(torch.isfinite(param.grad).all()):
+                    state["nonfinite_skips"] += 1
+                    continue
+                stored = state["hessian"]
+                codec = get_codec(stored.codec)
+                codec.store(stored, sophiag_hessian_update(codec.decode(stored), param.grad.float(), beta2=beta2))
+
+
+def _register_names() -> None:
+    """adafactor / adafactor_hf (no first moment), came, sophiag, and per codec:
+    ``adafactor_8bit`` = torch convention + beta1 0.9 momentum in 8-bit (likewise
+    ``adafactor_hf_8bit``), ``came_8bit``, ``sophiag_8bit`` ..."""
+    register_name("adafactor", Adafactor, convention="torch")
+    register_name("adafactor_hf", Adafactor, convention="hf")
+    register_name("came", CAME)
+    register_name("sophiag", SophiaG)
+    for codec in CODECS:
+        suffix = CODEC_SUFFIX.get(codec, codec)
+        register_name(f"adafactor_{suffix}", Adafactor, convention="torch", beta1=0.9, state=codec)
+        register_name(f"adafactor_hf_{suffix}", Adafactor, convention="hf", beta1=0.9, state=codec)
+        register_name(f"came_{suffix}", CAME, state=codec)
+        register_name(f"sophiag_{suffix}", SophiaG, state=codec)
+
+
+_register_names()
