@@ -15,6 +15,7 @@ from . import state_io
 from .codecs import Codec, Encoded, get_codec
 from .impl import implementation_names, select_implementation
 from .rules import Rule, StateSpec
+from .state_bytes import codec_for_state
 
 
 # Group keys the shell understands besides the rule's hyperparameters.
@@ -59,10 +60,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
     # -- state -------------------------------------------------------------------------
     def codec_for(self, spec: StateSpec, param: torch.Tensor, group: dict[str, Any]) -> Codec:
         """fp32 for small states and for parameters below min_quantized_numel."""
-        codec = get_codec(group["state"])
-        if spec.kind == "small" or (codec.quantized and param.numel() < group["min_quantized_numel"]):
-            return get_codec("fp32")
-        return codec
+        return codec_for_state(spec.kind, param.numel(), group["state"], group["min_quantized_numel"])
 
     def _ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]

@@ -1,0 +1,1 @@
+"""Command-line interface: ``tightfit <command>``; commands register in cli/main.py."""
