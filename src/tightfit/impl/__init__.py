@@ -43,3 +43,4 @@ def select_implementation(requested: str, rule, params, states) -> Implementatio
         usable = [n for n, i in IMPLEMENTATIONS.items() if i.unavailable_reason(rule, params, states) is None]
         raise ValueError(f"impl={requested!r} cannot run here: {reason}; usable now: {['auto', *usable]}")
     return impl
+from . import native  # noqa: E402,F401  (registers impl "native")

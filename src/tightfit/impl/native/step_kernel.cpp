@@ -1,0 +1,323 @@
+// Fused CPU optimizer step: one pass per tile of TILE elements.
+//
+// Per tile: load param + grad into float buffers, decode each state into a float
+// buffer, apply the rule, store the param, encode each state (new per-block absmax,
+// nearest map code via the bucket table of tightfit.codecs.maps.QuantMap). Every
+// stage is a short loop over an L1-resident float buffer, so the compiler vectorizes
+// it (gathers for map look-ups) and the stages compose: one decode/encode per codec,
+// one update per rule, chosen per tile, never per element.
+//
+// Math mirrors tightfit/rules/*.py operation by operation (compile with
+// -ffp-contract=off); the scalar coefficients are computed in Python, exactly as the
+// rule functions compute them, and arrive here as floats.
+//
+// Plain C ABI, no torch headers: builds in about a second.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int TILE = 1024;       // multiple of every codec block (256, 128)
+constexpr int MAX_STATES = 2;
+
+enum DType : int32_t { F32 = 0, BF16 = 1, F16 = 2 };
+enum CodecId : int32_t { C_FP32 = 0, C_BF16 = 1, C_Q8 = 2, C_Q4 = 3 };
+enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2 };
+enum Flags : int32_t {
+  F_MAXIMIZE = 1, F_COUPLED_WD = 2, F_NESTEROV = 4, F_FIRST_STEP = 8, F_MOMENTUM = 16,
+};
+
+}  // namespace
+
+extern "C" {
+
+// One encoded state tensor (see tightfit/codecs): for fp32/bf16 `data` holds the
+// values; for 8/4-bit it holds the codes and `absmax` one float per block.
+struct TfState {
+  int32_t codec;
+  int32_t block;
+  void* data;
+  float* absmax;
+  const float* values;        // map values (decode)
+  const float* padded_mids;   // midpoints + [inf] (encode)
+  const int32_t* bucket_low;  // lowest code of each bucket (encode)
+  int32_t shift;              // bucket = (monotone key >> shift) + top + 1
+  int32_t top;
+  int32_t n_buckets;
+  int32_t pad_;
+};
+
+struct TfJob {
+  int32_t rule;
+  int32_t flags;
+  int32_t param_dtype;
+  int32_t grad_dtype;
+  int32_t n_states;
+  int32_t n_threads;
+  int64_t numel;
+  void* param;
+  const void* grad;
+  float* step;           // 0-d float32: +1 when the update happens
+  int64_t* skips;        // 0-d int64: +1 when the gradient is not finite
+  float c[8];            // rule coefficients (see _native.py RULE_SCALARS)
+  TfState states[MAX_STATES];
+};
+
+}  // extern "C"
+
+namespace {
+
+inline uint32_t bits_of(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
+inline float float_of(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
+
+// ---- param / grad dtypes ---------------------------------------------------------
+void load_floats(int32_t dtype, const void* src, int64_t start, int n, float* out) {
+  switch (dtype) {
+    case F32: std::memcpy(out, static_cast<const float*>(src) + start, sizeof(float) * n); break;
+    case BF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src) + start;
+      for (int i = 0; i < n; ++i) out[i] = float_of(uint32_t(s[i]) << 16);
+      break;
+    }
+    case F16: {
+      const _Float16* s = static_cast<const _Float16*>(src) + start;
+      for (int i = 0; i < n; ++i) out[i] = float(s[i]);
+      break;
+    }
+  }
+}
+
+void store_floats(int32_t dtype, void* dst, int64_t start, int n, const float* in) {
+  switch (dtype) {
+    case F32: std::memcpy(static_cast<float*>(dst) + start, in, sizeof(float) * n); break;
+    case BF16: {  // round to nearest even; NaN -> 0x7FC0 (as c10::BFloat16)
+      uint16_t* d = static_cast<uint16_t*>(dst) + start;
+      for (int i = 0; i < n; ++i) {
+        uint32_t u = bits_of(in[i]);
+        uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        d[i] = uint16_t((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : r);
+      }
+      break;
+    }
+    case F16: {
+      _Float16* d = static_cast<_Float16*>(dst) + start;
+      for (int i = 0; i < n; ++i) d[i] = _Float16(in[i]);
+      break;
+    }
+  }
+}
+
+// True when any element is NaN or +-Inf (exponent bits all ones).
+bool any_nonfinite(int32_t dtype, const void* src, int64_t n, int threads) {
+  int bad = 0;
+  switch (dtype) {
+    case F32: {
+      const uint32_t* s = static_cast<const uint32_t*>(src);
+#pragma omp parallel for simd reduction(| : bad) num_threads(threads) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7F800000u) == 0x7F800000u;
+      break;
+    }
+    case BF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+#pragma omp parallel for simd reduction(| : bad) num_threads(threads) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7F80u) == 0x7F80u;
+      break;
+    }
+    case F16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+#pragma omp parallel for simd reduction(| : bad) num_threads(threads) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7C00u) == 0x7C00u;
+      break;
+    }
+  }
+  return bad != 0;
+}
+
+// ---- codecs ----------------------------------------------------------------------
+void decode_codes(const TfState& st, const uint8_t* codes, int64_t start, int n, float* out) {
+  const float* vals = st.values;
+  const int B = st.block;
+  for (int b0 = 0; b0 < n; b0 += B) {
+    const int m = n - b0 < B ? n - b0 : B;
+    const float scale = st.absmax[(start + b0) / B];
+    for (int i = 0; i < m; ++i) out[b0 + i] = vals[codes[b0 + i]] * scale;
+  }
+}
+
+void decode_state(const TfState& st, int64_t start, int n, float* out) {
+  switch (st.codec) {
+    case C_FP32: load_floats(F32, st.data, start, n, out); break;
+    case C_BF16: load_floats(BF16, st.data, start, n, out); break;
+    case C_Q8: decode_codes(st, static_cast<const uint8_t*>(st.data) + start, start, n, out); break;
+    case C_Q4: {  // element 2i: low nibble of byte i, 2i+1: high nibble (start is even)
+      alignas(64) uint8_t codes[TILE];
+      const uint8_t* packed = static_cast<const uint8_t*>(st.data) + start / 2;
+      const int pairs = (n + 1) / 2;
+      for (int i = 0; i < pairs; ++i) {
+        codes[2 * i] = packed[i] & 0x0F;
+        codes[2 * i + 1] = packed[i] >> 4;
+      }
+      decode_codes(st, codes, start, n, out);
+      break;
+    }
+  }
+}
+
+// Nearest map code of each x / scale: bucket of the float's monotone key, then one
+// comparison with the only midpoint that can lie in that bucket (ties -> lower code).
+// Matches QuantMap.encode_fast / encode_reference exactly.
+void encode_block(const TfState& st, const float* x, int m, float* absmax_out, uint8_t* codes) {
+  uint32_t amax_bits = 0;  // max |x| on the bit pattern: orders like the value for x >= 0
+  for (int i = 0; i < m; ++i) {
+    const uint32_t a = bits_of(x[i]) & 0x7FFFFFFFu;
+    amax_bits = a > amax_bits ? a : amax_bits;
+  }
+  const float amax = float_of(amax_bits);
+  *absmax_out = amax;
+  const float scale = amax > 0.0f ? amax : 1.0f;
+  const int32_t* low_of = st.bucket_low;
+  const float* mids = st.padded_mids;
+  const int32_t shift = st.shift, offset = st.top + 1, last = st.n_buckets - 1;
+  alignas(64) int32_t wide[TILE];  // int32 codes first: keeps the loop one element width (vectorizes)
+  for (int i = 0; i < m; ++i) {
+    const float y = x[i] / scale;
+    const int32_t b = int32_t(bits_of(y));
+    const int32_t mag = b & 0x7FFFFFFF;
+    int32_t bucket = ((b < 0 ? -mag : mag) >> shift) + offset;
+    bucket = bucket < 0 ? 0 : (bucket > last ? last : bucket);  // NaN / out of range stay in bounds
+    const int32_t low = low_of[bucket];
+    wide[i] = low + (y > mids[low] ? 1 : 0);
+  }
+  for (int i = 0; i < m; ++i) codes[i] = uint8_t(wide[i]);
+}
+
+void encode_state(const TfState& st, int64_t start, int n, const float* x) {
+  switch (st.codec) {
+    case C_FP32: store_floats(F32, st.data, start, n, x); break;
+    case C_BF16: store_floats(BF16, st.data, start, n, x); break;
+    case C_Q8: {
+      uint8_t* codes = static_cast<uint8_t*>(st.data) + start;
+      for (int b0 = 0; b0 < n; b0 += st.block) {
+        const int m = n - b0 < st.block ? n - b0 : st.block;
+        encode_block(st, x + b0, m, st.absmax + (start + b0) / st.block, codes + b0);
+      }
+      break;
+    }
+    case C_Q4: {
+      alignas(64) uint8_t codes[TILE + 1];
+      for (int b0 = 0; b0 < n; b0 += st.block) {
+        const int m = n - b0 < st.block ? n - b0 : st.block;
+        encode_block(st, x + b0, m, st.absmax + (start + b0) / st.block, codes + b0);
+      }
+      codes[n] = 0;  // odd tail: the high nibble of the last byte is code 0
+      uint8_t* packed = static_cast<uint8_t*>(st.data) + start / 2;
+      const int pairs = (n + 1) / 2;
+      for (int i = 0; i < pairs; ++i) packed[i] = uint8_t(codes[2 * i] | (codes[2 * i + 1] << 4));
+      break;
+    }
+  }
+}
+
+// ---- rules (mirror tightfit/rules/*.py; c[] = coefficients from RULE_SCALARS) ------
+// AdamW: c = [1-b1, b2, 1-b2, 1-lr*wd, bias2_sqrt, eps, lr/bias1, wd]
+void adamw_tile(const TfJob& job, float* __restrict p, float* __restrict g, float* __restrict m,
+                float* __restrict v, int n) {
+  const float one_m_b1 = job.c[0], b2 = job.c[1], one_m_b2 = job.c[2], decay = job.c[3];
+  const float bias2_sqrt = job.c[4], eps = job.c[5], step_size = job.c[6], wd = job.c[7];
+  if (job.flags & F_MAXIMIZE)
+    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  if (job.flags & F_COUPLED_WD)  // Adam: g <- g + wd * theta (decay is then 1)
+    for (int i = 0; i < n; ++i) g[i] = g[i] + wd * p[i];
+  for (int i = 0; i < n; ++i) {
+    const float mi = m[i] + one_m_b1 * (g[i] - m[i]);
+    const float vi = v[i] * b2 + one_m_b2 * (g[i] * g[i]);
+    const float denom = std::sqrt(vi) / bias2_sqrt + eps;
+    p[i] = p[i] * decay - step_size * (mi / denom);
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+// Lion: c = [b1, 1-b1, b2, 1-b2, 1-lr*wd, lr]
+void lion_tile(const TfJob& job, float* __restrict p, const float* __restrict g, float* __restrict m, int n) {
+  const float b1 = job.c[0], one_m_b1 = job.c[1], b2 = job.c[2], one_m_b2 = job.c[3];
+  const float decay = job.c[4], lr = job.c[5];
+  for (int i = 0; i < n; ++i) {
+    const float c = m[i] * b1 + one_m_b1 * g[i];
+    const float direction = c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : 0.0f);  // torch.sign (0 -> 0)
+    p[i] = p[i] * decay - lr * direction;
+    m[i] = m[i] * b2 + one_m_b2 * g[i];
+  }
+}
+
+// SGD: c = [lr, momentum, 1-dampening, wd]
+void sgd_tile(const TfJob& job, float* __restrict p, float* __restrict g, float* __restrict buf, int n) {
+  const float lr = job.c[0], mom = job.c[1], one_m_damp = job.c[2], wd = job.c[3];
+  if (job.flags & F_MAXIMIZE)
+    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  if (job.flags & F_COUPLED_WD)
+    for (int i = 0; i < n; ++i) g[i] = g[i] + wd * p[i];
+  if (!(job.flags & F_MOMENTUM)) {
+    for (int i = 0; i < n; ++i) p[i] = p[i] - lr * g[i];
+    return;
+  }
+  if (job.flags & F_FIRST_STEP)
+    for (int i = 0; i < n; ++i) buf[i] = g[i];
+  else
+    for (int i = 0; i < n; ++i) buf[i] = buf[i] * mom + one_m_damp * g[i];
+  if (job.flags & F_NESTEROV)
+    for (int i = 0; i < n; ++i) p[i] = p[i] - lr * (g[i] + mom * buf[i]);
+  else
+    for (int i = 0; i < n; ++i) p[i] = p[i] - lr * buf[i];
+}
+
+void apply_rule(const TfJob& job, float* p, float* g, float (*s)[TILE], int n) {
+  switch (job.rule) {
+    case R_ADAMW: adamw_tile(job, p, g, s[0], s[1], n); break;
+    case R_LION: lion_tile(job, p, g, s[0], n); break;
+    case R_SGD: sgd_tile(job, p, g, s[0], n); break;
+  }
+}
+
+void process_tile(const TfJob& job, int64_t start, int n) {
+  alignas(64) float p[TILE];
+  alignas(64) float g[TILE];
+  alignas(64) float s[MAX_STATES][TILE];
+  load_floats(job.param_dtype, job.param, start, n, p);
+  load_floats(job.grad_dtype, job.grad, start, n, g);
+  for (int k = 0; k < job.n_states; ++k) decode_state(job.states[k], start, n, s[k]);
+  apply_rule(job, p, g, s, n);
+  store_floats(job.param_dtype, job.param, start, n, p);
+  for (int k = 0; k < job.n_states; ++k) encode_state(job.states[k], start, n, s[k]);
+}
+
+}  // namespace
+
+extern "C" {
+
+int tf_abi_version() { return 1; }
+int tf_tile_size() { return TILE; }
+int tf_job_size() { return int(sizeof(TfJob)); }
+
+// One parameter's step. Non-finite gradient: a first pass over the gradient finds it
+// and the step is skipped entirely (param and states untouched, *skips += 1).
+// Returns 1 when the update happened, 0 when skipped.
+int tf_step(const TfJob* job) {
+  const int64_t n = job->numel;
+  if (any_nonfinite(job->grad_dtype, job->grad, n, job->n_threads)) {
+    *job->skips += 1;
+    return 0;
+  }
+  const int64_t tiles = (n + TILE - 1) / TILE;
+#pragma omp parallel for schedule(static) num_threads(job->n_threads) if (tiles > 8)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t start = t * TILE;
+    process_tile(*job, start, int(n - start < TILE ? n - start : TILE));
+  }
+  *job->step += 1.0f;
+  return 1;
+}
+
+}  // extern "C"
