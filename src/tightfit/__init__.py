@@ -1,5 +1,6 @@
 """tightfit: memory-efficient optimizers, a memory planner and a benchmark CLI for fine-tuning."""
 
+from .backward import InBackwardHandle, step_in_backward
 from .codecs import CODECS, Codec, get_codec
 from .names import OPTIMIZER_NAMES, create_optimizer, register_codec_variants, register_name
 from .optimizer import TightfitOptimizer
@@ -15,4 +16,4 @@ register_codec_variants("lion", Lion)
 register_codec_variants("sgd", SGD)
 
 __all__ = ["CAME", "CODECS", "OPTIMIZER_NAMES", "RULES", "SGD", "Adafactor", "Adam", "AdamW", "SophiaG", "Codec", "Lion", "TightfitOptimizer",
-           "create_optimizer", "get_codec", "register_name", "__version__"]
+           "InBackwardHandle", "create_optimizer", "get_codec", "register_name", "step_in_backward", "__version__"]

@@ -79,6 +79,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
     # -- step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
+        if getattr(self, "_in_backward_handle", None) is not None:
+            raise RuntimeError(f"{type(self).__name__} updates inside backward (tightfit.step_in_backward); "
+                               "step() would update twice. Call handle.remove() first to step normally.")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -91,10 +94,26 @@ class TightfitOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
                                        f"(parameter of shape {tuple(p.shape)}); use a dense gradient")
-            states = [self._ensure_state(p, group) for p in params]
-            impl = select_implementation(group["impl"], self.rule, params, states)
-            impl.step_group(self.rule, self.rule.hyper(group), params, states)
+            self._step_params(group, params)
         return loss
+
+    def _step_params(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        states = [self._ensure_state(p, group) for p in params]
+        impl = select_implementation(group["impl"], self.rule, params, states)
+        impl.step_group(self.rule, self.rule.hyper(group), params, states)
+
+    @torch.no_grad()
+    def step_param(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> None:
+        """Update one parameter from its ``.grad`` now (used by updates inside backward)."""
+        if group is None:
+            group = next((g for g in self.param_groups if any(p is param for p in g["params"])), None)
+        if group is None:
+            raise ValueError(f"parameter of shape {tuple(param.shape)} is not in this optimizer's param groups")
+        if param.grad is not None:
+            if param.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                                   f"(parameter of shape {tuple(param.shape)}); use a dense gradient")
+            self._step_params(group, [param])
 
     # -- reporting ---------------------------------------------------------------------
     @property
