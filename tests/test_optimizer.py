@@ -237,8 +237,12 @@ def test_explicit_impl_that_cannot_run_lists_usable_ones():
             return "it never runs"
 
     IMPLEMENTATIONS["never"] = Never()
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.ones(3)
+    opt = tightfit.AdamW([p])
+    opt.step()
     try:
         with pytest.raises(ValueError, match=r"impl='never' cannot run here: it never runs; usable now: .*reference"):
-            select_implementation("never", tightfit.rules.ADAMW, [torch.zeros(1)], [{}])
+            select_implementation("never", tightfit.rules.ADAMW, [p], [opt.state[p]])
     finally:
         del IMPLEMENTATIONS["never"]
