@@ -1,0 +1,85 @@
+"""The triton implementation: fused decode -> rule -> encode kernels, many params per launch.
+
+Params of a group are bucketed by (param dtype, grad dtype, state codec); each bucket
+takes two launches (kernels/fused_step.py), so the launch count does not grow with the
+number of params. Runs on CUDA tensors, and on CPU tensors under the triton interpreter
+(``TRITON_INTERPRET=1``, for tests). triton is imported on the first step only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import torch
+
+from ..kernels import triton_available
+from .base import Implementation, encoded_states
+
+PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _kernel_tables():
+    from ..kernels.fused_step import KERNEL_CODECS, KERNEL_RULES  # imports triton
+    return KERNEL_RULES, KERNEL_CODECS
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _state_codec(state) -> str | None:
+    """The one codec of a param's states (None: no states); ValueError if they differ."""
+    codecs = {enc.codec for enc in encoded_states(state).values()}
+    if len(codecs) > 1:
+        raise ValueError(f"states use different codecs {sorted(codecs)}")
+    return next(iter(codecs), None)
+
+
+class TritonImplementation(Implementation):
+    name = "triton"
+
+    def unavailable_reason(self, rule, params, states) -> str | None:
+        if not triton_available():
+            return "triton is not installed (pip install triton)"
+        for param in params:
+            if param.device.type == "cpu" and not _interpreting():
+                return "params are on the CPU; triton runs on CUDA (or on CPU with TRITON_INTERPRET=1)"
+            if param.device.type not in ("cuda", "cpu"):
+                return f"triton kernels do not run on {param.device.type} tensors"
+            if param.dtype not in PARAM_DTYPES:
+                return f"param dtype {param.dtype} is not one of {PARAM_DTYPES}"
+            if not param.is_contiguous() or type(param) not in (torch.nn.Parameter, torch.Tensor):
+                return "params must be plain contiguous tensors (not views or tensor subclasses)"
+        rules, codecs = _kernel_tables()
+        if rule.name not in rules:
+            return f"no fused kernel for rule {rule.name!r} (kernels exist for {sorted(rules)})"
+        for state in states:
+            try:
+                codec = _state_codec(state)
+            except ValueError as error:
+                return str(error)
+            if codec is not None and codec not in codecs:
+                return f"no fused kernel for codec {codec!r} (kernels exist for {sorted(codecs)})"
+        return None
+
+    def step_group(self, rule, hyper, params, states) -> None:
+        from ..kernels.fused_step import fused_step  # imports triton
+
+        stochastic = bool(hyper.get("stochastic_rounding", False))
+        seed = int(hyper.get("rounding_seed", 0))
+        state_names = [spec.name for spec in rule.state_specs(params[0].shape, hyper)]
+        buckets: dict[tuple, list[int]] = defaultdict(list)
+        for index, (param, state) in enumerate(zip(params, states)):
+            codec = _state_codec(state) or "fp32"
+            buckets[(param.dtype, param.grad.dtype, codec)].append(index)
+        rule_hyper = {k: v for k, v in hyper.items() if k not in ("stochastic_rounding", "rounding_seed")}
+        for (param_dtype, _, codec), members in buckets.items():
+            fused_step(rule.name, rule_hyper, [params[i] for i in members], [states[i] for i in members],
+                       state_names, codec, stochastic_rounding=stochastic and param_dtype == torch.bfloat16,
+                       seed=seed, salts=members)
+
+
+from . import register_implementation  # noqa: E402  (impl/__init__ defines it before importing us)
+
+register_implementation(TritonImplementation(), auto_on=("cuda",))

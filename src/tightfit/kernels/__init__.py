@@ -1,0 +1,15 @@
+"""Fused Triton kernels: one pass per block does decode -> rule -> encode for many tensors.
+
+Only this package imports triton, and only inside the modules that define kernels
+(``pieces``, ``fused_step``), which ``impl/triton_impl.py`` imports on first use.
+``rounding`` is pure PyTorch (the reference of the kernels' stochastic rounding).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def triton_available() -> bool:
+    """True when triton can be imported (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None

@@ -1,0 +1,160 @@
+"""Host side of the fused step: tables, hyperparameters and the two launches per bucket.
+
+``fused_step`` steps params that share parameter dtype, gradient dtype and state codec
+with one finite-check launch and one update launch, however many params there are. The
+tables it builds hold addresses and sizes only (known on the host); everything that
+depends on values -- lr when it is a tensor, step counts, non-finite flags -- stays on
+the device, so nothing synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import triton.language as tl
+
+from ..codecs import Encoded, get_codec
+from ..codecs.maps import get_map
+from . import fused_kernels, pieces
+
+ELEMENTS_PER_PROGRAM = 1024  # ROWS * BLOCK: few programs under the interpreter, full tiles on a GPU
+HYPER_SLOTS = 8
+
+TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@dataclass(frozen=True)
+class KernelRule:
+    """How a rule maps onto the kernels: its selector and its float64 slots 1..7
+    (slot 0 is lr); see the rule pieces in pieces.py for the slot meanings."""
+
+    selector: int
+    slots: Callable[[Mapping[str, Any]], dict[int, float]]
+
+
+def _adam_slots(h, coupled: bool) -> dict[int, float]:
+    decay = 5 if coupled else 4
+    return {1: h["betas"][0], 2: h["betas"][1], 3: h["eps"], decay: h["weight_decay"], 6: h["maximize"]}
+
+
+KERNEL_RULES: dict[str, KernelRule] = {
+    "adamw": KernelRule(pieces.RULE_ADAM.value, lambda h: _adam_slots(h, coupled=False)),
+    "adam": KernelRule(pieces.RULE_ADAM.value,
+                       lambda h: _adam_slots(h, coupled=not h.get("decoupled_weight_decay", False))),
+    "lion": KernelRule(pieces.RULE_LION.value, lambda h: {1: h["betas"][0], 2: h["betas"][1], 4: h["weight_decay"]}),
+    "sgd": KernelRule(pieces.RULE_SGD.value, lambda h: {1: h["momentum"], 2: h["dampening"], 5: h["weight_decay"],
+                                                        6: h["maximize"], 7: h["nesterov"]}),
+}
+
+
+@dataclass(frozen=True)
+class KernelCodec:
+    selector: int
+    value_dtype: Any  # tl dtype of the "values" buffer (unquantized codecs)
+    lanes: int  # 2: two codes per byte
+    bits: int  # map bits (0: unquantized)
+
+
+KERNEL_CODECS: dict[str, KernelCodec] = {
+    "fp32": KernelCodec(pieces.CODEC_FP32.value, tl.float32, 1, 0),
+    "bf16": KernelCodec(pieces.CODEC_BF16.value, tl.bfloat16, 1, 0),
+    "8bit": KernelCodec(pieces.CODEC_8BIT.value, tl.float32, 1, 8),
+    "4bit": KernelCodec(pieces.CODEC_4BIT.value, tl.float32, 2, 4),
+}
+
+
+def codec_block(codec_name: str) -> int:
+    """Elements per tile row: the codec's quantization block, 256 for unquantized codecs."""
+    return get_codec(codec_name).block_size or 256
+
+
+@lru_cache(maxsize=None)
+def _map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, midpoints padded with +inf to a power of two) on ``device``."""
+    qmap = get_map(map_name)
+    size = 1 << max(1, math.ceil(math.log2(qmap.size)))
+    padded = torch.full((size,), float("inf"), dtype=torch.float32)
+    padded[: qmap.size - 1] = qmap.midpoints
+    return qmap.values.to(device), padded.to(device)
+
+
+def _hyper_table(kernel_rule: KernelRule, hyper: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+    lr = hyper["lr"]
+    values = [0.0] * HYPER_SLOTS
+    values[0] = 0.0 if isinstance(lr, torch.Tensor) else float(lr)
+    for slot, value in kernel_rule.slots(hyper).items():
+        values[slot] = float(value)
+    table = torch.tensor(values, dtype=torch.float64, device=device)
+    if isinstance(lr, torch.Tensor):  # read on the device: no .item()
+        table[:1].copy_(lr.detach().reshape(1), non_blocking=True)
+    return table
+
+
+@lru_cache(maxsize=256)
+def _program_rows(numels: tuple[int, ...]) -> tuple[int, ...]:
+    rows: list[int] = []
+    for tensor, numel in enumerate(numels):
+        for start in range(0, max(numel, 1), ELEMENTS_PER_PROGRAM):
+            rows += (tensor, start)
+    return tuple(rows)
+
+
+def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
+               states: Sequence[dict[str, Any]], state_names: Sequence[str], codec_name: str, *,
+               stochastic_rounding: bool = False, seed: int = 0, salts: Sequence[int] | None = None) -> None:
+    """One optimizer step for ``params`` (same dtype, same codec for every state) in two launches.
+
+    ``state_names`` orders the rule's states as the kernels expect them (first, second).
+    Stochastic rounding (bf16 params only) uses Philox key (seed, salt of the param) and
+    counter (element, step); see rounding.py.
+    """
+    kernel_rule = KERNEL_RULES[rule_name]
+    kernel_codec = KERNEL_CODECS[codec_name]
+    device = params[0].device
+    param_dtype = params[0].dtype
+    if stochastic_rounding and param_dtype != torch.bfloat16:
+        raise ValueError(f"stochastic_rounding applies to bfloat16 params, not {param_dtype}")
+    grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
+    salts = list(range(len(params))) if salts is None else list(salts)
+
+    tensor_rows: list[int] = []
+    for param, grad, state, salt in zip(params, grads, states, salts):
+        tensor_rows += (param.data_ptr(), grad.data_ptr(), state["step"].data_ptr(),
+                        state["nonfinite_skips"].data_ptr(), param.numel(), seed, salt)
+        for name in state_names:
+            buffers = state[name].buffers
+            tensor_rows += (buffers["values"].data_ptr(), 0) if "values" in buffers else \
+                (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
+    program_rows = _program_rows(tuple(p.numel() for p in params))
+    # One host-to-device copy for both tables.
+    tables = torch.tensor(program_rows + tuple(tensor_rows), dtype=torch.int64, device=device)
+    programs, tensors = tables[: len(program_rows)], tables[len(program_rows):]
+    hyper_table = _hyper_table(kernel_rule, hyper, device)
+    scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
+    nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)
+
+    maps = []
+    for name in state_names:
+        if kernel_codec.bits:
+            maps += _map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
+        else:
+            maps += (hyper_table, hyper_table)  # unused by unquantized codecs
+    maps += [hyper_table] * (4 - len(maps))
+
+    columns = fused_kernels.FIXED_COLUMNS + 2 * len(state_names)
+    block = codec_block(codec_name)
+    grid = (len(program_rows) // 2,)
+    fused_kernels.finite_check_kernel[grid](
+        programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE=TL_DTYPES[grads[0].dtype], COLUMNS=columns,
+        SPAN=ELEMENTS_PER_PROGRAM)
+    fused_kernels.fused_update_kernel[grid](
+        programs, tensors, hyper_table, nonfinite, step_snapshot, *maps,
+        RULE=kernel_rule.selector, NSTATES=len(state_names), CODEC=kernel_codec.selector,
+        VALUE_DTYPE=kernel_codec.value_dtype, PARAM_DTYPE=TL_DTYPES[param_dtype],
+        GRAD_DTYPE=TL_DTYPES[grads[0].dtype], STOCHASTIC=stochastic_rounding,
+        ROWS=ELEMENTS_PER_PROGRAM // block, BLOCK=block, LANES=kernel_codec.lanes, BITS=kernel_codec.bits,
+        COLUMNS=columns)
