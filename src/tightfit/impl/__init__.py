@@ -44,3 +44,4 @@ def select_implementation(requested: str, rule, params, states) -> Implementatio
         raise ValueError(f"impl={requested!r} cannot run here: {reason}; usable now: {['auto', *usable]}")
     return impl
 from . import native  # noqa: E402,F401  (registers impl "native")
+from . import triton_impl  # noqa: E402,F401  (registers impl "triton")
