@@ -1,0 +1,156 @@
+"""One optimizer step on CPU: tightfit (native / reference) vs torch.optim.AdamW vs bitsandbytes.
+
+A few layers of a Llama-like model (fp32, random grads), every optimizer stepping the
+same tensors, rounds interleaved so that load from other processes hits all rows alike;
+the median ms/step over rounds after warm-up. Writes benchmarks/results/step_cpu.csv
+and .md (device, threads, date and versions on every row).
+
+    python benchmarks/step_cpu.py [--layers 2] [--hidden 1024] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import tightfit
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def llama_shapes(hidden: int, intermediate: int, layers: int, vocab: int, kv_heads_ratio: int) -> dict[str, tuple]:
+    """Parameter shapes of a Llama-style decoder (untied embedding and lm_head)."""
+    kv = hidden // kv_heads_ratio
+    shapes = {"embed_tokens": (vocab, hidden), "norm": (hidden,), "lm_head": (vocab, hidden)}
+    for i in range(layers):
+        shapes |= {f"l{i}.q_proj": (hidden, hidden), f"l{i}.k_proj": (kv, hidden), f"l{i}.v_proj": (kv, hidden),
+                   f"l{i}.o_proj": (hidden, hidden), f"l{i}.gate_proj": (intermediate, hidden),
+                   f"l{i}.up_proj": (intermediate, hidden), f"l{i}.down_proj": (hidden, intermediate),
+                   f"l{i}.input_norm": (hidden,), f"l{i}.post_norm": (hidden,)}
+    return shapes
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of optimizer state: tightfit reports exact codec bytes; for torch / bnb, the
+    unique tensor storages in opt.state except step counters (bnb shares its qmaps)."""
+    if isinstance(opt, tightfit.TightfitOptimizer):
+        return opt.state_nbytes()
+    seen, total = set(), 0
+    for state in opt.state.values():
+        for key, value in state.items():
+            if key == "step" or not isinstance(value, torch.Tensor):
+                continue
+            ptr = value.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                total += value.untyped_storage().nbytes()
+    return total
+
+
+def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
+    """Row name -> (implementation label, factory over a param list)."""
+    rows = {
+        "tightfit AdamW fp32": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="fp32")),
+        "tightfit AdamW 8bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit")),
+        "tightfit AdamW 4bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="4bit")),
+        "tightfit Lion 8bit": ("native", lambda ps: tightfit.Lion(ps, lr=lr, state="8bit")),
+        "tightfit AdamW 8bit (reference)": ("reference",
+                                            lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit", impl="reference")),
+        "torch AdamW foreach": ("torch", lambda ps: torch.optim.AdamW(ps, lr=lr, foreach=True)),
+        "torch AdamW fused": ("torch", lambda ps: torch.optim.AdamW(ps, lr=lr, fused=True)),
+    }
+    try:
+        import bitsandbytes as bnb
+        rows["bitsandbytes AdamW8bit"] = ("bnb", lambda ps: bnb.optim.AdamW8bit(ps, lr=lr))
+    except ImportError as exc:
+        print(f"bitsandbytes row skipped: {exc}")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--intermediate", type=int, default=2816)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (each steps every optimizer once)")
+    ap.add_argument("--warmup", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    shapes = llama_shapes(args.hidden, args.intermediate, args.layers, args.vocab, kv_heads_ratio=4)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes.values()]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    numel = sum(p.numel() for p in params)
+    print(f"{len(params)} tensors, {numel / 1e6:.1f}M params, {torch.get_num_threads()} threads, {cpu_model()}")
+
+    rows = optimizer_rows(lr=1e-5)
+    opts = {name: make(params) for name, (_, make) in rows.items()}
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for r in range(args.warmup + args.rounds):
+        order = list(opts) if r % 2 == 0 else list(reversed(opts))  # alternate: no row always follows another
+        for name in order:
+            start = time.perf_counter()
+            opts[name].step()
+            elapsed = time.perf_counter() - start
+            if r >= args.warmup:
+                times[name].append(elapsed * 1e3)
+        print(f"round {r + 1}/{args.warmup + args.rounds} done")
+
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    fused, bnb_ms = med["torch AdamW fused"], med.get("bitsandbytes AdamW8bit")
+    try:
+        import bitsandbytes
+        bnb_version = bitsandbytes.__version__
+    except ImportError:
+        bnb_version = "absent"
+    meta = {"device": cpu_model(), "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+            "torch": torch.__version__, "bitsandbytes": bnb_version, "params": numel, "tensors": len(params),
+            "rounds": args.rounds}
+    records = []
+    for name, (impl, _) in rows.items():
+        records.append({"optimizer": name, "impl": impl, "ms_per_step": round(med[name], 2),
+                        "min_ms": round(min(times[name]), 2), "max_ms": round(max(times[name]), 2),
+                        "x_torch_fused": round(med[name] / fused, 2),
+                        "bnb8bit_over_this": round(bnb_ms / med[name], 1) if bnb_ms else "",
+                        "state_bytes_per_param": round(state_bytes(opts[name]) / numel, 3), **meta})
+    write(records, args)
+
+
+def write(records: list[dict], args) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / "step_cpu.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    cols = ["optimizer", "impl", "ms_per_step", "min_ms", "max_ms", "x_torch_fused", "bnb8bit_over_this",
+            "state_bytes_per_param"]
+    m = records[0]
+    lines = [f"# One optimizer step on CPU ({m['params'] / 1e6:.1f}M params in {m['tensors']} Llama-shaped fp32 "
+             f"tensors: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab})", "",
+             f"Device: {m['device']}, {m['threads']} threads; date {m['date']}; torch {m['torch']}, "
+             f"bitsandbytes {m['bitsandbytes']}; median of {m['rounds']} interleaved rounds after warm-up.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in records]
+    (RESULTS / "step_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
