@@ -33,7 +33,7 @@ DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 class TfState(ctypes.Structure):
     _fields_ = [("codec", ctypes.c_int32), ("block", ctypes.c_int32),
                 ("data", ctypes.c_void_p), ("absmax", ctypes.c_void_p),
-                ("values", ctypes.c_void_p), ("padded_mids", ctypes.c_void_p),
+                ("values", ctypes.c_void_p), ("bucket_mid", ctypes.c_void_p),
                 ("bucket_low", ctypes.c_void_p),
                 ("shift", ctypes.c_int32), ("top", ctypes.c_int32),
                 ("n_buckets", ctypes.c_int32), ("pad_", ctypes.c_int32)]
@@ -98,7 +98,7 @@ class MapTables:
     """A QuantMap's encode/decode tables as contiguous CPU tensors (kept alive here)."""
 
     values: torch.Tensor
-    padded_mids: torch.Tensor
+    bucket_mid: torch.Tensor  # padded_midpoints[bucket_low]: the one midpoint a bucket can hold
     bucket_low: torch.Tensor  # int32: the kernel gathers 32-bit lanes
     shift: int
     top: int
@@ -108,8 +108,9 @@ class MapTables:
 def map_tables(qmap: QuantMap) -> MapTables:
     # The bucket layout is QuantMap's (maps.py): bucket = (key >> shift) + top + 1.
     top = 0x3F800000 >> qmap._shift
-    return MapTables(qmap.values.contiguous(), qmap._padded_midpoints.contiguous(),
-                     qmap._bucket_low.to(torch.int32).contiguous(), qmap._shift, top)
+    low = qmap._bucket_low.long()
+    return MapTables(qmap.values.contiguous(), qmap._padded_midpoints[low].contiguous(),
+                     low.to(torch.int32).contiguous(), qmap._shift, top)
 
 
 def _fill_plain(codec_id: int) -> Callable[[TfState, Encoded], None]:
@@ -127,7 +128,7 @@ def _fill_blockwise(codec_id: int) -> Callable[[TfState, Encoded], None]:
         st.data = enc.buffers["codes"].data_ptr()
         st.absmax = enc.buffers["absmax"].data_ptr()
         st.values = tables.values.data_ptr()
-        st.padded_mids = tables.padded_mids.data_ptr()
+        st.bucket_mid = tables.bucket_mid.data_ptr()
         st.bucket_low = tables.bucket_low.data_ptr()
         st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_low.numel()
     return fill

@@ -41,8 +41,8 @@ struct TfState {
   void* data;
   float* absmax;
   const float* values;        // map values (decode)
-  const float* padded_mids;   // midpoints + [inf] (encode)
-  const int32_t* bucket_low;  // lowest code of each bucket (encode)
+  const float* bucket_mid;    // the one midpoint that can lie in each bucket, or +inf (encode)
+  const int32_t* bucket_low;  // code of each bucket's lowest float (encode)
   int32_t shift;              // bucket = (monotone key >> shift) + top + 1
   int32_t top;
   int32_t n_buckets;
@@ -167,7 +167,8 @@ void decode_state(const TfState& st, int64_t start, int n, float* out) {
 
 // Nearest map code of each x / scale: bucket of the float's monotone key, then one
 // comparison with the only midpoint that can lie in that bucket (ties -> lower code).
-// Matches QuantMap.encode_fast / encode_reference exactly.
+// Matches QuantMap.encode_fast / encode_reference exactly; both look-ups are indexed
+// by the bucket (bucket_mid[b] = padded_mids[bucket_low[b]]), so they do not chain.
 void encode_block(const TfState& st, const float* x, int m, float* absmax_out, uint8_t* codes) {
   uint32_t amax_bits = 0;  // max |x| on the bit pattern: orders like the value for x >= 0
   for (int i = 0; i < m; ++i) {
@@ -178,7 +179,7 @@ void encode_block(const TfState& st, const float* x, int m, float* absmax_out, u
   *absmax_out = amax;
   const float scale = amax > 0.0f ? amax : 1.0f;
   const int32_t* low_of = st.bucket_low;
-  const float* mids = st.padded_mids;
+  const float* mids = st.bucket_mid;
   const int32_t shift = st.shift, offset = st.top + 1, last = st.n_buckets - 1;
   alignas(64) int32_t wide[TILE];  // int32 codes first: keeps the loop one element width (vectorizes)
   for (int i = 0; i < m; ++i) {
@@ -187,8 +188,7 @@ void encode_block(const TfState& st, const float* x, int m, float* absmax_out, u
     const int32_t mag = b & 0x7FFFFFFF;
     int32_t bucket = ((b < 0 ? -mag : mag) >> shift) + offset;
     bucket = bucket < 0 ? 0 : (bucket > last ? last : bucket);  // NaN / out of range stay in bounds
-    const int32_t low = low_of[bucket];
-    wide[i] = low + (y > mids[low] ? 1 : 0);
+    wide[i] = low_of[bucket] + (y > mids[bucket] ? 1 : 0);
   }
   for (int i = 0; i < m; ++i) codes[i] = uint8_t(wide[i]);
 }
