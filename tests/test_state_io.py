@@ -162,3 +162,16 @@ def test_state_dict_of_fresh_optimizer_round_trips():
     fresh.load_state_dict(saved_and_loaded(opt.state_dict()))
     assert len(fresh.state) == 0
     train(model, fresh, 1)
+
+
+def test_torch_adafactor_state_dict_loads():
+    model, twin = small_mlp(), small_mlp()
+    theirs = torch.optim.Adafactor(twin.parameters(), lr=1e-2)
+    train(twin, theirs, 3)
+    model.load_state_dict(twin.state_dict())
+    ours = tightfit.Adafactor(model.parameters(), lr=1e-2)
+    ours.load_state_dict(theirs.state_dict())
+    train(model, ours, 3)
+    train(twin, theirs, 3)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

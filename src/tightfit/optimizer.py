@@ -40,6 +40,11 @@ class TightfitOptimizer(torch.optim.Optimizer):
         defaults.update(options)
         super().__init__(params, defaults)
 
+    @classmethod
+    def rule_for(cls, options: dict[str, Any]) -> Rule:
+        """The rule an instance built with ``options`` runs (classes with variants override)."""
+        return cls.rule
+
     # -- groups ------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

@@ -10,6 +10,7 @@ import torch
 from .codecs import CODECS, Codec, get_codec
 from .names import CODEC_SUFFIX, register_name
 from .optimizer import TightfitOptimizer
+from .rules import Rule
 from .rules.adafactor import ADAFACTOR, ADAFACTOR_HF
 from .rules.came import CAME as CAME_RULE
 from .rules.sophia import SOPHIAG, sophiag_hessian_update
@@ -50,6 +51,10 @@ class Adafactor(TightfitOptimizer):
     """
 
     rule = ADAFACTOR
+
+    @classmethod
+    def rule_for(cls, options: dict[str, Any]) -> Rule:
+        return ADAFACTOR_CONVENTIONS[options.get("convention", "torch")]
 
     def __init__(self, params, lr=_UNSET, *, convention: str = "torch", state: str | Codec = "fp32",
                  min_quantized_numel: int = 4096, impl: str = "auto", **hyper: Any):

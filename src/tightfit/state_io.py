@@ -65,8 +65,9 @@ def _merged_groups(opt, saved_groups: list[dict[str, Any]]) -> list[dict[str, An
         if saved.get("amsgrad"):
             raise ValueError("state_dict has amsgrad=True; tightfit does not support amsgrad (allowed: amsgrad=False)")
         g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad"}
-        for key in ("state", "min_quantized_numel", "impl"):
-            g.setdefault(key, live[key])
+        for key, value in live.items():  # keys the saved dict lacks (tightfit's own, rule extensions)
+            if key != "params":
+                g.setdefault(key, value)
         merged.append(g)
     return merged
 

@@ -36,7 +36,7 @@ def collect(shape: tuple[int, ...]) -> dict:
               "defaults": {k: v for k, v in rule.defaults.items()}, "paper": rule.paper} for name, rule in RULES.items()]
     names = []
     for name, entry in sorted(OPTIMIZER_NAMES.items()):
-        rule = entry.cls.rule
+        rule = entry.cls.rule_for(entry.options)
         hyper = {k: v for k, v in entry.options.items() if k in rule.defaults}
         codec = entry.options.get("state", "fp32")
         names.append({"name": name, "builds": entry.describe(), "rule": rule.name, "state": str(codec),
