@@ -311,7 +311,8 @@ int tf_step(const TfJob* job) {
     return 0;
   }
   const int64_t tiles = (n + TILE - 1) / TILE;
-#pragma omp parallel for schedule(static) num_threads(job->n_threads) if (tiles > 8)
+  // dynamic chunks of 16 tiles: on a shared CPU a descheduled thread's work is taken over
+#pragma omp parallel for schedule(dynamic, 16) num_threads(job->n_threads) if (tiles > 8)
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t start = t * TILE;
     process_tile(*job, start, int(n - start < TILE ? n - start : TILE));
