@@ -44,7 +44,7 @@ def finite_check_kernel(programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE:
     numel = tl.load(row + 4)
     elem = start + tl.arange(0, SPAN)
     grad = tl.load(_address(row, 1, GRAD_DTYPE) + elem, mask=elem < numel, other=0.0).to(tl.float32)
-    bad = tl.sum(((grad != grad) | (tl.abs(grad) == float("inf"))).to(tl.int32), axis=0)
+    bad = tl.sum(((grad - grad) != 0.0).to(tl.int32), axis=0)  # inf - inf and NaN - NaN are NaN
     tl.atomic_max(nonfinite + tensor, tl.minimum(bad, 1))
     step = tl.load(_address(row, 2, tl.float32))
     tl.store(step_snapshot + tensor, step, mask=start == 0)

@@ -103,6 +103,18 @@ def _program_rows(numels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(rows)
 
 
+def update_constexprs(rule_name: str, nstates: int, codec_name: str, param_dtype: torch.dtype,
+                      grad_dtype: torch.dtype, stochastic_rounding: bool) -> dict[str, Any]:
+    """Compile-time parameters of the update kernel: selectors, dtypes and tile layout only."""
+    kernel_codec = KERNEL_CODECS[codec_name]
+    block = codec_block(codec_name)
+    return dict(RULE=KERNEL_RULES[rule_name].selector, NSTATES=nstates, CODEC=kernel_codec.selector,
+                VALUE_DTYPE=kernel_codec.value_dtype, PARAM_DTYPE=TL_DTYPES[param_dtype],
+                GRAD_DTYPE=TL_DTYPES[grad_dtype], STOCHASTIC=stochastic_rounding,
+                ROWS=ELEMENTS_PER_PROGRAM // block, BLOCK=block, LANES=kernel_codec.lanes, BITS=kernel_codec.bits,
+                COLUMNS=fused_kernels.FIXED_COLUMNS + 2 * nstates)
+
+
 def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
                states: Sequence[dict[str, Any]], state_names: Sequence[str], codec_name: str, *,
                stochastic_rounding: bool = False, seed: int = 0, salts: Sequence[int] | None = None) -> None:
@@ -145,16 +157,11 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
             maps += (hyper_table, hyper_table)  # unused by unquantized codecs
     maps += [hyper_table] * (4 - len(maps))
 
-    columns = fused_kernels.FIXED_COLUMNS + 2 * len(state_names)
-    block = codec_block(codec_name)
+    constexprs = update_constexprs(rule_name, len(state_names), codec_name, param_dtype, grads[0].dtype,
+                                   stochastic_rounding)
     grid = (len(program_rows) // 2,)
     fused_kernels.finite_check_kernel[grid](
-        programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE=TL_DTYPES[grads[0].dtype], COLUMNS=columns,
-        SPAN=ELEMENTS_PER_PROGRAM)
-    fused_kernels.fused_update_kernel[grid](
-        programs, tensors, hyper_table, nonfinite, step_snapshot, *maps,
-        RULE=kernel_rule.selector, NSTATES=len(state_names), CODEC=kernel_codec.selector,
-        VALUE_DTYPE=kernel_codec.value_dtype, PARAM_DTYPE=TL_DTYPES[param_dtype],
-        GRAD_DTYPE=TL_DTYPES[grads[0].dtype], STOCHASTIC=stochastic_rounding,
-        ROWS=ELEMENTS_PER_PROGRAM // block, BLOCK=block, LANES=kernel_codec.lanes, BITS=kernel_codec.bits,
-        COLUMNS=columns)
+        programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE=constexprs["GRAD_DTYPE"],
+        COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM)
+    fused_kernels.fused_update_kernel[grid](programs, tensors, hyper_table, nonfinite, step_snapshot, *maps,
+                                            **constexprs)

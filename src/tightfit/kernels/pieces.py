@@ -84,9 +84,9 @@ def nearest_code(x, absmax_rows, midpoints_ptr, BITS: tl.constexpr):
     normalized = tl.div_rn(x, scale)
     position = tl.zeros(x.shape, dtype=tl.int32)
     for level in tl.static_range(BITS):
-        stride: tl.constexpr = 1 << (BITS - 1 - level)
-        midpoint = tl.load(midpoints_ptr + position + (stride - 1))
-        position = tl.where(midpoint < normalized, position + stride, position)
+        # stride 2^(BITS-1-level); inlined: a named constexpr cannot be reassigned per iteration
+        midpoint = tl.load(midpoints_ptr + position + ((1 << (BITS - 1 - level)) - 1))
+        position = tl.where(midpoint < normalized, position + (1 << (BITS - 1 - level)), position)
     return position
 
 
