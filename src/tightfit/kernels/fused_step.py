@@ -82,13 +82,23 @@ def _map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torc
     return qmap.values.to(device), padded.to(device)
 
 
+def _host_to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small table on ``device`` without a host sync: a pageable host-to-device copy
+    waits for the stream to drain, a pinned non_blocking one does not (the caching host
+    allocator keeps the pinned buffer alive until the copy is done)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def _hyper_table(kernel_rule: KernelRule, hyper: Mapping[str, Any], device: torch.device) -> torch.Tensor:
     lr = hyper["lr"]
     values = [0.0] * HYPER_SLOTS
     values[0] = 0.0 if isinstance(lr, torch.Tensor) else float(lr)
     for slot, value in kernel_rule.slots(hyper).items():
         values[slot] = float(value)
-    table = torch.tensor(values, dtype=torch.float64, device=device)
+    table = _host_to_device(values, torch.float64, device)
     if isinstance(lr, torch.Tensor):  # read on the device: no .item()
         table[:1].copy_(lr.detach().reshape(1), non_blocking=True)
     return table
@@ -143,7 +153,7 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
                 (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
     program_rows = _program_rows(tuple(p.numel() for p in params))
     # One host-to-device copy for both tables.
-    tables = torch.tensor(program_rows + tuple(tensor_rows), dtype=torch.int64, device=device)
+    tables = _host_to_device(program_rows + tuple(tensor_rows), torch.int64, device)
     programs, tensors = tables[: len(program_rows)], tables[len(program_rows):]
     hyper_table = _hyper_table(kernel_rule, hyper, device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
