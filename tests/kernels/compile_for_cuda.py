@@ -20,7 +20,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from tightfit.kernels import fused_kernels  # noqa: E402
 from tightfit.kernels.fused_step import ELEMENTS_PER_PROGRAM, KERNEL_CODECS, KERNEL_RULES, update_constexprs  # noqa: E402
 
-POINTER_TYPES = {"programs": "*i64", "tensors": "*i64", "hyper_ptr": "*fp64", "nonfinite": "*i32",
+POINTER_TYPES = {"first_program": "*i64", "tensors": "*i64", "hyper_ptr": "*fp64", "nonfinite": "*i32",
                  "step_snapshot": "*fp32", "map_values0": "*fp32", "midpoints0": "*fp32", "map_values1": "*fp32",
                  "midpoints1": "*fp32"}
 STATE_COUNTS = {"adamw": [2], "adam": [2], "lion": [1], "sgd": [0, 1]}
@@ -39,12 +39,12 @@ def main(capability: int) -> None:
     target = GPUTarget("cuda", capability, 32)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         compile_kernel(fused_kernels.finite_check_kernel,
-                       {"GRAD_DTYPE": update_constexprs("lion", 1, "fp32", dtype, dtype, False)["GRAD_DTYPE"],
-                        "COLUMNS": 9, "SPAN": ELEMENTS_PER_PROGRAM}, target)
+                       {"GRAD_DTYPE": update_constexprs("lion", 1, "fp32", dtype, dtype, False, 1)["GRAD_DTYPE"],
+                        "COLUMNS": 9, "SPAN": ELEMENTS_PER_PROGRAM, "SEARCH_LEVELS": 9}, target)
     for rule, codec, (dtype, stochastic) in itertools.product(KERNEL_RULES, KERNEL_CODECS, PARAM_DTYPES):
         for nstates in STATE_COUNTS[rule]:
             compile_kernel(fused_kernels.fused_update_kernel,
-                           update_constexprs(rule, nstates, codec, dtype, dtype, stochastic), target)
+                           update_constexprs(rule, nstates, codec, dtype, dtype, stochastic, 291), target)
             print("compiled", capability, rule, nstates, codec, dtype, stochastic, flush=True)
 
 

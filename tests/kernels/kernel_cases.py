@@ -15,6 +15,8 @@ TOL = {
     "fp32_relative": 1e-6,
     # bf16 params/states: the same last-bit slack can flip a round-to-nearest: one bf16 ulp.
     "bf16_relative": 2.0**-7,
+    # fp16 params: likewise one fp16 ulp (11 significant bits).
+    "fp16_relative": 2.0**-10,
     # Quantized codes: nearest-code search; a normalized value within float32 rounding of a
     # midpoint may land one code over (ties). Codes differ by at most one step, and rarely.
     "code_steps": 1,

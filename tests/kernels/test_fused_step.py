@@ -14,7 +14,8 @@ pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not in
 from kernel_cases import (SHAPES, TOL, assert_states_match, make_params, relative_error,  # noqa: E402
                           set_grads, twin_optimizers)
 
-PARAM_TOL = {torch.float32: TOL["fp32_relative"], torch.bfloat16: TOL["bf16_relative"]}
+PARAM_TOL = {torch.float32: TOL["fp32_relative"], torch.bfloat16: TOL["bf16_relative"],
+             torch.float16: TOL["fp16_relative"]}
 STATE_TOL = {"fp32": TOL["fp32_relative"], "bf16": TOL["bf16_relative"], "8bit": None, "4bit": None}
 
 MATRIX = [
@@ -22,6 +23,7 @@ MATRIX = [
     for rule, codec, dtype in itertools.product(["adamw", "adam", "lion", "sgd"], ["fp32", "bf16", "8bit", "4bit"],
                                                 [torch.float32, torch.bfloat16])
 ] + [("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32),
+     ("adamw", "8bit", torch.float16), ("lion", "fp32", torch.float16),
      ("sgd_plain", "fp32", torch.bfloat16)]
 
 
@@ -104,7 +106,7 @@ def test_hyperparameters_are_runtime_values():
     signature = inspect.signature(getattr(kernel, "fn", kernel))
     constexprs = {name for name, p in signature.parameters.items() if p.annotation in (tl.constexpr, "tl.constexpr")}
     assert constexprs == {"RULE", "NSTATES", "CODEC", "VALUE_DTYPE", "PARAM_DTYPE", "GRAD_DTYPE", "STOCHASTIC",
-                          "ROWS", "BLOCK", "LANES", "BITS", "COLUMNS"}
+                          "ROWS", "BLOCK", "LANES", "BITS", "COLUMNS", "SEARCH_LEVELS"}
 
 
 class _CountingKernel:

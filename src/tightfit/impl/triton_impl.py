@@ -1,6 +1,6 @@
 """The triton implementation: fused decode -> rule -> encode kernels, many params per launch.
 
-Params of a group are bucketed by (param dtype, grad dtype, state codec); each bucket
+Params of a group are bucketed by (device, param dtype, grad dtype, state codec); each bucket
 takes two launches (kernels/fused_step.py), so the launch count does not grow with the
 number of params. Runs on CUDA tensors, and on CPU tensors under the triton interpreter
 (``TRITON_INTERPRET=1``, for tests). triton is imported on the first step only.
@@ -72,9 +72,9 @@ class TritonImplementation(Implementation):
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for index, (param, state) in enumerate(zip(params, states)):
             codec = _state_codec(state) or "fp32"
-            buckets[(param.dtype, param.grad.dtype, codec)].append(index)
+            buckets[(param.device, param.dtype, param.grad.dtype, codec)].append(index)
         rule_hyper = {k: v for k, v in hyper.items() if k not in ("stochastic_rounding", "rounding_seed")}
-        for (param_dtype, _, codec), members in buckets.items():
+        for (_, param_dtype, _, codec), members in buckets.items():
             fused_step(rule.name, rule_hyper, [params[i] for i in members], [states[i] for i in members],
                        state_names, codec, stochastic_rounding=stochastic and param_dtype == torch.bfloat16,
                        seed=seed, salts=members)

@@ -1,8 +1,10 @@
 """The two kernels of a fused multi-tensor step (triton 3.6 language).
 
 A launch covers many tensors that share parameter dtype and state codec.
-``programs`` is an int64 table [P, 2]: the tensor each program works on and the first
-element it covers (a multiple of ROWS * BLOCK). ``tensors`` is an int64 table
+``first_program`` is an int64 table: the first program of each tensor (a running sum
+of ceil(numel / SPAN)), padded with int64 max to 2^SEARCH_LEVELS entries; a program
+finds its tensor by binary search, so the table has one entry per tensor, not per
+program (a Llama-8B step runs ~8M programs). ``tensors`` is an int64 table
 [T, COLUMNS] (COLUMNS = 7 + 2 * NSTATES) with one row per tensor: addresses of param,
 grad, step, nonfinite_skips, then numel, rounding seed, rounding salt, then per state
 the address of its values/codes buffer and of its absmax (0 for unquantized codecs).
@@ -35,11 +37,20 @@ def _address(row, column, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def finite_check_kernel(programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE: tl.constexpr,
-                        COLUMNS: tl.constexpr, SPAN: tl.constexpr):
-    pid = tl.program_id(0)
-    tensor = tl.load(programs + 2 * pid)
-    start = tl.load(programs + 2 * pid + 1)
+def locate(first_program, SEARCH_LEVELS: tl.constexpr, SPAN: tl.constexpr):
+    """(tensor, first element) of this program: the last tensor whose first program <= pid."""
+    pid = tl.program_id(0).to(tl.int64)
+    tensor = pid * 0
+    for level in tl.static_range(SEARCH_LEVELS):
+        candidate = tensor + (1 << (SEARCH_LEVELS - 1 - level))
+        tensor = tl.where(tl.load(first_program + candidate) <= pid, candidate, tensor)
+    return tensor, (pid - tl.load(first_program + tensor)) * SPAN
+
+
+@triton.jit
+def finite_check_kernel(first_program, tensors, nonfinite, step_snapshot, GRAD_DTYPE: tl.constexpr,
+                        COLUMNS: tl.constexpr, SPAN: tl.constexpr, SEARCH_LEVELS: tl.constexpr):
+    tensor, start = locate(first_program, SEARCH_LEVELS, SPAN)
     row = tensors + tensor * COLUMNS
     numel = tl.load(row + 4)
     elem = start + tl.arange(0, SPAN)
@@ -121,15 +132,14 @@ def _store_param(row, elem, mask, value, step, seed, salt, PARAM_DTYPE: tl.const
 
 
 @triton.jit
-def fused_update_kernel(programs, tensors, hyper_ptr, nonfinite, step_snapshot,
+def fused_update_kernel(first_program, tensors, hyper_ptr, nonfinite, step_snapshot,
                         map_values0, midpoints0, map_values1, midpoints1,
                         RULE: tl.constexpr, NSTATES: tl.constexpr, CODEC: tl.constexpr,
                         VALUE_DTYPE: tl.constexpr, PARAM_DTYPE: tl.constexpr, GRAD_DTYPE: tl.constexpr,
                         STOCHASTIC: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
-                        LANES: tl.constexpr, BITS: tl.constexpr, COLUMNS: tl.constexpr):
-    pid = tl.program_id(0)
-    tensor = tl.load(programs + 2 * pid)
-    start = tl.load(programs + 2 * pid + 1)
+                        LANES: tl.constexpr, BITS: tl.constexpr, COLUMNS: tl.constexpr,
+                        SEARCH_LEVELS: tl.constexpr):
+    tensor, start = locate(first_program, SEARCH_LEVELS, ROWS * BLOCK)
     row = tensors + tensor * COLUMNS
     numel = tl.load(row + 4)
     flagged = tl.load(nonfinite + tensor)  # 1: the gradient holds NaN/Inf

@@ -104,25 +104,34 @@ def _hyper_table(kernel_rule: KernelRule, hyper: Mapping[str, Any], device: torc
     return table
 
 
-@lru_cache(maxsize=256)
-def _program_rows(numels: tuple[int, ...]) -> tuple[int, ...]:
-    rows: list[int] = []
-    for tensor, numel in enumerate(numels):
-        for start in range(0, max(numel, 1), ELEMENTS_PER_PROGRAM):
-            rows += (tensor, start)
-    return tuple(rows)
+def search_levels(tensor_count: int) -> int:
+    """Binary-search depth over the first_program table (changes only at powers of two)."""
+    return max(1, tensor_count.bit_length())
+
+
+@lru_cache(maxsize=64)
+def _first_program_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
+    """(first program of each tensor padded with int64 max, total programs), cached on the
+    device: it depends on sizes only, so steady-state steps copy nothing for it."""
+    starts, total = [], 0
+    for numel in numels:
+        starts.append(total)
+        total += max(1, -(-numel // ELEMENTS_PER_PROGRAM))  # a 0-element tensor still counts its step
+    starts += [torch.iinfo(torch.int64).max] * ((1 << search_levels(len(numels))) - len(numels))
+    return torch.tensor(starts, dtype=torch.int64).to(device), total
 
 
 def update_constexprs(rule_name: str, nstates: int, codec_name: str, param_dtype: torch.dtype,
-                      grad_dtype: torch.dtype, stochastic_rounding: bool) -> dict[str, Any]:
-    """Compile-time parameters of the update kernel: selectors, dtypes and tile layout only."""
+                      grad_dtype: torch.dtype, stochastic_rounding: bool, tensor_count: int) -> dict[str, Any]:
+    """Compile-time parameters of the update kernel: selectors, dtypes, tile layout and the
+    search depth (log2 of the tensor count) only -- never a hyperparameter or a step."""
     kernel_codec = KERNEL_CODECS[codec_name]
     block = codec_block(codec_name)
     return dict(RULE=KERNEL_RULES[rule_name].selector, NSTATES=nstates, CODEC=kernel_codec.selector,
                 VALUE_DTYPE=kernel_codec.value_dtype, PARAM_DTYPE=TL_DTYPES[param_dtype],
                 GRAD_DTYPE=TL_DTYPES[grad_dtype], STOCHASTIC=stochastic_rounding,
                 ROWS=ELEMENTS_PER_PROGRAM // block, BLOCK=block, LANES=kernel_codec.lanes, BITS=kernel_codec.bits,
-                COLUMNS=fused_kernels.FIXED_COLUMNS + 2 * nstates)
+                COLUMNS=fused_kernels.FIXED_COLUMNS + 2 * nstates, SEARCH_LEVELS=search_levels(tensor_count))
 
 
 def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
@@ -151,10 +160,8 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
             buffers = state[name].buffers
             tensor_rows += (buffers["values"].data_ptr(), 0) if "values" in buffers else \
                 (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
-    program_rows = _program_rows(tuple(p.numel() for p in params))
-    # One host-to-device copy for both tables.
-    tables = _host_to_device(program_rows + tuple(tensor_rows), torch.int64, device)
-    programs, tensors = tables[: len(program_rows)], tables[len(program_rows):]
+    first_program, total_programs = _first_program_table(tuple(p.numel() for p in params), device)
+    tensors = _host_to_device(tensor_rows, torch.int64, device)
     hyper_table = _hyper_table(kernel_rule, hyper, device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
     nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)
@@ -168,10 +175,10 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
     maps += [hyper_table] * (4 - len(maps))
 
     constexprs = update_constexprs(rule_name, len(state_names), codec_name, param_dtype, grads[0].dtype,
-                                   stochastic_rounding)
-    grid = (len(program_rows) // 2,)
+                                   stochastic_rounding, len(params))
+    grid = (total_programs,)
     fused_kernels.finite_check_kernel[grid](
-        programs, tensors, nonfinite, step_snapshot, GRAD_DTYPE=constexprs["GRAD_DTYPE"],
-        COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM)
-    fused_kernels.fused_update_kernel[grid](programs, tensors, hyper_table, nonfinite, step_snapshot, *maps,
+        first_program, tensors, nonfinite, step_snapshot, GRAD_DTYPE=constexprs["GRAD_DTYPE"],
+        COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM, SEARCH_LEVELS=constexprs["SEARCH_LEVELS"])
+    fused_kernels.fused_update_kernel[grid](first_program, tensors, hyper_table, nonfinite, step_snapshot, *maps,
                                             **constexprs)
