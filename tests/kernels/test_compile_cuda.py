@@ -1,4 +1,5 @@
-"""Every fused-kernel variant compiles for CUDA (sm_80, sm_90) -- checked without a GPU."""
+"""Every fused-kernel variant compiles for CUDA (sm_90, the H100 the project benchmarks on) --
+checked without a GPU: the interpreter accepts code that a GPU compile rejects."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ from tightfit.kernels import triton_available
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
 
-@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("capability", [90])
 def test_all_variants_compile_for_cuda(capability):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

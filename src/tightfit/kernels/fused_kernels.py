@@ -80,7 +80,8 @@ def _decode_lane(CODEC: tl.constexpr, values_ptr, codes_ptr, map_values, elem, b
         state = pieces.decode_code(map_values, (packed >> (4 * NIBBLE)) & 0xF, absmax_rows)
     else:
         state = pieces.decode_values(values_ptr, elem, mask)
-    return state
+    # Lanes past numel decode map[0] * absmax; zero them so the rule sees 0 there, not garbage.
+    return tl.where(mask, state, 0.0)
 
 
 @triton.jit
