@@ -1,7 +1,8 @@
 """Fused Triton kernels: one pass per block does decode -> rule -> encode for many tensors.
 
-Only this package imports triton, and only inside the modules that define kernels
-(``pieces``, ``fused_step``), which ``impl/triton_impl.py`` imports on first use.
+Only this package imports triton, and only in ``pieces`` (small @triton.jit pieces),
+``fused_kernels`` (the two kernels built from them) and ``fused_step`` (the host-side
+launcher), which ``impl/triton_impl.py`` imports on first use.
 ``rounding`` is pure PyTorch (the reference of the kernels' stochastic rounding).
 """
 

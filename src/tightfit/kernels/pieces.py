@@ -1,6 +1,6 @@
 """Small @triton.jit pieces the fused step is built from: codecs, rules, rounding.
 
-Every piece works on a tile of float32 values; the fused kernel (fused_step.py) picks
+Every piece works on a tile of float32 values; the fused kernel (fused_kernels.py) picks
 pieces with ``tl.constexpr`` selectors. Written in the triton 3.6 language. Division
 and square root use the IEEE round-to-nearest forms (``div_rn``, ``sqrt_rn``) so the
 kernels round like the PyTorch reference; hyperparameters arrive as float64 and are
@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Codec selectors (see CODEC_IDS in fused_step.py).
+# Codec selectors (see KERNEL_CODECS in fused_step.py).
 CODEC_FP32: tl.constexpr = tl.constexpr(0)
 CODEC_BF16: tl.constexpr = tl.constexpr(1)
 CODEC_8BIT: tl.constexpr = tl.constexpr(2)
