@@ -146,6 +146,27 @@ def factored_rsqrt(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     return row_factor * col.unsqueeze(-2).rsqrt()
 
 
+def scaled_by_second_moment(grad, state, beta2, eps1, clip_threshold):
+    """HF-style Adafactor/CAME preconditioning, shared by both rules:
+
+        v ← β₂·v + (1 − β₂)·(g² + ε₁)   factored as row/col means for ≥2-D (V̂ = R Cᵀ / mean R)
+        u ← g / √v̂,  then  u ← u / max(1, RMS(u) / d)
+
+    Returns the clipped update and the new ``exp_avg_sq_row/col`` (or ``exp_avg_sq``) states.
+    """
+    grad_sq = grad * grad + eps1
+    if grad.dim() > 1:
+        row = state["exp_avg_sq_row"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-1)
+        col = state["exp_avg_sq_col"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-2)
+        update = factored_rsqrt(row, col) * grad
+        new_states = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
+    else:
+        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad_sq
+        update = exp_avg_sq.rsqrt() * grad
+        new_states = {"exp_avg_sq": exp_avg_sq}
+    return update / (_rms(update) / clip_threshold).clamp(min=1.0), new_states
+
+
 def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, decay_rate, beta1, weight_decay,
                         scale_parameter, relative_step, warmup_init):
     """Adafactor with transformers.Adafactor semantics (t = step):
@@ -172,17 +193,7 @@ def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, de
         rho = lr
     alpha = max(eps2, float(_rms(param))) * rho if scale_parameter else rho
     beta2t = 1.0 - math.pow(step, decay_rate)
-    grad_sq = grad * grad + eps1
-    if grad.dim() > 1:
-        row = state["exp_avg_sq_row"] * beta2t + (1 - beta2t) * grad_sq.mean(dim=-1)
-        col = state["exp_avg_sq_col"] * beta2t + (1 - beta2t) * grad_sq.mean(dim=-2)
-        update = factored_rsqrt(row, col) * grad
-        new_states = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
-    else:
-        exp_avg_sq = state["exp_avg_sq"] * beta2t + (1 - beta2t) * grad_sq
-        update = exp_avg_sq.rsqrt() * grad
-        new_states = {"exp_avg_sq": exp_avg_sq}
-    update = update / (_rms(update) / clip_threshold).clamp(min=1.0)
+    update, new_states = scaled_by_second_moment(grad, state, beta2t, eps1, clip_threshold)
     update, moment = _first_moment(alpha * update, state, beta1)
     if weight_decay != 0:
         param = param - (weight_decay * alpha) * param

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .adafactor import factored_rsqrt
+from .adafactor import factored_rsqrt, scaled_by_second_moment
 from .base import Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
 
 
@@ -42,17 +42,7 @@ def came_update(param, grad, state, *, step, lr, eps, clip_threshold, betas, wei
     """
     beta1, beta2, beta3 = betas
     eps1, eps2 = eps
-    grad_sq = grad * grad + eps1
-    if grad.dim() > 1:
-        row = state["exp_avg_sq_row"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-1)
-        col = state["exp_avg_sq_col"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-2)
-        update = factored_rsqrt(row, col) * grad
-        new_states = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
-    else:
-        exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad_sq
-        update = exp_avg_sq.rsqrt() * grad
-        new_states = {"exp_avg_sq": exp_avg_sq}
-    update = update / (_rms(update) / clip_threshold).clamp(min=1.0)
+    update, new_states = scaled_by_second_moment(grad, state, beta2, eps1, clip_threshold)
     exp_avg = state["exp_avg"] * beta1 + (1 - beta1) * update
     if grad.dim() > 1:
         instability = (update - exp_avg) ** 2 + eps2
