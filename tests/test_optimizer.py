@@ -233,7 +233,7 @@ def test_explicit_impl_that_cannot_run_lists_usable_ones():
     class Never(Implementation):
         name = "never"
 
-        def unavailable_reason(self, rule, params, states):
+        def unavailable_reason(self, rule, params, states, rounding=None):
             return "it never runs"
 
     IMPLEMENTATIONS["never"] = Never()

@@ -14,12 +14,14 @@ import torch
 from . import state_io
 from .codecs import Codec, Encoded, get_codec
 from .impl import implementation_names, select_implementation
+from .impl.base import StochasticRounding
 from .rules import Rule, StateSpec
 from .state_bytes import codec_for_state
 
 
 # Group keys the shell understands besides the rule's hyperparameters.
-SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto"}
+SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto",
+                  "stochastic_rounding": False, "rounding_seed": 0}
 
 
 class TightfitOptimizer(torch.optim.Optimizer):
@@ -27,7 +29,12 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     Group keys (each may be overridden per param group): the rule's hyperparameters,
     ``state`` (codec name or Codec object), ``min_quantized_numel`` (parameters with
-    fewer elements keep fp32 states) and ``impl`` ("auto" or a registered name).
+    fewer elements keep fp32 states), ``impl`` ("auto" or a registered name), and
+    ``stochastic_rounding`` / ``rounding_seed``: bf16 params are written with stochastic
+    rounding (unbiased, so small updates are not lost to round-to-nearest and no fp32
+    master copy is needed; Zamirai et al. 2020). The random bits depend only on
+    (seed, the param's position in the optimizer, element, step), so every
+    implementation and a resumed run draw the same ones.
     """
 
     rule: ClassVar[Rule]
@@ -56,6 +63,11 @@ class TightfitOptimizer(torch.optim.Optimizer):
         mqn = group["min_quantized_numel"]
         if isinstance(mqn, bool) or not isinstance(mqn, int) or mqn < 0:
             raise ValueError(f"invalid min_quantized_numel: {mqn!r} (allowed: an int >= 0)")
+        if not isinstance(group["stochastic_rounding"], bool):
+            raise ValueError(f"invalid stochastic_rounding: {group['stochastic_rounding']!r} (allowed: True or False)")
+        seed = group["rounding_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"invalid rounding_seed: {seed!r} (allowed: an int in [0, 2**32))")
         if group["impl"] not in implementation_names():
             raise ValueError(f"unknown impl {group['impl']!r}; allowed: {implementation_names()}")
         for p in group["params"]:
@@ -104,8 +116,16 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     def _step_params(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         states = [self._ensure_state(p, group) for p in params]
-        impl = select_implementation(group["impl"], self.rule, params, states)
-        impl.step_group(self.rule, self.rule.hyper(group), params, states)
+        rounding = self._rounding(group, params)
+        impl = select_implementation(group["impl"], self.rule, params, states, rounding)
+        impl.step_group(self.rule, self.rule.hyper(group), params, states, rounding)
+
+    def _rounding(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
+        """Stochastic rounding for this call, salted by each param's position in the optimizer."""
+        if not group["stochastic_rounding"]:
+            return None
+        position = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        return StochasticRounding(group["rounding_seed"], tuple(position[id(p)] for p in params))
 
     @torch.no_grad()
     def step_param(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> None:

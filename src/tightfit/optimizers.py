@@ -1,6 +1,13 @@
-"""User-facing optimizers: thin names over the rule x codec composition."""
+"""User-facing optimizers: thin names over the rule x codec composition.
+
+Each class lists its rule's hyperparameters and ``state``; the shell's other options
+(``min_quantized_numel``, ``impl``, ``stochastic_rounding``, ``rounding_seed``) pass
+through ``**shell_options`` (TightfitOptimizer documents them; unknown ones raise).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .codecs import Codec
 from .optimizer import TightfitOptimizer
@@ -17,11 +24,11 @@ class AdamW(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
                  amsgrad: bool = False, maximize: bool = False, state: str | Codec = "fp32",
-                 min_quantized_numel: int = 4096, impl: str = "auto"):
+                 **shell_options: Any):
         if amsgrad is not False:
             raise ValueError(f"amsgrad={amsgrad!r} is not supported by tightfit (allowed: amsgrad=False)")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                         state=state, min_quantized_numel=min_quantized_numel, impl=impl)
+                         state=state, **shell_options)
 
 
 class Adam(TightfitOptimizer):
@@ -31,12 +38,12 @@ class Adam(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                  amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False,
-                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto"):
+                 state: str | Codec = "fp32", **shell_options: Any):
         if amsgrad is not False:
             raise ValueError(f"amsgrad={amsgrad!r} is not supported by tightfit (allowed: amsgrad=False)")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         **shell_options)
 
 
 class Lion(TightfitOptimizer):
@@ -45,9 +52,9 @@ class Lion(TightfitOptimizer):
     rule = LION
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto"):
+                 state: str | Codec = "fp32", **shell_options: Any):
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         **shell_options)
 
 
 class SGD(TightfitOptimizer):
@@ -56,8 +63,7 @@ class SGD(TightfitOptimizer):
     rule = SGD_RULE
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize: bool = False, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 maximize: bool = False, state: str | Codec = "fp32", **shell_options: Any):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         **shell_options)

@@ -57,14 +57,14 @@ class Adafactor(TightfitOptimizer):
         return ADAFACTOR_CONVENTIONS[options.get("convention", "torch")]
 
     def __init__(self, params, lr=_UNSET, *, convention: str = "torch", state: str | Codec = "fp32",
-                 min_quantized_numel: int = 4096, impl: str = "auto", **hyper: Any):
+                 **options: Any):
         if convention not in ADAFACTOR_CONVENTIONS:
             raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
         self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule
         self.convention = convention
         if lr is not _UNSET:
-            hyper["lr"] = lr
-        super().__init__(params, state=state, min_quantized_numel=min_quantized_numel, impl=impl, **hyper)
+            options["lr"] = lr
+        super().__init__(params, state=state, **options)  # hyperparameters and shell options
 
 
 class CAME(TightfitOptimizer):
@@ -81,11 +81,9 @@ class CAME(TightfitOptimizer):
     rule = CAME_RULE
 
     def __init__(self, params, lr=None, eps=(1e-30, 1e-16), clip_threshold=1.0, betas=(0.9, 0.999, 0.9999),
-                 weight_decay=0.0, *, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 weight_decay=0.0, *, state: str | Codec = "fp32", **shell_options: Any):
         super().__init__(params, lr=lr, eps=eps, clip_threshold=clip_threshold, betas=betas,
-                         weight_decay=weight_decay, state=state, min_quantized_numel=min_quantized_numel,
-                         impl=impl)
+                         weight_decay=weight_decay, state=state, **shell_options)
 
 
 class SophiaG(TightfitOptimizer):
@@ -114,10 +112,9 @@ class SophiaG(TightfitOptimizer):
     rule = SOPHIAG
 
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *, bs=5120,
-                 maximize: bool = False, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 maximize: bool = False, state: str | Codec = "fp32", **shell_options: Any):
         super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs,
-                         maximize=maximize, state=state, min_quantized_numel=min_quantized_numel, impl=impl)
+                         maximize=maximize, state=state, **shell_options)
 
     @torch.no_grad()
     def update_hessian(self) -> None:

@@ -26,21 +26,21 @@ def implementation_names() -> list[str]:
     return ["auto", *IMPLEMENTATIONS]
 
 
-def select_implementation(requested: str, rule, params, states) -> Implementation:
+def select_implementation(requested: str, rule, params, states, rounding=None) -> Implementation:
     """The implementation to run; an explicit choice that cannot run raises ValueError."""
     if requested == "auto":
         device_type = params[0].device.type
         for name in AUTO_ORDER.get(device_type, ["reference"]):
             impl = IMPLEMENTATIONS[name]
-            if impl.unavailable_reason(rule, params, states) is None:
+            if impl.unavailable_reason(rule, params, states, rounding) is None:
                 return impl
         return IMPLEMENTATIONS["reference"]
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"unknown impl {requested!r}; allowed: {implementation_names()}")
     impl = IMPLEMENTATIONS[requested]
-    reason = impl.unavailable_reason(rule, params, states)
+    reason = impl.unavailable_reason(rule, params, states, rounding)
     if reason is not None:
-        usable = [n for n, i in IMPLEMENTATIONS.items() if i.unavailable_reason(rule, params, states) is None]
+        usable = [n for n, i in IMPLEMENTATIONS.items() if i.unavailable_reason(rule, params, states, rounding) is None]
         raise ValueError(f"impl={requested!r} cannot run here: {reason}; usable now: {['auto', *usable]}")
     return impl
 from . import native  # noqa: E402,F401  (registers impl "native")

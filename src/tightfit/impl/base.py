@@ -7,6 +7,7 @@ faster ones are tested against it. Per-parameter state is a dict holding ``step`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -15,16 +16,34 @@ from ..codecs import Encoded
 from ..rules import Rule
 
 
+@dataclass(frozen=True)
+class StochasticRounding:
+    """bf16 params are written with stochastic rounding instead of round-to-nearest.
+
+    Element i of a param in the step that makes it ``step`` draws Philox4x32 with key
+    (seed, salt) and counter (i, step, 0, 0) (kernels/rounding.py), so every
+    implementation rounds every element the same way. ``salts`` holds one number per
+    param of the call: the param's position in the optimizer, stable across resumes.
+    Params of other dtypes keep round-to-nearest (fp32 needs no rounding; fp16 has no
+    such path).
+    """
+
+    seed: int
+    salts: tuple[int, ...]
+
+
 class Implementation:
     name: str = ""
 
     def unavailable_reason(self, rule: Rule, params: Sequence[torch.Tensor],
-                           states: Sequence[dict[str, Any]]) -> str | None:
+                           states: Sequence[dict[str, Any]],
+                           rounding: StochasticRounding | None = None) -> str | None:
         """None when this implementation can step these params, else why not."""
         return None
 
     def step_group(self, rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
-                   states: Sequence[dict[str, Any]]) -> None:
+                   states: Sequence[dict[str, Any]], rounding: StochasticRounding | None = None) -> None:
+        """One step of ``params``; ``rounding`` None means round-to-nearest param writes."""
         raise NotImplementedError
 
 

@@ -7,31 +7,59 @@ avoid that.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from ..codecs import get_codec
-from .base import Implementation, encoded_states, plain_hyper
+from ..codecs import Encoded, get_codec
+from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
+from .base import Implementation, StochasticRounding, encoded_states, plain_hyper
 
 
-def reference_param_step(rule, hyper, param: torch.Tensor, state: dict) -> None:
+def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple[int, int] | None]:
+    """(seed, salt) per param, or None per param for round-to-nearest."""
+    if rounding is None:
+        return [None] * count
+    return [(rounding.seed, salt) for salt in rounding.salts]
+
+
+def codec_decode(enc: Encoded) -> torch.Tensor:
+    return get_codec(enc.codec).decode(enc)
+
+
+def codec_store(enc: Encoded, value: torch.Tensor) -> None:
+    get_codec(enc.codec).store(enc, value)
+
+
+def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
+                         decode: Callable[[Encoded], torch.Tensor] = codec_decode,
+                         store: Callable[[Encoded, torch.Tensor], None] = codec_store,
+                         rounding_key: tuple[int, int] | None = None) -> None:
+    """decode -> rule -> encode for one parameter; ``decode``/``store`` may be swapped
+    for faster codec passes that give identical results (impl "native_codec").
+    ``rounding_key`` (seed, salt): write a bf16 param with stochastic rounding."""
     grad = param.grad
     if not bool(torch.isfinite(grad).all()):
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were
         return
     step = int(state["step"].item()) + 1
     stored = encoded_states(state)
-    decoded = {name: get_codec(enc.codec).decode(enc) for name, enc in stored.items()}
+    decoded = {name: decode(enc) for name, enc in stored.items()}
     new_param, new_states = rule.update(param.detach().float(), grad.float(), decoded, step=step, **hyper)
-    param.copy_(new_param)
+    if rounding_key is not None and param.dtype == torch.bfloat16:
+        seed, salt = rounding_key
+        param.copy_(stochastic_round_to_bf16(new_param, seed=seed, salt=salt, step=step))
+    else:
+        param.copy_(new_param)
     for name, value in new_states.items():
-        get_codec(stored[name].codec).store(stored[name], value)
+        store(stored[name], value)
     state["step"] += 1
 
 
 class ReferenceImplementation(Implementation):
     name = "reference"
 
-    def step_group(self, rule, hyper, params, states) -> None:
+    def step_group(self, rule, hyper, params, states, rounding=None) -> None:
         hyper = plain_hyper(hyper)
-        for param, state in zip(params, states):
-            reference_param_step(rule, hyper, param, state)
+        for param, state, key in zip(params, states, rounding_keys(rounding, len(params))):
+            reference_param_step(rule, hyper, param, state, rounding_key=key)

@@ -39,7 +39,7 @@ def _state_codec(state) -> str | None:
 class TritonImplementation(Implementation):
     name = "triton"
 
-    def unavailable_reason(self, rule, params, states) -> str | None:
+    def unavailable_reason(self, rule, params, states, rounding=None) -> str | None:
         if not triton_available():
             return "triton is not installed (pip install triton)"
         for param in params:
@@ -63,21 +63,21 @@ class TritonImplementation(Implementation):
                 return f"no fused kernel for codec {codec!r} (kernels exist for {sorted(codecs)})"
         return None
 
-    def step_group(self, rule, hyper, params, states) -> None:
+    def step_group(self, rule, hyper, params, states, rounding=None) -> None:
         from ..kernels.fused_step import fused_step  # imports triton
 
-        stochastic = bool(hyper.get("stochastic_rounding", False))
-        seed = int(hyper.get("rounding_seed", 0))
+        stochastic = rounding is not None
+        seed = rounding.seed if rounding is not None else 0
+        salts = rounding.salts if rounding is not None else tuple(range(len(params)))
         state_names = [spec.name for spec in rule.state_specs(params[0].shape, hyper)]
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for index, (param, state) in enumerate(zip(params, states)):
             codec = _state_codec(state) or "fp32"
             buckets[(param.device, param.dtype, param.grad.dtype, codec)].append(index)
-        rule_hyper = {k: v for k, v in hyper.items() if k not in ("stochastic_rounding", "rounding_seed")}
         for (_, param_dtype, _, codec), members in buckets.items():
-            fused_step(rule.name, rule_hyper, [params[i] for i in members], [states[i] for i in members],
+            fused_step(rule.name, hyper, [params[i] for i in members], [states[i] for i in members],
                        state_names, codec, stochastic_rounding=stochastic and param_dtype == torch.bfloat16,
-                       seed=seed, salts=members)
+                       seed=seed, salts=[salts[i] for i in members])
 
 
 from . import register_implementation  # noqa: E402  (impl/__init__ defines it before importing us)

@@ -21,6 +21,7 @@ from ...rules import Rule
 from .. import register_implementation
 from ..base import Implementation, plain_hyper
 from .build import load_kernel
+from .codec_passes import NativeCodecImplementation
 from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
 
 
@@ -49,7 +50,9 @@ class NativeCpuImplementation(Implementation):
     name = "native"
 
     def unavailable_reason(self, rule: Rule, params: Sequence[torch.Tensor],
-                           states: Sequence[dict[str, Any]]) -> str | None:
+                           states: Sequence[dict[str, Any]], rounding=None) -> str | None:
+        if rounding is not None and any(p.dtype == torch.bfloat16 for p in params):
+            return "stochastic rounding of bf16 params is not in the fused native kernel (native_codec has it)"
         if rule.name not in RULE_CALLS:
             return f"rule {rule.name!r} has no native kernel (native supports {sorted(RULE_CALLS)})"
         for i, (param, state) in enumerate(zip(params, states)):
@@ -72,7 +75,7 @@ class NativeCpuImplementation(Implementation):
         return why
 
     def step_group(self, rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
-                   states: Sequence[dict[str, Any]]) -> None:
+                   states: Sequence[dict[str, Any]], rounding=None) -> None:
         lib, why = load_kernel()
         if lib is None:
             raise RuntimeError(why)
@@ -87,4 +90,6 @@ class NativeCpuImplementation(Implementation):
             lib.tf_step(job)
 
 
+# Registered first so that auto on CPU tries the fused kernel, then native_codec, then the reference.
+NATIVE_CODEC = register_implementation(NativeCodecImplementation(), auto_on=("cpu",))
 NATIVE = register_implementation(NativeCpuImplementation(), auto_on=("cpu",))

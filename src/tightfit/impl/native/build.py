@@ -25,7 +25,7 @@ SOURCE = Path(__file__).with_name("step_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
          "-std=c++17", "-shared", "-fPIC"]
 COMPILERS = ("c++", "g++", "clang++")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -73,12 +73,15 @@ def _build(compiler: str, target: Path) -> None:
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    from .jobs import TfJob  # the struct layout must agree with the C side
+    from .jobs import TfJob, TfState  # the struct layout must agree with the C side
 
     lib.tf_abi_version.restype = ctypes.c_int
     lib.tf_job_size.restype = ctypes.c_int
     lib.tf_step.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_step.restype = ctypes.c_int
+    for codec_pass in (lib.tf_decode, lib.tf_encode):
+        codec_pass.argtypes = [ctypes.POINTER(TfState), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+        codec_pass.restype = None
     if lib.tf_abi_version() != ABI_VERSION or lib.tf_job_size() != ctypes.sizeof(TfJob):
         raise RuntimeError(f"kernel ABI mismatch (version {lib.tf_abi_version()}, job size "
                            f"{lib.tf_job_size()} vs {ctypes.sizeof(TfJob)})")

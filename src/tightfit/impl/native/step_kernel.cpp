@@ -297,7 +297,7 @@ void process_tile(const TfJob& job, int64_t start, int n) {
 
 extern "C" {
 
-int tf_abi_version() { return 1; }
+int tf_abi_version() { return 2; }
 int tf_tile_size() { return TILE; }
 int tf_job_size() { return int(sizeof(TfJob)); }
 
@@ -319,6 +319,26 @@ int tf_step(const TfJob* job) {
   }
   *job->step += 1.0f;
   return 1;
+}
+
+// Whole-tensor codec passes, for rules without a fused kernel (impl "native_codec"):
+// the rule runs in PyTorch, decode and encode run here, tile by tile as in tf_step.
+void tf_decode(const TfState* st, int64_t n, float* out, int n_threads) {
+  const int64_t tiles = (n + TILE - 1) / TILE;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (tiles > 8)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t start = t * TILE;
+    decode_state(*st, start, int(n - start < TILE ? n - start : TILE), out + start);
+  }
+}
+
+void tf_encode(const TfState* st, int64_t n, const float* x, int n_threads) {
+  const int64_t tiles = (n + TILE - 1) / TILE;
+#pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (tiles > 8)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t start = t * TILE;
+    encode_state(*st, start, int(n - start < TILE ? n - start : TILE), x + start);
+  }
 }
 
 }  // extern "C"
