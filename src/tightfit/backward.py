@@ -24,6 +24,7 @@ from typing import Iterable
 
 import torch
 
+from .distributed.shards import is_dtensor
 from .optimizer import TightfitOptimizer
 
 
@@ -134,7 +135,14 @@ def step_in_backward(model_or_params: torch.nn.Module | Iterable[torch.Tensor], 
         raise ValueError(f"invalid max_grad_norm: {max_grad_norm!r} (allowed: None or a number > 0)")
     if getattr(optimizer, "_in_backward_handle", None) is not None:
         raise ValueError("this optimizer already steps inside backward; remove the existing handle first")
+    if isinstance(model_or_params, torch.nn.parallel.DistributedDataParallel):
+        raise ValueError("step_in_backward cannot wrap a DistributedDataParallel model: its hooks would update with "
+                         "gradients DDP has not all-reduced yet; call opt.step() after backward instead")
     wanted = list(model_or_params.parameters()) if isinstance(model_or_params, torch.nn.Module) else list(model_or_params)
+    if any(is_dtensor(p) for p in wanted):
+        raise ValueError("step_in_backward does not support FSDP2 (DTensor) params: FSDP2 reduce-scatters gradients "
+                         "after autograd accumulates them, so no per-parameter hook sees the final gradient; "
+                         "call opt.step() after backward instead")
     owned = {p for g in optimizer.param_groups for p in g["params"]}
     missing = [tuple(p.shape) for p in wanted if p.requires_grad and p not in owned]
     if missing:

@@ -14,6 +14,8 @@ import torch
 from . import state_io
 from .codecs import Codec, Encoded, get_codec
 from .impl import implementation_names, select_implementation
+from .distributed.shards import is_dtensor, state_shape
+from .distributed.step import step_dtensor_params
 from .impl.base import StochasticRounding
 from .rules import Rule, StateSpec
 from .state_bytes import codec_for_state
@@ -87,8 +89,8 @@ class TightfitOptimizer(torch.optim.Optimizer):
         for spec in self.rule.state_specs(param.shape, group):
             codec = self.codec_for(spec, param, group)
             current = state.get(spec.name)
-            if current is None:
-                state[spec.name] = codec.zeros(spec.shape_for(param.shape), spec.kind, param.device)
+            if current is None:  # a DTensor param's elementwise states cover its local shard only
+                state[spec.name] = codec.zeros(state_shape(spec, param), spec.kind, param.device)
             elif current.codec != codec.name:  # the group's codec changed: re-encode once
                 state[spec.name] = codec.encode(get_codec(current.codec).decode(current), spec.kind)
         return state
@@ -115,6 +117,12 @@ class TightfitOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_params(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        sharded = [p for p in params if is_dtensor(p)]
+        if sharded:  # FSDP2 params: distributed/step.py
+            step_dtensor_params(self, group, sharded)
+            params = [p for p in params if not is_dtensor(p)]
+            if not params:
+                return
         states = [self._ensure_state(p, group) for p in params]
         rounding = self._rounding(group, params)
         impl = select_implementation(group["impl"], self.rule, params, states, rounding)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .codecs import CODECS, Codec, get_codec
+from .distributed.shards import local_tensor
 from .names import CODEC_SUFFIX, register_name
 from .optimizer import TightfitOptimizer
 from .rules import Rule
@@ -132,12 +133,13 @@ class SophiaG(TightfitOptimizer):
                     raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
                                        f"{tuple(param.shape)}); use a dense gradient")
                 state = self._ensure_state(param, group)
-                if not bool(torch.isfinite(param.grad).all()):
+                if not bool(torch.isfinite(param.grad).all()):  # a DTensor reduces over all shards
                     state["nonfinite_skips"] += 1
                     continue
                 stored = state["hessian"]
                 codec = get_codec(stored.codec)
-                codec.store(stored, sophiag_hessian_update(codec.decode(stored), param.grad.float(), beta2=beta2))
+                grad = local_tensor(param.grad).float()  # h is elementwise: this rank's shard
+                codec.store(stored, sophiag_hessian_update(codec.decode(stored), grad, beta2=beta2))
 
 
 def _register_names() -> None:

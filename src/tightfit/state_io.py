@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
+from .distributed.shards import state_shape
 
 ENCODED_FIELDS = ("codec", "kind", "block_size", "format", "shape")
 # torch.optim group flags that have no meaning for tightfit and are dropped on import.
@@ -112,13 +113,13 @@ def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: b
         value = saved[spec.name]
         if isinstance(value, dict):
             enc = _encoded_from_dict(spec.name, value, param.device)
-            if enc.shape != spec.shape_for(param.shape):
+            if enc.shape != state_shape(spec, param):
                 raise ValueError(f"state {spec.name!r} has shape {tuple(enc.shape)}, parameter needs "
-                                 f"{tuple(spec.shape_for(param.shape))}")
+                                 f"{tuple(state_shape(spec, param))}")
             if enc.codec != target.name:
                 enc = target.encode(get_codec(enc.codec).decode(enc), spec.kind)
         elif isinstance(value, torch.Tensor) and not tightfit:
-            expected = spec.shape_for(param.shape)
+            expected = state_shape(spec, param)
             if value.shape != expected:
                 raise ValueError(f"state {spec.name!r} has shape {tuple(value.shape)}, parameter needs {tuple(expected)}")
             enc = target.encode(value.detach().to(param.device, torch.float32), spec.kind)

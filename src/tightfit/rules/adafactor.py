@@ -130,6 +130,7 @@ ADAFACTOR = register_rule(Rule(
     # torch keeps the reduced dim (size 1) so that R @ C rebuilds the matrix.
     state_specs=_factored_specs(lambda s: (*s[:-1], 1), lambda s: (*s[:-2], 1, s[-1]),
                                 ("row_var", "col_var", "variance")),
+    elementwise=False,
     paper="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, arXiv 1804.04235",
     torch_group_extras={"foreach": None},
 ))
@@ -228,5 +229,6 @@ ADAFACTOR_HF = register_rule(Rule(
     validate=_validate_hf,
     state_specs=_factored_specs(lambda s: s[:-1], lambda s: (*s[:-2], s[-1]),
                                 ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")),
+    elementwise=False,
     paper="Shazeer & Stern 2018, arXiv 1804.04235; transformers.Adafactor (fairseq port)",
 ))

@@ -45,6 +45,9 @@ class Rule:
     paper: str = ""
     # Keys torch.optim's matching class adds to its param groups (for export).
     torch_group_extras: Mapping[str, Any] = field(default_factory=dict)
+    # False when the update reduces across elements (factored statistics, RMS clipping):
+    # on sharded params such a rule must see the whole tensor (distributed/step.py).
+    elementwise: bool = True
 
     @property
     def doc(self) -> str:

@@ -95,5 +95,6 @@ CAME = register_rule(Rule(
               "weight_decay": 0.0},
     validate=_validate,
     state_specs=_state_specs,
+    elementwise=False,
     paper="Luo et al. 2023, CAME: Confidence-guided Adaptive Memory Efficient Optimization, arXiv 2307.02047",
 ))

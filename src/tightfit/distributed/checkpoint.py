@@ -1,0 +1,101 @@
+"""Checkpoints of tightfit optimizers whose params are DTensors (FSDP2).
+
+``sharded_state_dict(opt)`` is for ``torch.distributed.checkpoint`` (DCP): each state is
+decoded to float32 and laid out like its param (a DTensor with the param's placements;
+reduced statistics as plain tensors, identical on every rank), keyed by the param's
+position in the optimizer. DCP can then load it under any world size, including a
+single process with plain tensors. ``load_sharded_state_dict`` re-encodes the loaded
+values into each state's codec: exact for fp32 and bf16; for 8/4-bit within the codec's
+rounding, not bit for bit (the signed maps have no -1, so a block whose largest
+magnitude is negative re-encodes with a smaller absmax). Decoded states cost 4 bytes
+per element on disk; that is the price of resharding (encoded blocks are tied to one
+shard layout). For a bit-exact resume on the same ranks, save each rank's
+``opt.state_dict()`` instead (encoded, per shard).
+
+``full_state_dict(opt)`` gathers every state to the whole parameter and returns the
+ordinary tightfit state_dict a single-process optimizer would have (same codecs), for
+``opt.load_state_dict`` without torch.distributed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..codecs import Encoded, get_codec
+from .shards import as_dtensor, is_dtensor, local_tensor, state_shape
+
+SCALARS = ("step", "nonfinite_skips")
+
+
+def _params(opt) -> list[tuple[int, torch.Tensor, dict[str, Any]]]:
+    return [(i, p, g) for i, (p, g) in enumerate((p, g) for g in opt.param_groups for p in g["params"])]
+
+
+def sharded_state_dict(opt) -> dict[str, Any]:
+    """{"state": {"<index>": {name: tensor}}, "param_groups": ...} of decoded, placed states.
+
+    Creates zero states for params that have none yet, so the same call on a fresh
+    optimizer gives DCP the template to load into.
+    """
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for index, param, group in _params(opt):
+        live = opt._ensure_state(param, group)
+        entry = {key: live[key].clone() for key in SCALARS}
+        for spec in opt.rule.state_specs(param.shape, group):
+            enc = live[spec.name]
+            value = get_codec(enc.codec).decode(enc)
+            entry[spec.name] = as_dtensor(value, spec, param) if is_dtensor(param) else value
+        state[str(index)] = entry
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    for g in groups:
+        if not isinstance(g["state"], str):
+            g["state"] = g["state"].name
+    return {"state": state, "param_groups": groups}
+
+
+def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
+    """Re-encode a (DCP-loaded) ``sharded_state_dict`` into ``opt``'s states."""
+    params = _params(opt)
+    if len(sd["param_groups"]) != len(opt.param_groups):
+        raise ValueError(f"checkpoint has {len(sd['param_groups'])} param groups, optimizer has {len(opt.param_groups)}")
+    for saved, live in zip(sd["param_groups"], opt.param_groups):
+        live.update({k: v for k, v in saved.items() if k != "state" or isinstance(live["state"], str)})
+    for index, param, group in params:
+        saved = sd["state"].get(str(index))
+        if saved is None:
+            raise ValueError(f"checkpoint lacks state for param {index} (shape {tuple(param.shape)})")
+        live = opt._ensure_state(param, group)
+        for key in SCALARS:
+            live[key].copy_(saved[key])
+        for spec in opt.rule.state_specs(param.shape, group):
+            value = saved[spec.name]
+            value = local_tensor(value) if is_dtensor(value) else value
+            expected = state_shape(spec, param)
+            if value.shape != expected:
+                raise ValueError(f"param {index} state {spec.name!r}: loaded shape {tuple(value.shape)}, "
+                                 f"expected {tuple(expected)}")
+            enc: Encoded = live[spec.name]
+            get_codec(enc.codec).store(enc, value.to(torch.float32))
+
+
+def full_state_dict(opt) -> dict[str, Any]:
+    """The state_dict one process holding the whole parameters would save (collective:
+    call it on every rank)."""
+    sd = opt.state_dict()
+    for index, param, group in _params(opt):
+        if not is_dtensor(param) or index not in sd["state"]:
+            continue
+        live = opt.state[param]
+        for spec in opt.rule.state_specs(param.shape, group):
+            enc = live[spec.name]
+            codec = get_codec(enc.codec)
+            whole = as_dtensor(codec.decode(enc), spec, param).full_tensor()
+            sd["state"][index][spec.name] = _encoded_dict(codec.encode(whole, enc.kind))
+    return sd
+
+
+def _encoded_dict(enc: Encoded) -> dict[str, Any]:
+    from ..state_io import _encoded_to_dict  # the one place the on-disk layout is written
+    return _encoded_to_dict(enc)

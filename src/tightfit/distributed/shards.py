@@ -1,0 +1,60 @@
+"""How a sharded (DTensor) parameter's optimizer states are laid out.
+
+An elementwise state (its shape is the param's: moments, Sophia's Hessian EMA, a 1-D
+param's Adafactor variance) lives on the param's local shard, so state memory shrinks
+with the world size. A reduced statistic (Adafactor/CAME row and column factors) has a
+shape of its own; it is tiny and kept whole, identical on every rank. The codec is
+chosen from the whole parameter's numel, so sharding never changes which states are
+quantized. Blockwise blocks start at each shard's first element: when a shard's numel
+is a multiple of the block size (any Llama matrix: rows x 4096) the blocks are the ones
+a single process would use; otherwise they differ and 8/4-bit results agree within the
+codec's error, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..rules import StateSpec
+
+try:  # torch >= 2.5 exposes DTensor publicly
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # pragma: no cover - torch built without distributed
+    DTensor, Replicate = None, None
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank updates: a DTensor's local shard (an alias), else the param."""
+    return param._local_tensor if is_dtensor(param) else param
+
+
+def is_elementwise(spec: StateSpec) -> bool:
+    return spec.shape is None
+
+
+def state_shape(spec: StateSpec, param: torch.Tensor) -> torch.Size:
+    """Shape of one state on this rank."""
+    if is_dtensor(param) and is_elementwise(spec):
+        return local_tensor(param).shape
+    return spec.shape_for(param.shape)
+
+
+def as_dtensor(value: torch.Tensor, spec: StateSpec, param) -> torch.Tensor:
+    """A state's local value as a DTensor: laid out like the param, or replicated."""
+    if is_elementwise(spec):
+        return DTensor.from_local(value, param.device_mesh, param.placements, run_check=False,
+                                  shape=param.shape, stride=param.stride())
+    return DTensor.from_local(value, param.device_mesh, [Replicate()] * param.device_mesh.ndim, run_check=False)
+
+
+def to_local_value(value: torch.Tensor, spec: StateSpec, param) -> torch.Tensor:
+    """Back from a DTensor rule result to what this rank stores."""
+    if not is_dtensor(value):
+        return value
+    if is_elementwise(spec):
+        return value.redistribute(param.device_mesh, param.placements).to_local()
+    return value.full_tensor()

@@ -1,0 +1,82 @@
+"""One optimizer step for DTensor (FSDP2) params.
+
+Non-finite gradients are decided for the whole parameter: every rank checks its shard,
+one all-reduce (max) per param group and mesh dimension combines the flags, and a
+parameter with NaN/Inf anywhere is skipped on every rank (so ranks never diverge).
+
+Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) run on the local shards through the
+usual implementations (native, triton, reference). Rules that reduce across elements
+(Adafactor, CAME: row/column means, RMS clipping, relative step size) run on DTensors:
+the decoded states are wrapped as DTensors and the rule's own torch ops reduce across
+the mesh, so their results equal a single-process step. Stochastic rounding on shards
+counts elements from each shard's start (unbiased, not bit-identical to one process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..codecs import get_codec
+from ..impl import select_implementation
+from ..impl.base import encoded_states, plain_hyper
+from ..kernels.rounding import stochastic_round_to_bf16
+from .shards import as_dtensor, local_tensor, to_local_value
+
+
+def _global_nonfinite(params: list[torch.Tensor]) -> list[bool]:
+    flags = torch.stack([(~torch.isfinite(local_tensor(p.grad))).any() for p in params]).to(torch.int32)
+    mesh = params[0].device_mesh
+    for dim in range(mesh.ndim):
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=mesh.get_group(dim))
+    return [bool(f) for f in flags.tolist()]
+
+
+def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    meshes = {id(p.device_mesh) for p in params}
+    if len(meshes) > 1:
+        raise ValueError(f"a param group holds DTensor params on {len(meshes)} device meshes; "
+                         "put params of different meshes in different param groups")
+    live = []
+    for p, bad in zip(params, _global_nonfinite(params)):
+        if bad:
+            opt._ensure_state(p, group)["nonfinite_skips"] += 1
+        else:
+            live.append(p)
+    if not live:
+        return
+    states = [opt._ensure_state(p, group) for p in live]
+    rounding = opt._rounding(group, live)
+    if opt.rule.elementwise:
+        shards = [local_tensor(p) for p in live]
+        for shard, p in zip(shards, live):
+            shard.grad = local_tensor(p.grad)
+        try:
+            impl = select_implementation(group["impl"], opt.rule, shards, states, rounding)
+            impl.step_group(opt.rule, opt.rule.hyper(group), shards, states, rounding)
+        finally:
+            for shard in shards:
+                shard.grad = None
+        return
+    hyper = plain_hyper(opt.rule.hyper(group))
+    salts = rounding.salts if rounding is not None else [None] * len(live)
+    for p, state, salt in zip(live, states, salts):
+        key = None if salt is None else (rounding.seed, salt)
+        _step_on_dtensors(opt.rule, hyper, group, p, state, key)
+
+
+def _step_on_dtensors(rule, hyper, group, param, state, rounding_key) -> None:
+    specs = {spec.name: spec for spec in rule.state_specs(param.shape, group)}
+    stored = encoded_states(state)
+    decoded = {name: as_dtensor(get_codec(enc.codec).decode(enc), specs[name], param) for name, enc in stored.items()}
+    step = int(state["step"].item()) + 1
+    new_param, new_states = rule.update(param.detach().float(), param.grad.float(), decoded, step=step, **hyper)
+    new_local = new_param.redistribute(param.device_mesh, param.placements).to_local()
+    if rounding_key is not None and param.dtype == torch.bfloat16:
+        new_local = stochastic_round_to_bf16(new_local, seed=rounding_key[0], salt=rounding_key[1], step=step)
+    local_tensor(param).copy_(new_local)
+    for name, value in new_states.items():
+        get_codec(stored[name].codec).store(stored[name], to_local_value(value, specs[name], param))
+    state["step"] += 1

@@ -1,0 +1,142 @@
+"""Code that runs inside each spawned rank (gloo, CPU); results go to files the test reads.
+
+Kept apart from the test module so that spawned processes import only this.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+import tightfit
+
+STEPS = 4
+LR = {"adamw": 1e-2, "lion": 1e-3, "adafactor": 1e-2, "came": 1e-3}
+
+
+def model_factory(seed=0):
+    """The matrices' shards on 2 ranks (768, 2048, 256 elements) are whole 8/4-bit blocks."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(24, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                               torch.nn.Linear(64, 8))
+
+
+def batches(steps=STEPS, n=16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 24, generator=g), torch.randn(n, 8, generator=g)) for _ in range(steps)]
+
+
+# "aligned": only the matrices are quantized (biases, 64 elements, keep fp32);
+# "misaligned": biases too, whose 32-element shards split a single-process block.
+MIN_QUANTIZED = {"aligned": 512, "misaligned": 0}
+
+
+def make_optimizer(name: str, params, codec: str, blocks: str = "aligned"):
+    options = {"state": codec, "min_quantized_numel": MIN_QUANTIZED[blocks]}
+    if name == "adafactor":
+        return tightfit.Adafactor(params, lr=LR[name], beta1=0.9 if codec != "fp32" else None, **options)
+    cls = {"adamw": tightfit.AdamW, "lion": tightfit.Lion, "came": tightfit.CAME}[name]
+    return cls(params, lr=LR[name], **options)
+
+
+def train(model, opt, data, rank=0, world=1, emulate_world=1):
+    """Each rank trains on its share of every batch. One process (``emulate_world`` > 1)
+    accumulates the shares' gradients / world, the sum the ranks' all-reduce forms, so
+    that any difference left is the optimizer's."""
+    for x, y in data:
+        opt.zero_grad()
+        if world > 1:
+            rows = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+            torch.nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
+        else:
+            for share in range(emulate_world):
+                rows = slice(share * len(x) // emulate_world, (share + 1) * len(x) // emulate_world)
+                (torch.nn.functional.mse_loss(model(x[rows]), y[rows]) / emulate_world).backward()
+        opt.step()
+
+
+def full_params(model):
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
+
+
+def _init(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def fsdp_model(seed=0):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model = model_factory(seed)
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def run_training_cases(rank, world, port, out_dir, cases):
+    """FSDP2 and DDP training for each (wrapper, rule, codec); rank 0 saves full params."""
+    _init(rank, world, port)
+    try:
+        for wrapper, rule, codec, blocks in cases:
+            if wrapper == "fsdp2":
+                model = fsdp_model()
+            else:
+                model = torch.nn.parallel.DistributedDataParallel(model_factory())
+            opt = make_optimizer(rule, model.parameters(), codec, blocks)
+            train(model, opt, batches(), rank, world)
+            params = full_params(model)
+            if wrapper == "ddp":  # replicas must agree exactly
+                for p in params:
+                    gathered = [torch.empty_like(p) for _ in range(world)]
+                    dist.all_gather(gathered, p)
+                    assert all(torch.equal(g, gathered[0]) for g in gathered), "DDP replicas diverged"
+            if rank == 0:
+                torch.save(params, os.path.join(out_dir, f"{wrapper}-{rule}-{codec}-{blocks}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_checkpoint_case(rank, world, port, out_dir, rule, codec, split):
+    """Train ``split`` steps, save with DCP (model + optimizer), train on; also a full state_dict."""
+    import torch.distributed.checkpoint as dcp
+
+    from tightfit.distributed import full_state_dict, sharded_state_dict
+
+    _init(rank, world, port)
+    try:
+        model = fsdp_model()
+        opt = make_optimizer(rule, model.parameters(), codec)
+        data = batches()
+        train(model, opt, data[:split], rank, world)
+        dcp.save({"model": model.state_dict(), "optim": sharded_state_dict(opt)},
+                 checkpoint_id=os.path.join(out_dir, "dcp"))
+        full = full_state_dict(opt)
+        train(model, opt, data[split:], rank, world)
+        params = full_params(model)
+        if rank == 0:
+            torch.save(params, os.path.join(out_dir, "final.pt"))
+            torch.save(full, os.path.join(out_dir, "full_state.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_backward_refusal(rank, world, port, out_dir):
+    _init(rank, world, port)
+    try:
+        model = fsdp_model()
+        opt = tightfit.AdamW(model.parameters())
+        try:
+            tightfit.step_in_backward(model, opt)
+        except ValueError as error:
+            if rank == 0:
+                with open(os.path.join(out_dir, "error.txt"), "w") as f:
+                    f.write(str(error))
+    finally:
+        dist.destroy_process_group()
