@@ -1,4 +1,4 @@
-"""One optimizer step on CPU: tightfit (native / reference) vs torch.optim.AdamW vs bitsandbytes.
+"""One optimizer step on CPU: tightfit (native / native_codec / reference) vs torch.optim vs bitsandbytes.
 
 A few layers of a Llama-like model (fp32, random grads), every optimizer stepping the
 same tensors, rounds interleaved so that load from other processes hits all rows alike;
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import tightfit
+from tightfit.impl import select_implementation
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -62,6 +63,15 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
     return total
 
 
+def chosen_impl(opt: torch.optim.Optimizer) -> str | None:
+    """The implementation a tightfit optimizer runs for its first group (None for peers)."""
+    if not isinstance(opt, tightfit.TightfitOptimizer):
+        return None
+    group = opt.param_groups[0]
+    params = list(group["params"])
+    return select_implementation(group["impl"], opt.rule, params, [opt.state[p] for p in params]).name
+
+
 def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
     """Row name -> (implementation label, factory over a param list)."""
     rows = {
@@ -69,10 +79,17 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
         "tightfit AdamW 8bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit")),
         "tightfit AdamW 4bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="4bit")),
         "tightfit Lion 8bit": ("native", lambda ps: tightfit.Lion(ps, lr=lr, state="8bit")),
+        # factored / curvature rules: math in PyTorch, 8-bit codec passes native ("native_codec")
+        "tightfit Adafactor (no momentum)": ("native_codec", lambda ps: tightfit.Adafactor(ps, lr=1e-2)),
+        "tightfit Adafactor 8bit momentum": ("native_codec",
+                                             lambda ps: tightfit.Adafactor(ps, lr=1e-2, beta1=0.9, state="8bit")),
+        "tightfit CAME 8bit": ("native_codec", lambda ps: tightfit.CAME(ps, lr=lr, state="8bit")),
+        "tightfit SophiaG 8bit": ("native_codec", lambda ps: tightfit.SophiaG(ps, lr=lr, state="8bit")),
         "tightfit AdamW 8bit (reference)": ("reference",
                                             lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit", impl="reference")),
         "torch AdamW foreach": ("torch", lambda ps: torch.optim.AdamW(ps, lr=lr, foreach=True)),
         "torch AdamW fused": ("torch", lambda ps: torch.optim.AdamW(ps, lr=lr, fused=True)),
+        "torch Adafactor": ("torch", lambda ps: torch.optim.Adafactor(ps, lr=1e-2)),
     }
     try:
         import bitsandbytes as bnb
@@ -113,6 +130,10 @@ def main() -> None:
                 times[name].append(elapsed * 1e3)
         print(f"round {r + 1}/{args.warmup + args.rounds} done")
 
+    for name, (impl, _) in rows.items():  # the label must name what really ran
+        ran = chosen_impl(opts[name])
+        if ran is not None and ran != impl:
+            raise SystemExit(f"row {name!r} is labelled {impl!r} but ran {ran!r}")
     med = {name: statistics.median(ts) for name, ts in times.items()}
     fused, bnb_ms = med["torch AdamW fused"], med.get("bitsandbytes AdamW8bit")
     try:
