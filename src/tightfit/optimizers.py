@@ -17,11 +17,11 @@ class AdamW(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
                  amsgrad: bool = False, maximize: bool = False, state: str | Codec = "fp32",
-                 min_quantized_numel: int = 4096, impl: str = "auto"):
+                 min_quantized_numel: int = 4096, impl: str = "auto", paged: bool | str | int = False):
         if amsgrad is not False:
             raise ValueError(f"amsgrad={amsgrad!r} is not supported by tightfit (allowed: amsgrad=False)")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                         state=state, min_quantized_numel=min_quantized_numel, impl=impl)
+                         state=state, min_quantized_numel=min_quantized_numel, impl=impl, paged=paged)
 
 
 class Adam(TightfitOptimizer):
@@ -31,12 +31,13 @@ class Adam(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
                  amsgrad: bool = False, maximize: bool = False, decoupled_weight_decay: bool = False,
-                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto"):
+                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto",
+                 paged: bool | str | int = False):
         if amsgrad is not False:
             raise ValueError(f"amsgrad={amsgrad!r} is not supported by tightfit (allowed: amsgrad=False)")
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
                          decoupled_weight_decay=decoupled_weight_decay, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         min_quantized_numel=min_quantized_numel, impl=impl, paged=paged)
 
 
 class Lion(TightfitOptimizer):
@@ -45,9 +46,10 @@ class Lion(TightfitOptimizer):
     rule = LION
 
     def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
-                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto"):
+                 state: str | Codec = "fp32", min_quantized_numel: int = 4096, impl: str = "auto",
+                 paged: bool | str | int = False):
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         min_quantized_numel=min_quantized_numel, impl=impl, paged=paged)
 
 
 class SGD(TightfitOptimizer):
@@ -57,7 +59,7 @@ class SGD(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
                  maximize: bool = False, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 impl: str = "auto", paged: bool | str | int = False):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize, state=state,
-                         min_quantized_numel=min_quantized_numel, impl=impl)
+                         min_quantized_numel=min_quantized_numel, impl=impl, paged=paged)

@@ -57,14 +57,14 @@ class Adafactor(TightfitOptimizer):
         return ADAFACTOR_CONVENTIONS[options.get("convention", "torch")]
 
     def __init__(self, params, lr=_UNSET, *, convention: str = "torch", state: str | Codec = "fp32",
-                 min_quantized_numel: int = 4096, impl: str = "auto", **hyper: Any):
+                 min_quantized_numel: int = 4096, impl: str = "auto", paged: bool | str | int = False, **hyper: Any):
         if convention not in ADAFACTOR_CONVENTIONS:
             raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
         self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule
         self.convention = convention
         if lr is not _UNSET:
             hyper["lr"] = lr
-        super().__init__(params, state=state, min_quantized_numel=min_quantized_numel, impl=impl, **hyper)
+        super().__init__(params, state=state, min_quantized_numel=min_quantized_numel, impl=impl, paged=paged, **hyper)
 
 
 class CAME(TightfitOptimizer):
@@ -82,10 +82,10 @@ class CAME(TightfitOptimizer):
 
     def __init__(self, params, lr=None, eps=(1e-30, 1e-16), clip_threshold=1.0, betas=(0.9, 0.999, 0.9999),
                  weight_decay=0.0, *, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 impl: str = "auto", paged: bool | str | int = False):
         super().__init__(params, lr=lr, eps=eps, clip_threshold=clip_threshold, betas=betas,
                          weight_decay=weight_decay, state=state, min_quantized_numel=min_quantized_numel,
-                         impl=impl)
+                         impl=impl, paged=paged)
 
 
 class SophiaG(TightfitOptimizer):
@@ -115,9 +115,10 @@ class SophiaG(TightfitOptimizer):
 
     def __init__(self, params, lr=1e-4, betas=(0.965, 0.99), rho=0.04, weight_decay=1e-1, *, bs=5120,
                  maximize: bool = False, state: str | Codec = "fp32", min_quantized_numel: int = 4096,
-                 impl: str = "auto"):
+                 impl: str = "auto", paged: bool | str | int = False):
         super().__init__(params, lr=lr, betas=betas, rho=rho, weight_decay=weight_decay, bs=bs,
-                         maximize=maximize, state=state, min_quantized_numel=min_quantized_numel, impl=impl)
+                         maximize=maximize, state=state, min_quantized_numel=min_quantized_numel, impl=impl,
+                         paged=paged)
 
     @torch.no_grad()
     def update_hessian(self) -> None:
@@ -128,19 +129,24 @@ class SophiaG(TightfitOptimizer):
         """
         for group in self.param_groups:
             beta2 = group["betas"][1]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for param in params:
                 if param.grad.is_sparse:
                     raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
                                        f"{tuple(param.shape)}); use a dense gradient")
-                state = self._ensure_state(param, group)
-                if not bool(torch.isfinite(param.grad).all()):
-                    state["nonfinite_skips"] += 1
-                    continue
-                stored = state["hessian"]
-                codec = get_codec(stored.codec)
-                codec.store(stored, sophiag_hessian_update(codec.decode(stored), param.grad.float(), beta2=beta2))
+            states = [self._ensure_state(p, group) for p in params]
+            self.placement_for(group).run(params, states, lambda ps, ss, b=beta2: _hessian_ema(ps, ss, b))
+
+
+def _hessian_ema(params: list[torch.Tensor], states: list[dict[str, Any]], beta2: float) -> None:
+    """update_hessian's work on states reachable on the params' device (paged ones streamed in)."""
+    for param, state in zip(params, states):
+        if not bool(torch.isfinite(param.grad).all()):
+            state["nonfinite_skips"] += 1
+            continue
+        stored = state["hessian"]
+        codec = get_codec(stored.codec)
+        codec.store(stored, sophiag_hessian_update(codec.decode(stored), param.grad.float(), beta2=beta2))
 
 
 def _register_names() -> None:

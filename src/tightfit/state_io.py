@@ -96,6 +96,8 @@ def load_state_dict(opt, sd: dict[str, Any], torch_load: Callable[[dict[str, Any
 
 def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: bool) -> dict[str, Any]:
     specs = opt.rule.state_specs(param.shape, group)
+    placement = opt.placement_for(group)
+    home = placement.home(param)  # paged states load straight into host memory
     state: dict[str, Any] = {}
     step = saved.get("step")
     if step is None:  # torch SGD keeps no step; a saved buffer means at least one step was taken
@@ -111,7 +113,7 @@ def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: b
         target = opt.codec_for(spec, param, group)
         value = saved[spec.name]
         if isinstance(value, dict):
-            enc = _encoded_from_dict(spec.name, value, param.device)
+            enc = _encoded_from_dict(spec.name, value, home)
             if enc.shape != spec.shape_for(param.shape):
                 raise ValueError(f"state {spec.name!r} has shape {tuple(enc.shape)}, parameter needs "
                                  f"{tuple(spec.shape_for(param.shape))}")
@@ -121,11 +123,12 @@ def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: b
             expected = spec.shape_for(param.shape)
             if value.shape != expected:
                 raise ValueError(f"state {spec.name!r} has shape {tuple(value.shape)}, parameter needs {tuple(expected)}")
-            enc = target.encode(value.detach().to(param.device, torch.float32), spec.kind)
+            enc = target.encode(value.detach().to(home, torch.float32), spec.kind)
         else:
             raise ValueError(f"state {spec.name!r} is a {type(value).__name__}; expected an encoded-state dict "
                              "(tightfit format) or a tensor (torch.optim format)")
         state[spec.name] = enc
+    placement.settle(param, state)
     return state
 
 
@@ -144,7 +147,7 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
         state[idx] = out
     groups = []
     for g in sd["param_groups"]:
-        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl")}
+        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged")}
         tg.update({k: v for k, v in opt.rule.torch_group_extras.items() if k not in tg})
         groups.append(tg)
     return {"state": state, "param_groups": groups}
