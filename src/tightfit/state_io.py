@@ -20,10 +20,16 @@ ENCODED_FIELDS = ("codec", "kind", "block_size", "format", "shape")
 TORCH_ONLY_GROUP_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
+def _own_storage(buf: torch.Tensor) -> torch.Tensor:
+    """``buf``, or a copy if it views a larger storage (a paged state's packed host block:
+    torch.save cannot store one storage under several dtypes, and should not store it whole)."""
+    return buf if buf.untyped_storage().nbytes() == buf.numel() * buf.element_size() else buf.clone()
+
+
 def _encoded_to_dict(enc: Encoded) -> dict[str, Any]:
     codec = get_codec(enc.codec)
     return {"codec": enc.codec, "kind": enc.kind, "block_size": codec.block_size, "format": FORMAT_VERSION,
-            "shape": list(enc.shape), **enc.buffers}
+            "shape": list(enc.shape), **{k: _own_storage(b) for k, b in enc.buffers.items()}}
 
 
 def _encoded_from_dict(name: str, d: dict[str, Any], device: torch.device) -> Encoded:
