@@ -48,6 +48,10 @@ class TightfitOptimizer(torch.optim.Optimizer):
         self._warned: set[str] = set()
         super().__init__(params, defaults)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # torch pickles only defaults, state and param_groups
+        self._placements, self._warned = {}, set()
+
     @classmethod
     def rule_for(cls, options: dict[str, Any]) -> Rule:
         """The rule an instance built with ``options`` runs (classes with variants override)."""

@@ -261,3 +261,14 @@ def test_small_chunk_target_groups_params_per_chunk(fake_streams, monkeypatch):
     train(model, opt, 1)
     assert fake_streams.device_allocations == 1
     assert opt.memory_report().stream_buffer_bytes == opt.state_nbytes()  # fp32 buffers are 16-byte multiples
+
+
+def test_a_deep_copied_paged_optimizer_keeps_paging(fake_streams):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), state="8bit", min_quantized_numel=0, paged=True)
+    train(model, opt, 2)
+    twin, clone = copy.deepcopy((model, opt))  # one memo: the clone steps the twin's params
+    train(model, opt, 2)
+    train(twin, clone, 2)
+    assert clone.memory_report().paged_params == 6
+    assert_same(model, opt, twin, clone)
