@@ -16,6 +16,10 @@ every rule, codec and implementation, since it calls the optimizer's own per-par
   Cost: one extra backward pass on every updating micro-batch.
 * LR schedulers work as usual (the hooks read the group's current lr); call
   ``scheduler.step()`` after each updating backward.
+* Paged optimizers (``paged=True`` or a device budget) page per parameter here: when a
+  gradient is ready, that parameter's states alone are copied in, updated and copied out
+  (side streams and events as in ``step()``, no host sync), so transfers overlap backward
+  but not each other's update. Peak device memory for states is one parameter's states.
 """
 
 from __future__ import annotations

@@ -42,6 +42,14 @@ def register_codec_variants(prefix: str, cls: type[TightfitOptimizer]) -> None:
         register_name(f"{prefix}_{CODEC_SUFFIX.get(codec, codec)}", cls, state=codec)
 
 
+def register_paged_variants() -> None:
+    """``paged_{name}`` (states in pinned host memory, ``paged=True``) for every registered
+    name not paged yet: ``paged_adamw_8bit``, ``paged_lion_32bit`` ... as in HF Trainer."""
+    for name, entry in list(OPTIMIZER_NAMES.items()):
+        if not entry.options.get("paged") and f"paged_{name}" not in OPTIMIZER_NAMES:
+            register_name(f"paged_{name}", entry.cls, **entry.options, paged=True)
+
+
 def create_optimizer(name: str, params, **kwargs: Any) -> TightfitOptimizer:
     """Build the optimizer registered as ``name``; keyword arguments override its options."""
     if name not in OPTIMIZER_NAMES:

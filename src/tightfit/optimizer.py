@@ -2,11 +2,13 @@
 
 It owns param groups, lazy state creation, codec choice per state, the choice of
 implementation, and state_dict (see state_io.py). The rule (rules/) is the math, the
-codec (codecs/) the storage; an implementation (impl/) runs decode -> rule -> encode.
+codec (codecs/) the storage, the placement (placement/) where states live between steps;
+an implementation (impl/) runs decode -> rule -> encode.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -17,12 +19,14 @@ from .impl import implementation_names, select_implementation
 from .distributed.shards import is_dtensor, state_shape
 from .distributed.step import step_dtensor_params
 from .impl.base import StochasticRounding
+from .memory_report import MemoryReport, memory_report
+from .placement import Placement, device_budget, make_placement
 from .rules import Rule, StateSpec
-from .state_bytes import codec_for_state
+from .state_bytes import codec_for_state, state_bytes
 
 
 # Group keys the shell understands besides the rule's hyperparameters.
-SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto",
+SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto", "paged": False,
                   "stochastic_rounding": False, "rounding_seed": 0}
 
 
@@ -31,12 +35,14 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     Group keys (each may be overridden per param group): the rule's hyperparameters,
     ``state`` (codec name or Codec object), ``min_quantized_numel`` (parameters with
-    fewer elements keep fp32 states), ``impl`` ("auto" or a registered name), and
+    fewer elements keep fp32 states), ``impl`` ("auto" or a registered name), ``paged``
+    (False; True pages every state to pinned host memory; a size like "4GiB" keeps states
+    on the device up to that many bytes and pages the rest -- see placement/paged.py), and
     ``stochastic_rounding`` / ``rounding_seed``: bf16 params are written with stochastic
     rounding (unbiased, so small updates are not lost to round-to-nearest and no fp32
     master copy is needed; Zamirai et al. 2020). The random bits depend only on
     (seed, the param's position in the optimizer, element, step), so every
-    implementation and a resumed run draw the same ones.
+    implementation, paged or not, and a resumed run draw the same ones.
     """
 
     rule: ClassVar[Rule]
@@ -47,7 +53,13 @@ class TightfitOptimizer(torch.optim.Optimizer):
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown options {unknown}; allowed: {sorted(defaults)}")
         defaults.update(options)
+        self._placements: dict[int, tuple[tuple, dict, Placement]] = {}  # by id(group)
+        self._warned: set[str] = set()
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # torch pickles only defaults, state and param_groups
+        self._placements, self._warned = {}, set()
 
     @classmethod
     def rule_for(cls, options: dict[str, Any]) -> Rule:
@@ -72,6 +84,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
             raise ValueError(f"invalid rounding_seed: {seed!r} (allowed: an int in [0, 2**32))")
         if group["impl"] not in implementation_names():
             raise ValueError(f"unknown impl {group['impl']!r}; allowed: {implementation_names()}")
+        device_budget(group["paged"])  # raises ValueError naming what is allowed
         for p in group["params"]:
             if not (p.is_floating_point()):
                 raise ValueError(f"parameter of dtype {p.dtype} cannot be optimized (allowed: float32, bfloat16, float16)")
@@ -81,18 +94,40 @@ class TightfitOptimizer(torch.optim.Optimizer):
         """fp32 for small states and for parameters below min_quantized_numel."""
         return codec_for_state(spec.kind, param.numel(), group["state"], group["min_quantized_numel"])
 
+    def placement_for(self, group: dict[str, Any]) -> Placement:
+        """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change."""
+        key = (group["paged"], get_codec(group["state"]).name, group["min_quantized_numel"],
+               len(group["params"]))
+        cached = self._placements.get(id(group))
+        if cached is None or cached[0] != key or cached[1] is not group:
+            placement = make_placement(group["paged"], group["params"], lambda p: self._planned_bytes(p, group),
+                                       self._warn_once)
+            cached = self._placements[id(group)] = (key, group, placement)
+        return cached[2]
+
+    def _planned_bytes(self, param: torch.Tensor, group: dict[str, Any]) -> int:
+        return state_bytes(self.rule, group["state"], tuple(param.shape), group, group["min_quantized_numel"])
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, UserWarning, stacklevel=2)
+
     def _ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
-        if "step" not in state:
+        placement = self.placement_for(group)
+        if "step" not in state:  # counters stay with the param (a few bytes; read by every impl)
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             state["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=param.device)
         for spec in self.rule.state_specs(param.shape, group):
             codec = self.codec_for(spec, param, group)
             current = state.get(spec.name)
             if current is None:  # a DTensor param's elementwise states cover its local shard only
-                state[spec.name] = codec.zeros(state_shape(spec, param), spec.kind, param.device)
+                state[spec.name] = codec.zeros(state_shape(spec, param), spec.kind, placement.home(param))
             elif current.codec != codec.name:  # the group's codec changed: re-encode once
+                placement.host_ready()
                 state[spec.name] = codec.encode(get_codec(current.codec).decode(current), spec.kind)
+        placement.settle(param, state)
         return state
 
     # -- step --------------------------------------------------------------------------
@@ -124,9 +159,14 @@ class TightfitOptimizer(torch.optim.Optimizer):
             if not params:
                 return
         states = [self._ensure_state(p, group) for p in params]
-        rounding = self._rounding(group, params)
-        impl = select_implementation(group["impl"], self.rule, params, states, rounding)
-        impl.step_group(self.rule, self.rule.hyper(group), params, states, rounding)
+        rule, hyper, requested = self.rule, self.rule.hyper(group), group["impl"]
+
+        def step_fn(chunk_params: list[torch.Tensor], chunk_states: list[dict[str, Any]]) -> None:
+            rounding = self._rounding(group, chunk_params)
+            impl = select_implementation(requested, rule, chunk_params, chunk_states, rounding)
+            impl.step_group(rule, hyper, chunk_params, chunk_states, rounding)
+
+        self.placement_for(group).run(params, states, step_fn)
 
     def _rounding(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
         """Stochastic rounding for this call, salted by each param's position in the optimizer."""
@@ -137,7 +177,10 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step_param(self, param: torch.Tensor, group: dict[str, Any] | None = None) -> None:
-        """Update one parameter from its ``.grad`` now (used by updates inside backward)."""
+        """Update one parameter from its ``.grad`` now (used by updates inside backward).
+
+        A paged parameter's states are streamed in, updated and streamed out for this one
+        parameter (no overlap with other parameters' transfers)."""
         if group is None:
             group = next((g for g in self.param_groups if any(p is param for p in g["params"])), None)
         if group is None:
@@ -158,15 +201,28 @@ class TightfitOptimizer(torch.optim.Optimizer):
         """Exact bytes of optimizer state (encoded states; step counters excluded)."""
         return sum(v.nbytes for s in self.state.values() for v in s.values() if isinstance(v, Encoded))
 
+    def memory_report(self) -> MemoryReport:
+        """Exact state bytes on the device and in pinned host memory, per codec (memory_report.py)."""
+        return memory_report(self)
+
+    def _host_states_ready(self) -> None:
+        """Wait for in-flight copy-outs of paged states before the host reads them."""
+        for group in self.param_groups:
+            self.placement_for(group).host_ready()
+
     # -- state_dict --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._host_states_ready()
         return state_io.export_state_dict(self, super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load; paged groups' states land in pinned host memory, never passing through the device."""
+        self._placements.clear()
         state_io.load_state_dict(self, state_dict, super().load_state_dict)
 
     def to_torch_state_dict(self) -> dict[str, Any]:
         """A state_dict that the matching torch.optim class loads (states decoded)."""
+        self._host_states_ready()
         return state_io.to_torch_state_dict(self)
 
 

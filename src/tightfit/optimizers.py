@@ -1,7 +1,7 @@
 """User-facing optimizers: thin names over the rule x codec composition.
 
 Each class lists its rule's hyperparameters and ``state``; the shell's other options
-(``min_quantized_numel``, ``impl``, ``stochastic_rounding``, ``rounding_seed``) pass
+(``min_quantized_numel``, ``impl``, ``paged``, ``stochastic_rounding``, ``rounding_seed``) pass
 through ``**shell_options`` (TightfitOptimizer documents them; unknown ones raise).
 """
 

@@ -126,20 +126,25 @@ class SophiaG(TightfitOptimizer):
         """
         for group in self.param_groups:
             beta2 = group["betas"][1]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for param in params:
                 if param.grad.is_sparse:
                     raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
                                        f"{tuple(param.shape)}); use a dense gradient")
-                state = self._ensure_state(param, group)
-                if not bool(torch.isfinite(param.grad).all()):  # a DTensor reduces over all shards
-                    state["nonfinite_skips"] += 1
-                    continue
-                stored = state["hessian"]
-                codec = get_codec(stored.codec)
-                grad = local_tensor(param.grad).float()  # h is elementwise: this rank's shard
-                codec.store(stored, sophiag_hessian_update(codec.decode(stored), grad, beta2=beta2))
+            states = [self._ensure_state(p, group) for p in params]
+            self.placement_for(group).run(params, states, lambda ps, ss, b=beta2: _hessian_ema(ps, ss, b))
+
+
+def _hessian_ema(params: list[torch.Tensor], states: list[dict[str, Any]], beta2: float) -> None:
+    """update_hessian's work on states reachable on the params' device (paged ones streamed in)."""
+    for param, state in zip(params, states):
+        if not bool(torch.isfinite(param.grad).all()):  # a DTensor reduces over all shards
+            state["nonfinite_skips"] += 1
+            continue
+        stored = state["hessian"]
+        codec = get_codec(stored.codec)
+        grad = local_tensor(param.grad).float()  # h is elementwise: this rank's shard
+        codec.store(stored, sophiag_hessian_update(codec.decode(stored), grad, beta2=beta2))
 
 
 def _register_names() -> None:

@@ -21,10 +21,16 @@ ENCODED_FIELDS = ("codec", "kind", "block_size", "format", "shape")
 TORCH_ONLY_GROUP_KEYS = ("foreach", "fused", "capturable", "differentiable")
 
 
+def _own_storage(buf: torch.Tensor) -> torch.Tensor:
+    """``buf``, or a copy if it views a larger storage (a paged state's packed host block:
+    torch.save cannot store one storage under several dtypes, and should not store it whole)."""
+    return buf if buf.untyped_storage().nbytes() == buf.numel() * buf.element_size() else buf.clone()
+
+
 def _encoded_to_dict(enc: Encoded) -> dict[str, Any]:
     codec = get_codec(enc.codec)
     return {"codec": enc.codec, "kind": enc.kind, "block_size": codec.block_size, "format": FORMAT_VERSION,
-            "shape": list(enc.shape), **enc.buffers}
+            "shape": list(enc.shape), **{k: _own_storage(b) for k, b in enc.buffers.items()}}
 
 
 def _encoded_from_dict(name: str, d: dict[str, Any], device: torch.device) -> Encoded:
@@ -97,6 +103,8 @@ def load_state_dict(opt, sd: dict[str, Any], torch_load: Callable[[dict[str, Any
 
 def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: bool) -> dict[str, Any]:
     specs = opt.rule.state_specs(param.shape, group)
+    placement = opt.placement_for(group)
+    home = placement.home(param)  # paged states load straight into host memory
     state: dict[str, Any] = {}
     step = saved.get("step")
     if step is None:  # torch SGD keeps no step; a saved buffer means at least one step was taken
@@ -112,7 +120,7 @@ def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: b
         target = opt.codec_for(spec, param, group)
         value = saved[spec.name]
         if isinstance(value, dict):
-            enc = _encoded_from_dict(spec.name, value, param.device)
+            enc = _encoded_from_dict(spec.name, value, home)
             if enc.shape != state_shape(spec, param):
                 raise ValueError(f"state {spec.name!r} has shape {tuple(enc.shape)}, parameter needs "
                                  f"{tuple(state_shape(spec, param))}")
@@ -122,11 +130,12 @@ def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: b
             expected = state_shape(spec, param)
             if value.shape != expected:
                 raise ValueError(f"state {spec.name!r} has shape {tuple(value.shape)}, parameter needs {tuple(expected)}")
-            enc = target.encode(value.detach().to(param.device, torch.float32), spec.kind)
+            enc = target.encode(value.detach().to(home, torch.float32), spec.kind)
         else:
             raise ValueError(f"state {spec.name!r} is a {type(value).__name__}; expected an encoded-state dict "
                              "(tightfit format) or a tensor (torch.optim format)")
         state[spec.name] = enc
+    placement.settle(param, state)
     return state
 
 
@@ -145,7 +154,7 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
         state[idx] = out
     groups = []
     for g in sd["param_groups"]:
-        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl")}
+        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged")}
         tg.update({k: v for k, v in opt.rule.torch_group_extras.items() if k not in tg})
         groups.append(tg)
     return {"state": state, "param_groups": groups}

@@ -4,7 +4,8 @@ Each rank trains on its half of every batch; the gradient average equals the ful
 batch's, so the parameters must match a single-process run on whole batches.
 """
 
-import socket
+import os
+import tempfile
 
 import pytest
 import torch
@@ -39,14 +40,13 @@ TOL = {
 }
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, *args):
-    mp.spawn(fn, args=(WORLD, _port(), *args), nprocs=WORLD, join=True)
+def _spawn(fn, out_dir, *args):
+    rendezvous = tempfile.mktemp(prefix="tightfit-rdzv-")  # must not exist yet; gloo's FileStore creates it
+    try:
+        mp.spawn(fn, args=(WORLD, rendezvous, str(out_dir), *args), nprocs=WORLD, join=True)
+    finally:
+        if os.path.exists(rendezvous):
+            os.unlink(rendezvous)
 
 
 def _single_process(rule, codec, blocks="aligned", steps=workers.STEPS):
@@ -71,7 +71,7 @@ CASES += [("fsdp2", "came", "8bit", "aligned"), ("fsdp2", "adamw", "8bit", "misa
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    _spawn(workers.run_training_cases, str(out), CASES)
+    _spawn(workers.run_training_cases, out, CASES)
     return out
 
 
@@ -91,7 +91,7 @@ def test_checkpoint_from_two_ranks_continues_in_one_process(tmp_path, rule, code
     import torch.distributed.checkpoint as dcp
 
     split = 2
-    _spawn(workers.run_checkpoint_case, str(tmp_path), rule, codec, split)
+    _spawn(workers.run_checkpoint_case, tmp_path, rule, codec, split)
     model = workers.model_factory(seed=123)  # different init: everything must come from the checkpoint
     opt = workers.make_optimizer(rule, model.parameters(), codec)
     state = {"model": model.state_dict(), "optim": sharded_state_dict(opt)}
@@ -115,5 +115,5 @@ def test_checkpoint_from_two_ranks_continues_in_one_process(tmp_path, rule, code
 
 
 def test_in_backward_refuses_fsdp2(tmp_path):
-    _spawn(workers.run_in_backward_refusal, str(tmp_path))
+    _spawn(workers.run_in_backward_refusal, tmp_path)
     assert "FSDP2" in (tmp_path / "error.txt").read_text()

@@ -61,10 +61,10 @@ def full_params(model):
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
 
 
-def _init(rank, world, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _init(rank, world, rendezvous):
+    """Meet through a file (no TCP port to race for with other jobs on the machine)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
 
 
 def fsdp_model(seed=0):
@@ -80,9 +80,9 @@ def fsdp_model(seed=0):
     return model
 
 
-def run_training_cases(rank, world, port, out_dir, cases):
+def run_training_cases(rank, world, rendezvous, out_dir, cases):
     """FSDP2 and DDP training for each (wrapper, rule, codec); rank 0 saves full params."""
-    _init(rank, world, port)
+    _init(rank, world, rendezvous)
     try:
         for wrapper, rule, codec, blocks in cases:
             if wrapper == "fsdp2":
@@ -103,13 +103,13 @@ def run_training_cases(rank, world, port, out_dir, cases):
         dist.destroy_process_group()
 
 
-def run_checkpoint_case(rank, world, port, out_dir, rule, codec, split):
+def run_checkpoint_case(rank, world, rendezvous, out_dir, rule, codec, split):
     """Train ``split`` steps, save with DCP (model + optimizer), train on; also a full state_dict."""
     import torch.distributed.checkpoint as dcp
 
     from tightfit.distributed import full_state_dict, sharded_state_dict
 
-    _init(rank, world, port)
+    _init(rank, world, rendezvous)
     try:
         model = fsdp_model()
         opt = make_optimizer(rule, model.parameters(), codec)
@@ -127,8 +127,8 @@ def run_checkpoint_case(rank, world, port, out_dir, rule, codec, split):
         dist.destroy_process_group()
 
 
-def run_in_backward_refusal(rank, world, port, out_dir):
-    _init(rank, world, port)
+def run_in_backward_refusal(rank, world, rendezvous, out_dir):
+    _init(rank, world, rendezvous)
     try:
         model = fsdp_model()
         opt = tightfit.AdamW(model.parameters())

@@ -48,21 +48,31 @@ def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) 
     if not live:
         return
     states = [opt._ensure_state(p, group) for p in live]
-    rounding = opt._rounding(group, live)
+    placement = opt.placement_for(group)  # paged states stream in around the update, as unsharded
     if opt.rule.elementwise:
-        shards = [local_tensor(p) for p in live]
-        for shard, p in zip(shards, live):
-            shard.grad = local_tensor(p.grad)
-        try:
-            impl = select_implementation(group["impl"], opt.rule, shards, states, rounding)
-            impl.step_group(opt.rule, opt.rule.hyper(group), shards, states, rounding)
-        finally:
-            for shard in shards:
-                shard.grad = None
-        return
+        placement.run(live, states, lambda ps, ss: _step_local_shards(opt, group, ps, ss))
+    else:
+        placement.run(live, states, lambda ps, ss: _step_whole_params(opt, group, ps, ss))
+
+
+def _step_local_shards(opt, group, params, states) -> None:
+    rounding = opt._rounding(group, params)
+    shards = [local_tensor(p) for p in params]
+    for shard, p in zip(shards, params):
+        shard.grad = local_tensor(p.grad)
+    try:
+        impl = select_implementation(group["impl"], opt.rule, shards, states, rounding)
+        impl.step_group(opt.rule, opt.rule.hyper(group), shards, states, rounding)
+    finally:
+        for shard in shards:
+            shard.grad = None
+
+
+def _step_whole_params(opt, group, params, states) -> None:
     hyper = plain_hyper(opt.rule.hyper(group))
-    salts = rounding.salts if rounding is not None else [None] * len(live)
-    for p, state, salt in zip(live, states, salts):
+    rounding = opt._rounding(group, params)
+    salts = rounding.salts if rounding is not None else [None] * len(params)
+    for p, state, salt in zip(params, states, salts):
         key = None if salt is None else (rounding.seed, salt)
         _step_on_dtensors(opt.rule, hyper, group, p, state, key)
 

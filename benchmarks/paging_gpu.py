@@ -1,0 +1,212 @@
+"""Paged optimizer states and updates inside backward on a CUDA GPU: full fine-tune steps.
+
+A Llama-3.2-shaped causal LM (``--model 1b``: hidden 2048, 16 layers, ≈1.24B params;
+``--model 3b``: hidden 3072, 28 layers, ≈3.2B; both vocab 128256, 8 KV heads, tied
+embeddings) with random weights in bfloat16 takes full fine-tune steps (forward, backward,
+optimizer) on random tokens. For AdamW with fp32 and 8-bit states, each in four modes --
+on device, paged (``paged=True``), inside backward (``tightfit.step_in_backward``), paged
++ inside backward -- and bitsandbytes PagedAdamW8bit / PagedAdamW (on device mode only)
+when it imports, one row records:
+
+* median ms per iteration (forward + backward + update, CUDA events) after warm-up;
+* peak ``torch.cuda.max_memory_allocated`` over the timed iterations, and the device
+  memory NVML reports in use (bnb pages through CUDA managed memory, which torch's
+  counters do not see: compare bnb rows by ``nvml_used_gb``);
+* optimizer-state bytes on the device and in pinned host memory (``memory_report()``),
+  and the device bytes a paged step borrows for its streaming buffers.
+
+Writes benchmarks/results/paging_gpu.csv and .md (device, date, versions on every row).
+Exits 2 without CUDA.
+
+    python benchmarks/paging_gpu.py [--model 1b] [--batch 4] [--seq 512] [--steps 5] [--warmup 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import gc
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from step_gpu import state_bytes, version_of
+
+RESULTS = Path(__file__).with_name("results")
+# Llama-3.2 1B / 3B shapes (config.json of meta-llama/Llama-3.2-{1B,3B}).
+MODELS = {
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32},
+    "3b": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24},
+}
+COMMON_SHAPE = {"vocab_size": 128256, "num_key_value_heads": 8, "tie_word_embeddings": True,
+                "max_position_embeddings": 8192, "rope_theta": 500000.0}
+MODES = ("on device", "paged", "in backward", "paged + in backward")
+FIELDS = ["optimizer", "mode", "status", "iter_ms", "peak_allocated_gb", "nvml_used_gb", "state_device_gb",
+          "state_host_gb", "stream_buffer_gb", "params_b", "batch", "seq", "device", "date", "torch",
+          "transformers", "tightfit", "bitsandbytes"]
+GB = 1e9
+
+
+def build_model(name: str) -> torch.nn.Module:
+    """Random-init bf16 Llama-shaped LM built directly on the GPU."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**MODELS[name], **COMMON_SHAPE)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.config.use_cache = False
+    return model.train()
+
+
+# --- optimizers: name -> (factory(params, paged) or None where a mode does not apply) -----
+
+def _tightfit(state: str) -> Callable:
+    def make(params, paged: bool):
+        import tightfit
+        return tightfit.AdamW(params, lr=1e-5, state=state, paged=paged)
+    return make
+
+
+def _bnb(cls_name: str) -> Callable:
+    def make(params, paged: bool):
+        import bitsandbytes.optim as bnb_optim
+        return getattr(bnb_optim, cls_name)(params, lr=1e-5)
+    return make
+
+
+# (optimizer name, modes it runs in, factory)
+RUNS: list[tuple[str, tuple[str, ...], Callable]] = [
+    ("tightfit AdamW fp32", MODES, _tightfit("fp32")),
+    ("tightfit AdamW 8bit", MODES, _tightfit("8bit")),
+    ("bnb PagedAdamW8bit", ("paged",), _bnb("PagedAdamW8bit")),
+    ("bnb PagedAdamW (32-bit)", ("paged",), _bnb("PagedAdamW")),
+]
+
+
+# --- measurement ----------------------------------------------------------------------
+
+def nvml_used() -> str:
+    try:
+        return f"{torch.cuda.device_memory_used() / GB:.2f}"
+    except Exception as error:  # no NVML (pynvml/amdsmi) in this environment
+        return f"unavailable ({type(error).__name__})"
+
+
+def free_memory() -> None:
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def iterate(model, opt, handle, tokens) -> None:
+    loss = model(input_ids=tokens, labels=tokens).loss
+    if handle is not None:
+        handle.backward(loss)  # updates happen inside backward
+        return
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def measure(name: str, mode: str, factory: Callable, model, tokens, args) -> dict:
+    row = {"optimizer": name, "mode": mode}
+    free_memory()
+    try:
+        opt = factory(model.parameters(), "paged" in mode and name.startswith("tightfit"))
+    except (ImportError, AttributeError, RuntimeError) as error:
+        print(f"skip {name} ({mode}): {type(error).__name__}: {error}", flush=True)
+        return {**row, "status": f"skipped: {type(error).__name__}: {str(error)[:100]}"}
+    handle = None
+    if "in backward" in mode:
+        import tightfit
+        handle = tightfit.step_in_backward(model, opt)
+    try:
+        for _ in range(args.warmup):
+            iterate(model, opt, handle, tokens)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            iterate(model, opt, handle, tokens)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        row.update({"status": "ok", "iter_ms": f"{statistics.median(times):.1f}",
+                    "peak_allocated_gb": f"{torch.cuda.max_memory_allocated() / GB:.2f}", "nvml_used_gb": nvml_used()})
+        if hasattr(opt, "memory_report"):
+            report = opt.memory_report()
+            row.update({"state_device_gb": f"{report.device_bytes / GB:.3f}",
+                        "state_host_gb": f"{report.host_bytes / GB:.3f}",
+                        "stream_buffer_gb": f"{report.stream_buffer_bytes / GB:.3f}"})
+        else:  # bnb: paged states are managed memory, outside torch's counters
+            row.update({"state_device_gb": f"{state_bytes(opt) / GB:.3f} (managed)", "state_host_gb": "n/a"})
+    except torch.cuda.OutOfMemoryError as error:
+        row.update({"status": f"out of memory: {str(error).splitlines()[0][:80]}"})
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        del opt
+    print(row, flush=True)
+    return row
+
+
+def write_results(rows: list[dict], common: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    rows = [{**{k: "" for k in FIELDS}, **row, **common} for row in rows]
+    with open(RESULTS / "paging_gpu.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(RESULTS / "paging_gpu.md", "w") as f:
+        f.write("| " + " | ".join(FIELDS) + " |\n|" + "---|" * len(FIELDS) + "\n")
+        for row in rows:
+            f.write("| " + " | ".join(str(row[k]) for k in FIELDS) + " |\n")
+    print(f"wrote {RESULTS / 'paging_gpu.csv'} and .md")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="1b")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="substrings of the optimizer names to run")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("paging_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False): paging streams optimizer "
+              "states between pinned host memory and a GPU, so there is nothing to measure on CPU", file=sys.stderr)
+        return 2
+
+    torch.manual_seed(0)
+    model = build_model(args.model)
+    tokens = torch.randint(0, COMMON_SHAPE["vocab_size"], (args.batch, args.seq), device="cuda")
+    n_params = sum(p.numel() for p in model.parameters())
+    common = {"params_b": f"{n_params / 1e9:.3f}", "batch": args.batch, "seq": args.seq,
+              "device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
+              "torch": torch.__version__, "transformers": version_of("transformers"),
+              "tightfit": version_of("tightfit"), "bitsandbytes": version_of("bitsandbytes")}
+    print(f"{n_params / 1e9:.2f}B bf16 params on {common['device']}", flush=True)
+    rows = []
+    for name, modes, factory in RUNS:
+        if args.only and not any(s.lower() in name.lower() for s in args.only):
+            continue
+        for mode in modes:
+            rows.append(measure(name, mode, factory, model, tokens, args))
+    write_results(rows, common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

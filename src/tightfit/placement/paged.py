@@ -1,0 +1,160 @@
+"""Paged placement: encoded states live in pinned host memory and stream through the device.
+
+Each paged parameter's encoded states are packed into one pinned host block (one copy
+per parameter each way, whatever the codec's buffer count). ``step()`` streams them
+through ``SLOTS`` reusable device buffers on side streams (streaming.py), ordered by
+CUDA events, without host synchronisation and without CUDA managed memory (which can
+hang a GPU when oversubscribed and is invisible to torch's memory counters).
+
+A device budget (``paged="4GiB"``) keeps the parameters with the smallest states on the
+device until the budget is spent and pages the rest: that leaves the fewest, largest
+transfers, which run closest to PCIe bandwidth. The budget counts this group's states.
+
+A parameter's states move as a whole, so a slot holds at least the largest paged
+parameter's states (``CHUNK_BYTES`` otherwise). On a device type without a stream layer
+(the CPU) paging is a no-op: states stay with the params, with one warning per optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..codecs import Encoded
+from .device import Placement, StepFn, encoded_items, moved
+from .streaming import ALIGN, PagedParam, make_chunks, stream_chunks
+from .streams import StreamLayer, stream_layer_for
+
+SLOTS = 3  # copy-in of the next chunk, update of this one, copy-out of the previous one
+CHUNK_BYTES = 64 << 20  # target bytes per streamed chunk: large transfers, small device footprint
+
+
+def plan_resident(params: list[torch.Tensor], state_bytes: Callable[[torch.Tensor], int],
+                  budget: int) -> set[torch.Tensor]:
+    """Params whose states stay on the device: smallest states first while the budget lasts."""
+    sizes = [state_bytes(p) for p in params]
+    resident, used = set(), 0
+    for index in sorted(range(len(params)), key=lambda i: (sizes[i], i)):
+        used += sizes[index]
+        if used > budget:
+            break
+        resident.add(params[index])
+    return resident
+
+
+def host_block(items: list[tuple[str, Encoded]], layer: StreamLayer) -> torch.Tensor | None:
+    """The pinned block all of a param's state buffers view, or None if they are not packed."""
+    buffers = [b for _, enc in items for b in enc.buffers.values()]
+    if not buffers or len({b.untyped_storage().data_ptr() for b in buffers}) != 1:
+        return None
+    storage = buffers[0].untyped_storage()
+    block = torch.empty(0, dtype=torch.uint8, device=buffers[0].device).set_(storage)
+    return block if layer.is_host(block) else None
+
+
+def pack(items: list[tuple[str, Encoded]], layer: StreamLayer) -> dict[str, Encoded]:
+    """Copies of the encoded states as views into one new pinned host block."""
+    layout, total = [], 0
+    for name, enc in items:
+        for key, buf in enc.buffers.items():
+            layout.append((name, key, buf, total))
+            total += -(-buf.numel() * buf.element_size() // ALIGN) * ALIGN
+    block = layer.host_empty(total)
+    packed = {name: Encoded(enc.codec, enc.kind, enc.shape, {}) for name, enc in items}
+    for name, key, buf, offset in layout:
+        view = block[offset:offset + buf.numel() * buf.element_size()].view(buf.dtype).view(buf.shape)
+        view.copy_(buf)
+        packed[name].buffers[key] = view
+    return packed
+
+
+class PagedPlacement(Placement):
+    name = "paged"
+
+    def __init__(self, budget: int, params: list[torch.Tensor], state_bytes: Callable[[torch.Tensor], int],
+                 warn: Callable[[str], None]) -> None:
+        self.budget = budget
+        self._params = params
+        self._state_bytes = state_bytes
+        self._warn = warn
+        self._resident: set[torch.Tensor] | None = None
+        self._layers: dict[torch.device, StreamLayer | None] = {}
+
+    def _layer(self, device: torch.device) -> StreamLayer | None:
+        if device not in self._layers:
+            layer = stream_layer_for(device)
+            if layer is None:
+                self._warn(f"paged optimizer states have no effect for parameters on {device.type}: paging "
+                           f"streams states between pinned host memory and a GPU, so they stay in "
+                           f"{device.type} memory")
+            self._layers[device] = layer
+        return self._layers[device]
+
+    def pages(self, param: torch.Tensor) -> bool:
+        """True when ``param``'s states belong in host memory."""
+        if self._layer(param.device) is None:
+            return False
+        if self._resident is None:
+            self._resident = plan_resident(list(self._params), self._state_bytes, self.budget)
+        return param not in self._resident
+
+    def home(self, param: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self.pages(param) else param.device
+
+    def settle(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        items = encoded_items(state)
+        layer = self._layer(param.device)
+        if not items or layer is None:
+            return
+        block = host_block(items, layer)
+        if self.pages(param):
+            if block is None:
+                self.host_ready()
+                state.update(pack(items, layer))
+        elif block is not None or any(enc.device != param.device for _, enc in items):
+            self.host_ready()
+            state.update({name: moved(enc, param.device) for name, enc in items})
+
+    def location(self, param: torch.Tensor, state: dict[str, Any]) -> str:
+        layer = self._layer(param.device)
+        return "host" if layer is not None and host_block(encoded_items(state), layer) is not None else "device"
+
+    def _split(self, params, states) -> tuple[list, list, dict[torch.device, list[PagedParam]]]:
+        resident_params, resident_states, paged = [], [], {}
+        for param, state in zip(params, states):
+            layer = self._layer(param.device)
+            block = None if layer is None else host_block(encoded_items(state), layer)
+            if block is None:
+                resident_params.append(param)
+                resident_states.append(state)
+            else:
+                paged.setdefault(param.device, []).append(PagedParam(param, state, block))
+        return resident_params, resident_states, paged
+
+    def run(self, params: list[torch.Tensor], states: list[dict[str, Any]], step_fn: StepFn) -> None:
+        resident_params, resident_states, paged = self._split(params, states)
+        devices = list(paged)
+        overlap = None
+        if resident_params:
+            def overlap() -> None:
+                step_fn(resident_params, resident_states)
+            if not devices or any(p.device != devices[0] for p in resident_params):
+                overlap()  # nothing streams on their device to overlap with
+                overlap = None
+        for device in devices:  # device-resident updates run while the first chunks copy in
+            stream_chunks(self._layers[device], make_chunks(paged[device], CHUNK_BYTES), step_fn, SLOTS, overlap)
+            overlap = None
+
+    def host_ready(self) -> None:
+        for layer in self._layers.values():
+            if layer is not None:
+                layer.synchronize()
+
+    def stream_buffer_bytes(self, params, states) -> int:
+        _, _, paged = self._split(params, states)
+        total = 0
+        for members in paged.values():
+            chunks = make_chunks(members, CHUNK_BYTES)
+            total += min(SLOTS, len(chunks)) * max(chunk.nbytes for chunk in chunks)
+        return total

@@ -1,0 +1,141 @@
+"""The copy-in / update / copy-out pipeline of one paged step, over a StreamLayer.
+
+Chunks of paged states go through ``slots`` reusable device buffers. Chunk i lives in
+slot i % slots. Issue order per chunk i:
+
+* copy-in of chunk i + slots - 1 (on ``h2d``, after the copy-out that last used its slot);
+* the compute stream waits for chunk i's copy-in, runs the update, records an event;
+* ``d2h`` waits for that event and copies chunk i back to its pinned host block.
+
+So the copy-in of the next chunks and the copy-out of the previous one overlap the update
+of the current one, at most ``slots`` chunks occupy device memory, and the host never
+waits: ordering is by events only. At the end the compute stream waits for the last
+copy-out, so later work (and the slots' memory reuse) is ordered after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..codecs import Encoded
+from .streams import StreamLayer
+
+StepFn = Callable[[list[torch.Tensor], list[dict[str, Any]]], None]
+
+
+@dataclass
+class PagedParam:
+    """One parameter whose encoded states all live in one pinned host block."""
+
+    param: torch.Tensor
+    state: dict[str, Any]
+    block: torch.Tensor  # flat uint8 over the host storage that every state buffer views
+
+    @property
+    def nbytes(self) -> int:
+        return self.block.numel()
+
+
+@dataclass
+class Chunk:
+    members: list[PagedParam] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # byte offset of each member in the slot
+    nbytes: int = 0
+
+
+ALIGN = 16  # byte alignment of every buffer in host blocks and slots (vector loads, triton divisibility)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def make_chunks(members: Sequence[PagedParam], chunk_bytes: int) -> list[Chunk]:
+    """Consecutive members per chunk up to ``chunk_bytes``; a larger member is a chunk alone."""
+    chunks: list[Chunk] = []
+    for member in members:
+        size = _aligned(member.nbytes)
+        if not chunks or (chunks[-1].members and chunks[-1].nbytes + size > chunk_bytes):
+            chunks.append(Chunk())
+        chunk = chunks[-1]
+        chunk.members.append(member)
+        chunk.offsets.append(chunk.nbytes)
+        chunk.nbytes += size
+    return chunks
+
+
+def device_views(member: PagedParam, slot: torch.Tensor, offset: int) -> dict[str, Encoded]:
+    """The member's encoded states as views into ``slot``, laid out as in its host block."""
+    views = {}
+    for name, enc in member.state.items():
+        if not isinstance(enc, Encoded):
+            continue
+        buffers = {}
+        for key, buf in enc.buffers.items():
+            start = offset + buf.storage_offset() * buf.element_size()
+            nbytes = buf.numel() * buf.element_size()
+            buffers[key] = slot[start:start + nbytes].view(buf.dtype).view(buf.shape)
+        views[name] = Encoded(enc.codec, enc.kind, enc.shape, buffers)
+    return views
+
+
+def _update(chunk: Chunk, slot: torch.Tensor, step_fn: StepFn) -> Callable[[], None]:
+    """Work for the compute stream: step the chunk's params on device views of their states."""
+    def work() -> None:
+        views = [{**m.state, **device_views(m, slot, off)} for m, off in zip(chunk.members, chunk.offsets)]
+        step_fn([m.param for m in chunk.members], views)
+        for member, view in zip(chunk.members, views):  # counters an impl replaced rather than updated
+            member.state.update({k: v for k, v in view.items() if not isinstance(v, Encoded)})
+    return work
+
+
+def stream_chunks(layer: StreamLayer, chunks: Sequence[Chunk], step_fn: StepFn, slots: int,
+                  overlap: Callable[[], None] | None = None) -> None:
+    """Run ``step_fn`` on every chunk's params with their states streamed through device slots.
+
+    ``overlap`` (device-resident updates) is issued on the compute stream right after the
+    first copy-ins, so it runs while they are in flight.
+    """
+    if slots < 1:
+        raise ValueError(f"invalid slots={slots!r} (allowed: an int >= 1)")
+    n = len(chunks)
+    if n == 0:
+        if overlap is not None:
+            layer.run(layer.compute, overlap, "resident")
+        return
+    slot_bytes = max(chunk.nbytes for chunk in chunks)
+    buffers: list[torch.Tensor] = []
+    copied_in: list[Any] = [None] * n
+    copied_out: list[Any] = [None] * n
+    # copy-ins write memory the compute stream may have used before this step
+    layer.wait(layer.h2d, layer.record(layer.compute, "start"), "start")
+
+    def copy_in(j: int) -> None:
+        if j >= slots:
+            layer.wait(layer.h2d, copied_out[j - slots], ("slot_free", j))
+        if j % slots == len(buffers):
+            buffers.append(layer.device_empty(slot_bytes))
+        slot = buffers[j % slots]
+        for member, offset in zip(chunks[j].members, chunks[j].offsets):
+            layer.copy(layer.h2d, slot[offset:offset + member.nbytes], member.block, ("copy_in", j))
+        copied_in[j] = layer.record(layer.h2d, ("copied_in", j))
+
+    for j in range(min(slots - 1, n)):
+        copy_in(j)
+    if overlap is not None:
+        layer.run(layer.compute, overlap, "resident")
+    for i in range(n):
+        if i + slots - 1 < n:
+            copy_in(i + slots - 1)
+        slot = buffers[i % slots]
+        layer.wait(layer.compute, copied_in[i], ("update_waits", i))
+        layer.run(layer.compute, _update(chunks[i], slot, step_fn), ("update", i))
+        layer.wait(layer.d2h, layer.record(layer.compute, ("updated", i)), ("copy_out_waits", i))
+        for member, offset in zip(chunks[i].members, chunks[i].offsets):
+            layer.copy(layer.d2h, member.block, slot[offset:offset + member.nbytes], ("copy_out", i))
+        copied_out[i] = layer.record(layer.d2h, ("copied_out", i))
+    layer.wait(layer.compute, copied_out[n - 1], "end")
+    layer.finish()

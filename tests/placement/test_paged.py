@@ -1,0 +1,274 @@
+"""Paged placement through the optimizer: bit-identical to unpaged for every rule x codec,
+device budgets, memory reports, state_dict, updates inside backward, the CPU no-op."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+
+import tightfit
+from cases import CODEC_NAMES, RULE_CLASSES, regression_batch, small_mlp, train
+from tightfit.codecs import Encoded
+from tightfit.placement import paged, parse_size
+from tightfit.state_bytes import state_bytes
+
+# Every rule, including the factored ones (their small statistics are paged too).
+PAGED_RULES = {
+    **RULE_CLASSES,
+    "adafactor": lambda p, **k: tightfit.Adafactor(p, lr=1e-2, beta1=0.9, **k),
+    "came": lambda p, **k: tightfit.CAME(p, lr=1e-3, weight_decay=1e-2, **k),
+    "sophiag": lambda p, **k: tightfit.SophiaG(p, lr=1e-3, **k),
+}
+STEPS = 4
+
+
+def assert_same(model_a, opt_a, model_b, opt_b):
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        for key, value in sa.items():
+            if isinstance(value, Encoded):
+                assert value.codec == sb[key].codec
+                for name, buf in value.buffers.items():
+                    assert torch.equal(buf, sb[key].buffers[name]), (key, name)
+            else:
+                assert torch.equal(value, sb[key])
+
+
+def saved_and_loaded(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("rule", sorted(PAGED_RULES))
+def test_paged_equals_unpaged_bit_for_bit(fake_streams, rule, codec):
+    model, twin = small_mlp(), small_mlp()
+    unpaged = PAGED_RULES[rule](model.parameters(), state=codec, min_quantized_numel=1000)
+    paged_opt = PAGED_RULES[rule](twin.parameters(), state=codec, min_quantized_numel=1000, paged=True)
+    train(model, unpaged, STEPS)
+    train(twin, paged_opt, STEPS)
+    report = paged_opt.memory_report()
+    assert report.device_bytes == 0 and report.host_bytes == unpaged.state_nbytes() > 0
+    assert_same(model, unpaged, twin, paged_opt)
+
+
+def fp32_adamw_bytes(numel):
+    return 8 * numel
+
+
+# small_mlp's params, state bytes under fp32 AdamW: 4->32, 64->512 (x2), 256->2048, 1536->12288, 4096->32768
+@pytest.mark.parametrize("budget,on_device", [
+    (True, []),
+    (0, []),
+    ("3103B", [4, 64, 64]),
+    (3104, [4, 64, 64, 256]),
+    ("3104B", [4, 64, 64, 256]),
+    ("1MiB", [4, 64, 64, 256, 1536, 4096]),
+])
+def test_budget_keeps_the_smallest_states_on_device(fake_streams, budget, on_device):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), paged=budget)
+    train(model, opt, 2)
+    resident = sorted(p.numel() for p in model.parameters()
+                      if opt.placement_for(opt.param_groups[0]).location(p, opt.state[p]) == "device")
+    assert resident == on_device
+    report = opt.memory_report()
+    total = sum(fp32_adamw_bytes(p.numel()) for p in model.parameters())
+    assert report.device_bytes == sum(fp32_adamw_bytes(n) for n in on_device)
+    assert report.host_bytes == total - report.device_bytes
+    assert report.paged_params == 6 - len(on_device)
+
+
+def test_budget_plan_does_not_depend_on_which_params_step_first(fake_streams):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), paged=3104)
+    big = max(model.parameters(), key=torch.Tensor.numel)
+    big.grad = torch.ones_like(big)  # only the largest param steps: it is still paged
+    opt.step()
+    assert opt.memory_report().paged_params == 1 and opt.memory_report().device_bytes == 0
+
+
+def test_memory_report_is_exact_per_location_and_codec(fake_streams):
+    model = small_mlp()
+    params = list(model.parameters())
+    groups = [{"params": params[:2], "paged": True}, {"params": params[2:]}]
+    opt = tightfit.AdamW(groups, state="8bit", min_quantized_numel=1000)
+    train(model, opt, 1)
+    report = opt.memory_report()
+    expected = {p: state_bytes(tightfit.RULES["adamw"], "8bit", tuple(p.shape), min_quantized_numel=1000)
+                for p in params}
+    assert report.host_bytes == sum(expected[p] for p in params[:2])
+    assert report.device_bytes == sum(expected[p] for p in params[2:])
+    assert report.total_bytes == opt.state_nbytes()
+    # params[0] (1536 elements) and params[2] (4096) are 8-bit; the rest are below min_quantized_numel
+    assert [p.numel() >= 1000 for p in params] == [True, False, True, False, False, False]
+    assert report.by_codec["8bit"] == {"host": expected[params[0]], "device": expected[params[2]]}
+    assert report.by_codec["fp32"] == {"host": expected[params[1]], "device": sum(expected[p] for p in params[3:])}
+    # one param per chunk (CHUNK_BYTES=1): the larger block fills each of the 2 slots used
+    blocks = [sum(-(-b.numel() * b.element_size() // 16) * 16 for v in opt.state[p].values()
+                  if isinstance(v, Encoded) for b in v.buffers.values()) for p in params[:2]]
+    assert report.stream_buffer_bytes == 2 * max(blocks)
+    assert report.as_dict()["total_bytes"] == report.total_bytes
+
+
+def test_unpaged_report_is_all_device():
+    model = small_mlp()
+    opt = tightfit.Lion(model.parameters(), state="4bit", min_quantized_numel=0)
+    train(model, opt, 1)
+    report = opt.memory_report()
+    assert (report.device_bytes, report.host_bytes, report.paged_params, report.stream_buffer_bytes) == \
+        (opt.state_nbytes(), 0, 0, 0)
+    assert report.by_codec == {"4bit": {"device": opt.state_nbytes(), "host": 0}}
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_state_dict_round_trip_lands_in_host_memory(fake_streams, codec):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), lr=1e-2, state=codec, min_quantized_numel=0, paged=True)
+    train(model, opt, 3)
+    twin = copy.deepcopy(model)
+    resumed = tightfit.AdamW(twin.parameters(), lr=1e-2, state=codec, min_quantized_numel=0, paged=True)
+    resumed.load_state_dict(saved_and_loaded(opt.state_dict()))
+    assert resumed.memory_report() == opt.memory_report()
+    assert resumed.memory_report().device_bytes == 0
+    assert_same(model, opt, twin, resumed)
+    train(model, opt, 3)
+    train(twin, resumed, 3)
+    assert_same(model, opt, twin, resumed)
+
+
+def test_unpaged_state_dict_loads_into_a_paged_optimizer(fake_streams):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), state="8bit", min_quantized_numel=0)
+    train(model, opt, 2)
+    sd = opt.state_dict()
+    twin = copy.deepcopy(model)
+    resumed = tightfit.AdamW(twin.parameters(), state="8bit", min_quantized_numel=0, paged=True)
+    sd["param_groups"][0]["paged"] = True  # the saved group says unpaged; ask for paging
+    resumed.load_state_dict(sd)
+    assert resumed.memory_report().host_bytes == opt.state_nbytes()
+    train(model, opt, 2)
+    train(twin, resumed, 2)
+    assert_same(model, opt, twin, resumed)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_step_in_backward_with_paging_equals_normal_step(fake_streams, codec):
+    model = small_mlp()
+    twin = copy.deepcopy(model)
+    normal = tightfit.AdamW(model.parameters(), lr=1e-2, state=codec, min_quantized_numel=0)
+    inside = tightfit.AdamW(twin.parameters(), lr=1e-2, state=codec, min_quantized_numel=0, paged=True)
+    handle = tightfit.step_in_backward(twin, inside)
+    x, y = regression_batch()
+    for _ in range(3):
+        normal.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        normal.step()
+        torch.nn.functional.mse_loss(twin(x), y).backward()
+    handle.remove()
+    assert inside.memory_report().paged_params == 6
+    assert_same(model, normal, twin, inside)
+
+
+def test_turning_paging_off_moves_states_back_to_the_device(fake_streams):
+    model, twin = small_mlp(), small_mlp()
+    unpaged = tightfit.AdamW(model.parameters(), state="8bit", min_quantized_numel=0)
+    opt = tightfit.AdamW(twin.parameters(), state="8bit", min_quantized_numel=0, paged=True)
+    train(model, unpaged, 2)
+    train(twin, opt, 2)
+    opt.param_groups[0]["paged"] = False
+    train(model, unpaged, 2)
+    train(twin, opt, 2)
+    assert opt.memory_report().host_bytes == 0
+    assert_same(model, unpaged, twin, opt)
+
+
+def test_sophia_hessian_refresh_streams_paged_states(fake_streams):
+    model, twin = small_mlp(), small_mlp()
+    opts = [tightfit.SophiaG(m.parameters(), state="8bit", min_quantized_numel=0, paged=p)
+            for m, p in ((model, False), (twin, True))]
+    for m, opt in zip((model, twin), opts):
+        train(m, opt, 2)
+        opt.update_hessian()
+        train(m, opt, 1)
+    assert opts[1].memory_report().paged_params == 6
+    assert_same(model, opts[0], twin, opts[1])
+
+
+def test_paging_cpu_tensors_warns_once_per_optimizer_and_changes_nothing():
+    model, twin, other = small_mlp(), small_mlp(), small_mlp()
+    unpaged = tightfit.AdamW(model.parameters(), state="8bit")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = tightfit.AdamW(twin.parameters(), state="8bit", paged=True)
+        train(twin, opt, 3)
+        first = [w for w in caught if "no effect for parameters on cpu" in str(w.message)]
+        train(other, tightfit.AdamW(other.parameters(), paged="1GiB"), 1)  # a second optimizer warns again
+    assert len(first) == 1
+    assert len([w for w in caught if "no effect for parameters on cpu" in str(w.message)]) == 2
+    assert opt.memory_report().host_bytes == 0
+    train(model, unpaged, 3)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", [None, "lots", "4XB", "GiB", "-1GiB", -1, 1.5, [1], "true"])
+def test_bad_paged_values_raise_naming_the_value(value):
+    with pytest.raises(ValueError, match=r"invalid paged=.*allowed: False, True, a byte count"):
+        tightfit.AdamW(small_mlp().parameters(), paged=value)
+
+
+def test_bad_paged_value_in_an_added_group_raises():
+    model = small_mlp()
+    params = list(model.parameters())
+    opt = tightfit.AdamW(params[:2])
+    with pytest.raises(ValueError, match=r"invalid paged='4 gigs'"):
+        opt.add_param_group({"params": params[2:], "paged": "4 gigs"})
+
+
+@pytest.mark.parametrize("text,nbytes", [
+    ("512MiB", 512 * 2**20), ("4GiB", 4 * 2**30), ("1.5GB", 1_500_000_000), ("64kib", 65536),
+    ("2 TB", 2 * 10**12), ("100B", 100), (0, 0), (12345, 12345),
+])
+def test_sizes_parse(text, nbytes):
+    assert parse_size(text) == nbytes
+
+
+@pytest.mark.parametrize("name,rule,codec", [
+    ("paged_adamw_32bit", "adamw", "fp32"), ("paged_adamw_8bit", "adamw", "8bit"),
+    ("paged_adamw_4bit", "adamw", "4bit"), ("paged_adamw_bf16", "adamw", "bf16"),
+    ("paged_lion_8bit", "lion", "8bit"), ("paged_lion_32bit", "lion", "fp32"),
+    ("paged_adafactor_8bit", "adafactor", "8bit"), ("paged_came_8bit", "came", "8bit"),
+    ("paged_sophiag_4bit", "sophiag", "4bit"),
+])
+def test_paged_names_build_paged_optimizers(name, rule, codec):
+    opt = tightfit.create_optimizer(name, small_mlp().parameters(), lr=1e-3)
+    assert opt.param_groups[0]["paged"] is True
+    assert opt.rule.name == rule and opt.param_groups[0]["state"] == codec
+    assert f"paged_paged_{name[6:]}" not in tightfit.OPTIMIZER_NAMES
+
+
+def test_small_chunk_target_groups_params_per_chunk(fake_streams, monkeypatch):
+    monkeypatch.setattr(paged, "CHUNK_BYTES", 1 << 20)  # everything fits one chunk
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), paged=True)
+    train(model, opt, 1)
+    assert fake_streams.device_allocations == 1
+    assert opt.memory_report().stream_buffer_bytes == opt.state_nbytes()  # fp32 buffers are 16-byte multiples
+
+
+def test_a_deep_copied_paged_optimizer_keeps_paging(fake_streams):
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters(), state="8bit", min_quantized_numel=0, paged=True)
+    train(model, opt, 2)
+    twin, clone = copy.deepcopy((model, opt))  # one memo: the clone steps the twin's params
+    train(model, opt, 2)
+    train(twin, clone, 2)
+    assert clone.memory_report().paged_params == 6
+    assert_same(model, opt, twin, clone)
