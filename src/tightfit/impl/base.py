@@ -47,6 +47,18 @@ class Implementation:
         raise NotImplementedError
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when no element is NaN or +-Inf, in one read of ``t`` where it can be.
+
+    A finite float32 sum proves every element finite (NaN and Inf propagate through a
+    sum); a non-finite sum may also be overflow of large finite values, so only then is
+    each element checked (torch.isfinite makes four passes over the tensor).
+    """
+    if bool(torch.isfinite(torch.sum(t, dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def encoded_states(state: Mapping[str, Any]) -> dict[str, Encoded]:
     return {k: v for k, v in state.items() if isinstance(v, Encoded)}
 

@@ -13,7 +13,7 @@ import torch
 
 from ..codecs import Encoded, get_codec
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
-from .base import Implementation, StochasticRounding, encoded_states, plain_hyper
+from .base import Implementation, StochasticRounding, all_finite, encoded_states, plain_hyper
 
 
 def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple[int, int] | None]:
@@ -39,7 +39,7 @@ def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
     for faster codec passes that give identical results (impl "native_codec").
     ``rounding_key`` (seed, salt): write a bf16 param with stochastic rounding."""
     grad = param.grad
-    if not bool(torch.isfinite(grad).all()):
+    if not all_finite(grad):
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were
         return
     step = int(state["step"].item()) + 1

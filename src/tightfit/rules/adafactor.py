@@ -70,8 +70,9 @@ def adafactor_update(param, grad, state, *, step, lr, beta2_decay, eps, d, weigh
     if weight_decay != 0:
         param = param * (1 - lr * weight_decay)
     if grad.dim() > 1:
-        row_var = torch.lerp(state["row_var"], (grad * grad).mean(dim=-1, keepdim=True), new_weight)
-        col_var = torch.lerp(state["col_var"], (grad * grad).mean(dim=-2, keepdim=True), new_weight)
+        grad_sq = grad * grad
+        row_var = torch.lerp(state["row_var"], grad_sq.mean(dim=-1, keepdim=True), new_weight)
+        col_var = torch.lerp(state["col_var"], grad_sq.mean(dim=-2, keepdim=True), new_weight)
         var_estimate = (row_var @ col_var) / row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
         new_states = {"row_var": row_var, "col_var": col_var}
     else:
