@@ -48,6 +48,9 @@ RULES = {  # name: (factory, param tolerance key for fp32 params, states exact?)
                                "exact", True),
     "sgd_nesterov_maximize": (lambda p, **k: tightfit.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3,
                                                           maximize=True, **k), "exact", True),
+    "sophiag": (lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, weight_decay=0.1, **k), "exact", True),
+    "sophiag_maximize": (lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, maximize=True, **k),
+                         "exact", True),
 }
 
 # (rule, codec, param dtype, shapes): odd numels (not a multiple of 256 / 128), 0-dim, several params.
@@ -70,9 +73,11 @@ def _run_pair(rule, codec, dtype, shapes, steps=STEPS, lr_tensor=False, nan_at=N
         params = [x.clone().requires_grad_() for x in starts]
         lr = {"lr": torch.tensor(1e-2)} if lr_tensor and impl == "native" else {}
         opt = factory(params, state=codec, min_quantized_numel=0, impl=impl, **lr)
-        for step_grads in grads:
+        for i, step_grads in enumerate(grads):
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
+            if hasattr(opt, "update_hessian") and i > 0:  # SophiaG: a refreshed h, then the step
+                opt.update_hessian()
             opt.step()
         out += [params, [opt.state[p] for p in params]]
     return out

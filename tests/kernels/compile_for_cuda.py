@@ -23,7 +23,7 @@ from tightfit.kernels.fused_step import ELEMENTS_PER_PROGRAM, KERNEL_CODECS, KER
 POINTER_TYPES = {"first_program": "*i64", "tensors": "*i64", "hyper_ptr": "*fp64", "nonfinite": "*i32",
                  "step_snapshot": "*fp32", "map_values0": "*fp32", "midpoints0": "*fp32", "map_values1": "*fp32",
                  "midpoints1": "*fp32"}
-STATE_COUNTS = {"adamw": [2], "adam": [2], "lion": [1], "sgd": [0, 1]}
+STATE_COUNTS = {"adamw": [2], "adam": [2], "lion": [1], "sgd": [0, 1], "sophiag": [2]}
 PARAM_DTYPES = [(torch.float32, False), (torch.float16, False), (torch.bfloat16, False), (torch.bfloat16, True)]
 
 

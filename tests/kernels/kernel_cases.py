@@ -34,6 +34,9 @@ RULE_FACTORIES = {
     "sgd": lambda p, **k: tightfit.SGD(p, lr=3e-2, momentum=0.9, dampening=0.2, weight_decay=1e-3, **k),
     "sgd_nesterov": lambda p, **k: tightfit.SGD(p, lr=3e-2, momentum=0.9, nesterov=True, **k),
     "sgd_plain": lambda p, **k: tightfit.SGD(p, lr=3e-2, weight_decay=1e-2, **k),
+    # rho * bs small enough that some coordinates are not clipped once h is refreshed
+    "sophiag": lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, weight_decay=0.1, **k),
+    "sophiag_maximize": lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, maximize=True, **k),
 }
 
 # Odd numel spanning two programs and a partial 4-bit/8-bit block, a small vector, a 0-dim param.

@@ -24,13 +24,18 @@ MATRIX = [
                                                 [torch.float32, torch.bfloat16])
 ] + [("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32),
      ("adamw", "8bit", torch.float16), ("lion", "fp32", torch.float16),
-     ("sgd_plain", "fp32", torch.bfloat16)]
+     ("sgd_plain", "fp32", torch.bfloat16),
+     ("sophiag", "fp32", torch.float32), ("sophiag", "8bit", torch.float32), ("sophiag", "4bit", torch.bfloat16),
+     ("sophiag_maximize", "bf16", torch.float32)]
 
 
 def run_and_compare(rule, codec, dtype, shapes=SHAPES, steps=3, nonfinite=None, **options):
     fast, slow = twin_optimizers(rule, make_params(shapes, dtype), state=codec, **options)
     for step in range(steps):
         set_grads(fast, slow, seed=step, nonfinite_index=nonfinite.get(step) if nonfinite else None)
+        if hasattr(fast, "update_hessian") and step > 0:  # SophiaG: a refreshed h, then the step
+            fast.update_hessian()
+            slow.update_hessian()
         fast.step()
         slow.step()
     for a, b in zip(fast.param_groups[0]["params"], slow.param_groups[0]["params"]):

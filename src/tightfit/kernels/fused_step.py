@@ -48,6 +48,8 @@ KERNEL_RULES: dict[str, KernelRule] = {
     "lion": KernelRule(pieces.RULE_LION.value, lambda h: {1: h["betas"][0], 2: h["betas"][1], 4: h["weight_decay"]}),
     "sgd": KernelRule(pieces.RULE_SGD.value, lambda h: {1: h["momentum"], 2: h["dampening"], 5: h["weight_decay"],
                                                         6: h["maximize"], 7: h["nesterov"]}),
+    "sophiag": KernelRule(pieces.RULE_SOPHIAG.value, lambda h: {1: h["betas"][0], 3: h["rho"] * h["bs"],
+                                                                4: h["weight_decay"], 6: h["maximize"]}),
 }
 
 

@@ -23,6 +23,7 @@ CODEC_4BIT: tl.constexpr = tl.constexpr(3)
 RULE_ADAM: tl.constexpr = tl.constexpr(0)
 RULE_LION: tl.constexpr = tl.constexpr(1)
 RULE_SGD: tl.constexpr = tl.constexpr(2)
+RULE_SOPHIAG: tl.constexpr = tl.constexpr(3)
 
 
 # --- scalars ------------------------------------------------------------------------
@@ -146,11 +147,29 @@ def sgd_update(param, grad, momentum_buffer, unused, hyper_ptr, step, HAS_MOMENT
 
 
 @triton.jit
+def sophiag_update(param, grad, exp_avg, hessian, hyper_ptr, step):
+    """SophiaG (rules/sophia.py); the Hessian EMA is only read. Slots: 0 lr, 1 beta1,
+    3 rho*bs, 4 weight decay, 6 maximize (0/1)."""
+    lr = hyper(hyper_ptr, 0)
+    beta1 = hyper(hyper_ptr, 1)
+    grad = tl.where(hyper(hyper_ptr, 6) != 0.0, -grad, grad)
+    param = param * (1.0 - lr * hyper(hyper_ptr, 4)).to(tl.float32)
+    exp_avg = exp_avg * beta1.to(tl.float32) + (1.0 - beta1).to(tl.float32) * grad
+    ratio = tl.div_rn(tl.abs(exp_avg), hessian * hyper(hyper_ptr, 3).to(tl.float32) + 1e-15)
+    ratio = tl.where(ratio > 1.0, 1.0, ratio)  # clamp(max=1); NaN stays NaN
+    direction = tl.where(exp_avg > 0.0, 1.0, tl.where(exp_avg < 0.0, -1.0, 0.0))
+    param = param - (lr.to(tl.float32) * direction) * ratio
+    return param, exp_avg, hessian
+
+
+@triton.jit
 def rule_update(RULE: tl.constexpr, NSTATES: tl.constexpr, param, grad, state0, state1, hyper_ptr, step):
     if RULE == RULE_ADAM:
         param, state0, state1 = adam_update(param, grad, state0, state1, hyper_ptr, step)
     elif RULE == RULE_LION:
         param, state0, state1 = lion_update(param, grad, state0, state1, hyper_ptr, step)
+    elif RULE == RULE_SOPHIAG:
+        param, state0, state1 = sophiag_update(param, grad, state0, state1, hyper_ptr, step)
     else:
         param, state0, state1 = sgd_update(param, grad, state0, state1, hyper_ptr, step, NSTATES > 0)
     return param, state0, state1

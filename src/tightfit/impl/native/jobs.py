@@ -25,7 +25,7 @@ N_COEFFS = 8
 # Flags (must match step_kernel.cpp).
 F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM = 1, 2, 4, 8, 16
 # Rule kernels (must match RuleId in step_kernel.cpp).
-R_ADAMW, R_LION, R_SGD = 0, 1, 2
+R_ADAMW, R_LION, R_SGD, R_SOPHIAG = 0, 1, 2, 3
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -87,8 +87,16 @@ def _sgd(h: Mapping[str, Any], step: int) -> RuleCall:
     return RuleCall(R_SGD, flags, (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"]))
 
 
+def _sophiag(h: Mapping[str, Any], step: int) -> RuleCall:
+    # rules.sophia.sophiag_update: (rho * bs) is a Python product before meeting h.
+    beta1 = h["betas"][0]
+    lr = h["lr"]
+    return RuleCall(R_SOPHIAG, F_MAXIMIZE if h["maximize"] else 0,
+                    (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr))
+
+
 RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int], RuleCall]] = {
-    "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd,
+    "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd, "sophiag": _sophiag,
 }
 
 

@@ -24,7 +24,7 @@ constexpr int MAX_STATES = 2;
 
 enum DType : int32_t { F32 = 0, BF16 = 1, F16 = 2 };
 enum CodecId : int32_t { C_FP32 = 0, C_BF16 = 1, C_Q8 = 2, C_Q4 = 3 };
-enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2 };
+enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2, R_SOPHIAG = 3 };
 enum Flags : int32_t {
   F_MAXIMIZE = 1, F_COUPLED_WD = 2, F_NESTEROV = 4, F_FIRST_STEP = 8, F_MOMENTUM = 16,
 };
@@ -273,11 +273,28 @@ void sgd_tile(const TfJob& job, float* __restrict p, float* __restrict g, float*
     for (int i = 0; i < n; ++i) p[i] = p[i] - lr * buf[i];
 }
 
+// SophiaG: c = [1-lr*wd, b1, 1-b1, rho*bs, lr]; the Hessian EMA h is only read.
+void sophiag_tile(const TfJob& job, float* __restrict p, float* __restrict g, float* __restrict m,
+                  const float* __restrict h, int n) {
+  const float decay = job.c[0], b1 = job.c[1], one_m_b1 = job.c[2], rho_bs = job.c[3], lr = job.c[4];
+  if (job.flags & F_MAXIMIZE)
+    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  for (int i = 0; i < n; ++i) {
+    const float mi = m[i] * b1 + one_m_b1 * g[i];
+    float ratio = std::fabs(mi) / (rho_bs * h[i] + 1e-15f);
+    ratio = ratio > 1.0f ? 1.0f : ratio;  // clamp(max=1); NaN stays NaN
+    const float direction = mi > 0.0f ? 1.0f : (mi < 0.0f ? -1.0f : 0.0f);
+    p[i] = p[i] * decay - (lr * direction) * ratio;
+    m[i] = mi;
+  }
+}
+
 void apply_rule(const TfJob& job, float* p, float* g, float (*s)[TILE], int n) {
   switch (job.rule) {
     case R_ADAMW: adamw_tile(job, p, g, s[0], s[1], n); break;
     case R_LION: lion_tile(job, p, g, s[0], n); break;
     case R_SGD: sgd_tile(job, p, g, s[0], n); break;
+    case R_SOPHIAG: sophiag_tile(job, p, g, s[0], s[1], n); break;
   }
 }
 
