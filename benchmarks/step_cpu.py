@@ -79,9 +79,10 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
         "tightfit AdamW 8bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit")),
         "tightfit AdamW 4bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="4bit")),
         "tightfit Lion 8bit": ("native", lambda ps: tightfit.Lion(ps, lr=lr, state="8bit")),
-        # factored rules: math in PyTorch, 8-bit codec passes native ("native_codec"); SophiaG is fused
-        "tightfit Adafactor (no momentum)": ("native_codec", lambda ps: tightfit.Adafactor(ps, lr=1e-2)),
-        "tightfit Adafactor 8bit momentum": ("native_codec",
+        # Adafactor: statistics in PyTorch, the rest fused; CAME: math in PyTorch with
+        # native 8-bit codec passes ("native_codec"); SophiaG: fused
+        "tightfit Adafactor (no momentum)": ("native", lambda ps: tightfit.Adafactor(ps, lr=1e-2)),
+        "tightfit Adafactor 8bit momentum": ("native",
                                              lambda ps: tightfit.Adafactor(ps, lr=1e-2, beta1=0.9, state="8bit")),
         "tightfit CAME 8bit": ("native_codec", lambda ps: tightfit.CAME(ps, lr=lr, state="8bit")),
         "tightfit SophiaG 8bit": ("native", lambda ps: tightfit.SophiaG(ps, lr=lr, state="8bit")),

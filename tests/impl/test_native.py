@@ -48,6 +48,10 @@ RULES = {  # name: (factory, param tolerance key for fp32 params, states exact?)
                                "exact", True),
     "sgd_nesterov_maximize": (lambda p, **k: tightfit.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3,
                                                           maximize=True, **k), "exact", True),
+    # Adafactor: RMS(U) is summed in double by the kernel, in float32 by torch's norm.
+    "adafactor": (lambda p, **k: tightfit.Adafactor(p, lr=1e-2, weight_decay=0.1, **k), "adam_param", False),
+    "adafactor_momentum_maximize": (lambda p, **k: tightfit.Adafactor(p, lr=1e-2, beta1=0.9, maximize=True, **k),
+                                    "adam_param", False),
     "sophiag": (lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, weight_decay=0.1, **k), "exact", True),
     "sophiag_maximize": (lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, maximize=True, **k),
                          "exact", True),
@@ -56,7 +60,8 @@ RULES = {  # name: (factory, param tolerance key for fp32 params, states exact?)
 # (rule, codec, param dtype, shapes): odd numels (not a multiple of 256 / 128), 0-dim, several params.
 SHAPES = [(3, 1000), (), (2, 128), (257,)]
 CASES = [(rule, codec, torch.float32, SHAPES) for rule in RULES for codec in ("fp32", "bf16", "8bit", "4bit")]
-CASES += [(rule, codec, dtype, [(999,), (4, 33)]) for rule in ("adamw", "lion", "sgd_momentum_dampening")
+CASES += [(rule, codec, dtype, [(999,), (4, 33)]) for rule in ("adamw", "lion", "sgd_momentum_dampening",
+                                                                 "adafactor_momentum_maximize")
           for codec in ("8bit", "4bit") for dtype in (torch.bfloat16, torch.float16)]
 STEPS = 4
 

@@ -1,5 +1,8 @@
 """The native CPU implementation: one fused C++ pass per parameter (step_kernel.cpp).
 
+Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter;
+Adafactor is driven from adafactor.py (statistics in PyTorch, then two kernel passes).
+
 Per tile of 1024 elements it loads param and grad, decodes the states, applies the
 rule, stores the param and re-encodes the states, all in L1-resident float buffers,
 with OpenMP over tiles (``torch.get_num_threads()`` threads). A parameter whose
@@ -20,6 +23,7 @@ from ...codecs import Encoded
 from ...rules import Rule
 from .. import register_implementation
 from ..base import Implementation, plain_hyper
+from .adafactor import KERNEL_STATES as FACTORED_KERNEL_STATES, adafactor_param_step
 from .build import load_kernel
 from .codec_passes import NativeCodecImplementation
 from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
@@ -46,6 +50,10 @@ def _state_problem(name: str, enc: Encoded) -> str | None:
     return None
 
 
+# Rules whose step is a per-parameter Python driver around the kernel (statistics first).
+FACTORED_STEPS = {"adafactor": adafactor_param_step}
+
+
 class NativeCpuImplementation(Implementation):
     name = "native"
 
@@ -53,8 +61,9 @@ class NativeCpuImplementation(Implementation):
                            states: Sequence[dict[str, Any]], rounding=None) -> str | None:
         if rounding is not None and any(p.dtype == torch.bfloat16 for p in params):
             return "stochastic rounding of bf16 params is not in the fused native kernel (native_codec has it)"
-        if rule.name not in RULE_CALLS:
-            return f"rule {rule.name!r} has no native kernel (native supports {sorted(RULE_CALLS)})"
+        if rule.name not in RULE_CALLS and rule.name not in FACTORED_STEPS:
+            return (f"rule {rule.name!r} has no native kernel "
+                    f"(native supports {sorted(RULE_CALLS) + sorted(FACTORED_STEPS)})")
         for i, (param, state) in enumerate(zip(params, states)):
             problem = _tensor_problem(f"param {i}", param)
             if problem is None and param.grad is not None:
@@ -65,6 +74,8 @@ class NativeCpuImplementation(Implementation):
                                         and state["nonfinite_skips"].dtype == torch.int64):
                 problem = f"param {i}: step / nonfinite_skips counters are not CPU float32 / int64"
             encoded = [(k, v) for k, v in state.items() if isinstance(v, Encoded)]
+            if rule.name in FACTORED_STEPS:  # statistics reach the kernel as plain arrays
+                encoded = [(k, v) for k, v in encoded if k in FACTORED_KERNEL_STATES]
             if problem is None and len(encoded) > MAX_STATES:
                 problem = f"param {i} has {len(encoded)} states; native handles at most {MAX_STATES}"
             for name, enc in encoded:
@@ -80,8 +91,12 @@ class NativeCpuImplementation(Implementation):
         if lib is None:
             raise RuntimeError(why)
         hyper = plain_hyper(hyper)
-        make_call = RULE_CALLS[rule.name]
         n_threads = torch.get_num_threads()
+        if rule.name in FACTORED_STEPS:
+            for param, state in zip(params, states):
+                FACTORED_STEPS[rule.name](lib, rule, hyper, param, state, n_threads)
+            return
+        make_call = RULE_CALLS[rule.name]
         for param, state in zip(params, states):
             names = [spec.name for spec in rule.state_specs(param.shape, hyper)]
             call = make_call(hyper, int(state["step"].item()) + 1)

@@ -25,7 +25,7 @@ N_COEFFS = 8
 # Flags (must match step_kernel.cpp).
 F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM = 1, 2, 4, 8, 16
 # Rule kernels (must match RuleId in step_kernel.cpp).
-R_ADAMW, R_LION, R_SGD, R_SOPHIAG = 0, 1, 2, 3
+R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR = 0, 1, 2, 3, 4
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -45,7 +45,8 @@ class TfJob(ctypes.Structure):
                 ("n_states", ctypes.c_int32), ("n_threads", ctypes.c_int32),
                 ("numel", ctypes.c_int64), ("param", ctypes.c_void_p), ("grad", ctypes.c_void_p),
                 ("step", ctypes.c_void_p), ("skips", ctypes.c_void_p),
-                ("c", ctypes.c_float * N_COEFFS), ("states", TfState * MAX_STATES)]
+                ("c", ctypes.c_float * N_COEFFS), ("states", TfState * MAX_STATES),
+                ("row", ctypes.c_void_p), ("col", ctypes.c_void_p), ("cols", ctypes.c_int64)]
 
 
 # ---- rules: name -> (hyper, step) -> (kernel id, flags, coefficients) ---------------

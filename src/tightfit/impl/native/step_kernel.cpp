@@ -24,7 +24,7 @@ constexpr int MAX_STATES = 2;
 
 enum DType : int32_t { F32 = 0, BF16 = 1, F16 = 2 };
 enum CodecId : int32_t { C_FP32 = 0, C_BF16 = 1, C_Q8 = 2, C_Q4 = 3 };
-enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2, R_SOPHIAG = 3 };
+enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2, R_SOPHIAG = 3, R_ADAFACTOR = 4 };
 enum Flags : int32_t {
   F_MAXIMIZE = 1, F_COUPLED_WD = 2, F_NESTEROV = 4, F_FIRST_STEP = 8, F_MOMENTUM = 16,
 };
@@ -61,8 +61,12 @@ struct TfJob {
   const void* grad;
   float* step;           // 0-d float32: +1 when the update happens
   int64_t* skips;        // 0-d int64: +1 when the gradient is not finite
-  float c[8];            // rule coefficients (see _native.py RULE_SCALARS)
+  float c[8];            // rule coefficients (see jobs.py RULE_CALLS)
   TfState states[MAX_STATES];
+  // Factored rules (Adafactor): the row and column statistics of a (rows x cols) matrix.
+  const float* row;      // rows floats (already updated for this step)
+  const float* col;      // cols floats
+  int64_t cols;
 };
 
 }  // extern "C"
@@ -289,6 +293,31 @@ void sophiag_tile(const TfJob& job, float* __restrict p, float* __restrict g, fl
   }
 }
 
+// Adafactor (torch convention), applied from updated row/col statistics:
+// U = g / sqrt(max(r_i c_j / mean(r), eps1^2)), then c = [mean(r) clamped, eps1^2,
+// clip divisor max(1, RMS(U)/d), alpha, 1-lr*wd (1: none), beta1, 1-beta1, has_momentum].
+inline float adafactor_u(const TfJob& job, float g, int64_t index) {
+  const float v = job.row[index / job.cols] * job.col[index % job.cols] / job.c[0];
+  const float clamped = v < job.c[1] ? job.c[1] : v;  // clamp(min=eps1^2); NaN stays NaN
+  return (1.0f / std::sqrt(clamped)) * g;            // torch's rsqrt is 1 / sqrt
+}
+
+void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
+                    float* __restrict m, int n) {
+  const float clip = job.c[2], alpha = job.c[3], decay = job.c[4], b1 = job.c[5], one_m_b1 = job.c[6];
+  const bool momentum = job.c[7] != 0.0f;
+  if (job.flags & F_MAXIMIZE)
+    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  for (int i = 0; i < n; ++i) {
+    float u = alpha * (adafactor_u(job, g[i], start + i) / clip);
+    if (momentum) {
+      u = m[i] * b1 + one_m_b1 * u;
+      m[i] = u;
+    }
+    p[i] = (decay != 1.0f ? p[i] * decay : p[i]) - u;
+  }
+}
+
 void apply_rule(const TfJob& job, float* p, float* g, float (*s)[TILE], int n) {
   switch (job.rule) {
     case R_ADAMW: adamw_tile(job, p, g, s[0], s[1], n); break;
@@ -305,7 +334,10 @@ void process_tile(const TfJob& job, int64_t start, int n) {
   load_floats(job.param_dtype, job.param, start, n, p);
   load_floats(job.grad_dtype, job.grad, start, n, g);
   for (int k = 0; k < job.n_states; ++k) decode_state(job.states[k], start, n, s[k]);
-  apply_rule(job, p, g, s, n);
+  if (job.rule == R_ADAFACTOR)
+    adafactor_tile(job, start, p, g, s[0], n);  // needs element indices for its row/col factors
+  else
+    apply_rule(job, p, g, s, n);
   store_floats(job.param_dtype, job.param, start, n, p);
   for (int k = 0; k < job.n_states; ++k) encode_state(job.states[k], start, n, s[k]);
 }
@@ -314,7 +346,7 @@ void process_tile(const TfJob& job, int64_t start, int n) {
 
 extern "C" {
 
-int tf_abi_version() { return 2; }
+int tf_abi_version() { return 3; }
 int tf_tile_size() { return TILE; }
 int tf_job_size() { return int(sizeof(TfJob)); }
 
@@ -336,6 +368,29 @@ int tf_step(const TfJob* job) {
   }
   *job->step += 1.0f;
   return 1;
+}
+
+// Adafactor's first pass: sum of U^2 (for RMS(U) clipping), in double, over the whole
+// matrix. Same U as adafactor_tile; the caller has checked the gradient is finite.
+double tf_adafactor_sumsq(const TfJob* job) {
+  const int64_t n = job->numel;
+  const int64_t tiles = (n + TILE - 1) / TILE;
+  const bool negate = job->flags & F_MAXIMIZE;  // U is odd in g: its square is not, kept for clarity
+  double total = 0.0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) num_threads(job->n_threads) if (tiles > 8)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t start = t * TILE;
+    const int m = int(n - start < TILE ? n - start : TILE);
+    alignas(64) float g[TILE];
+    load_floats(job->grad_dtype, job->grad, start, m, g);
+    double partial = 0.0;
+    for (int i = 0; i < m; ++i) {
+      const float u = adafactor_u(*job, negate ? -g[i] : g[i], start + i);
+      partial += double(u) * double(u);
+    }
+    total += partial;
+  }
+  return total;
 }
 
 // Whole-tensor codec passes, for rules without a fused kernel (impl "native_codec"):
