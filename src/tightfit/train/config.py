@@ -38,7 +38,8 @@ class TrainConfig:
     eval_fraction: float = 0.02
     eval_every: int = 50
     eval_batches: int = 8
-    save_every: int = 50  # 0 = no checkpoints
+    save_every: int = 50  # 0 = only the last step's checkpoint
+    checkpoints: bool = True  # False: no checkpoints at all (bench runs)
     keep_checkpoints: int = 2
     save_final: bool = True
     lora_r: int = 16
@@ -56,7 +57,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-RESUME_FREE = {"out", "max_steps", "resume", "progress", "save_every", "keep_checkpoints", "eval_every", "device"}
+RESUME_FREE = {"out", "max_steps", "resume", "progress", "save_every", "keep_checkpoints", "checkpoints", "device"}
 
 
 def check_sizes(config: TrainConfig) -> None:

@@ -193,7 +193,7 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
                                 mem=f"{memory.peak_bytes / 2**20:.0f}MiB" + ("" if memory.cuda else " tracked"))
-            if out is not None and ((config.save_every and done % config.save_every == 0) or done == stop):
+            if out is not None and config.checkpoints and ((config.save_every and done % config.save_every == 0) or done == stop):
                 save_checkpoint(out, done, model, optimizer, scheduler,
                                 {"tokens_seen": tokens_seen, "train_loss": result.train_loss,
                                  "eval_loss": result.eval_loss, "saved_at": datetime.now(timezone.utc).isoformat()},
@@ -207,9 +207,9 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
     result.peak_memory_bytes, result.peak_memory_kind, result.rss_peak_bytes = memory.peak_bytes, memory.kind, memory.peak_rss
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     result.quantized_states = quantized_state_summary(optimizer)
-    timed = step_times[1:] or step_times  # the first step pays one-time state allocation
-    if timed:
-        result.step_time_s = sum(timed) / len(timed)
+    timed = sorted(step_times[1:] or step_times)  # the first step pays one-time state allocation
+    if timed:  # median: robust to other jobs briefly taking the CPU
+        result.step_time_s = timed[len(timed) // 2]
         result.tokens_per_s = tokens_per_step / result.step_time_s
     if out is not None and config.save_final and stop == config.steps:
         _save_final(out, model, loaded.tokenizer)
