@@ -34,7 +34,7 @@ from ..bench.presets import DEFAULT_PRESET, PRESETS
 from ..bench.report import build_rows, print_table, write_results
 from ..bench.runner import prepare_results_folder, resolve_optims, run_bench
 from ..train.errors import TrainInputError
-from .train_args import add_config_arguments, given_settings
+from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="results folder, must not exist or be empty "
                                                     "[tightfit-bench/<preset>-<date>-<time>]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table", help="printed summary (default: table)")
     add_config_arguments(parser, PRESETS[DEFAULT_PRESET].config, skip=("save_every", "keep_checkpoints"))
 
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     try:
+        apply_threads(args)
         if args.preset not in PRESETS:
             raise TrainInputError(f"unknown preset {args.preset!r} (allowed: {', '.join(PRESETS)})")
         config = PRESETS[args.preset].config.replace(**given_settings(args), progress=not args.quiet)

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..train.config import TrainConfig
 from ..train.errors import TrainInputError
 from ..train.loop import train
-from .train_args import add_config_arguments, given_settings
+from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (refused if it already holds a run, unless --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table", help="summary format (default: table)")
     add_config_arguments(parser, TrainConfig())
 
@@ -52,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        apply_threads(args)
         config = config_from_args(args)
         result = train(config)
     except TrainInputError as err:

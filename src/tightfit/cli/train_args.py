@@ -55,6 +55,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig,
                                help=f"{help_text} [{shown}]")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice). On a CPU shared with other jobs, "
+                             "1 thread can be several times faster than 2 (no waiting at thread barriers)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    from ..train.errors import TrainInputError
+
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise TrainInputError(f"--threads {args.threads} must be >= 1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line."""
     given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
