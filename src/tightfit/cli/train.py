@@ -46,8 +46,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         given["optim"] = args.optim
     base = TrainConfig()
     saved = Path(args.out) / "run_config.json"
-    if args.resume and saved.exists():  # resume: the saved run's settings, then what was given
-        base = TrainConfig(**json.loads(saved.read_text()))
+    if args.resume and saved.exists():  # resume: the saved run's settings (minus its stop), then what was given
+        base = TrainConfig(**json.loads(saved.read_text())).replace(max_steps=None)
     return base.replace(**given, out=args.out, resume=args.resume, progress=not args.quiet)
 
 

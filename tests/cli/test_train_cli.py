@@ -1,0 +1,78 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tightfit.cli.main import main
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def micro_args(corpus, out, *extra):
+    return ["train", "--model", "llama-micro", "--data", str(corpus), "--seq", "32", "--batch-size", "2",
+            "--steps", "8", "--warmup", "2", "--eval-every", "4", "--eval-batches", "2", "--eval-fraction", "0.1",
+            "--out", str(out), "--quiet", *extra]
+
+
+def log_losses(out):
+    return [json.loads(line)["loss"] for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+# extra/replaced arguments -> words the single error line must contain
+BAD_INPUTS = [
+    (["--data", "/no/such/file.txt"], "data '/no/such/file.txt' not found"),
+    (["--data", "{empty}"], "is empty"),
+    (["--optim", "adamw_3bit"], "unknown optimizer 'adamw_3bit'"),
+    (["--seq", "4096"], "--seq 4096 is longer than the model's context (128"),
+    (["--method", "dora"], "unknown method 'dora' (allowed: full, lora, qlora)"),
+    (["--model", "nowhere/nothing/x"], "model 'nowhere/nothing/x' not found"),
+    (["--schedule", "steps"], "unknown schedule 'steps'"),
+    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    (["--threads", "0"], "--threads 0 must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, corpus, capsys, extra, message, one_thread):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    extra = [str(empty) if a == "{empty}" else a for a in extra]
+    assert main(micro_args(corpus, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tightfit train: error:")
+    assert message in err
+
+
+def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus, capsys, one_thread):
+    assert main(micro_args(corpus, tmp_path / "whole", "--format", "json")) == 0
+    assert main(micro_args(corpus, tmp_path / "cut", "--max-steps", "3", "--format", "json")) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "cut"), "--resume", "--quiet", "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 8
+    assert log_losses(tmp_path / "cut") == log_losses(tmp_path / "whole")
+
+
+def test_killed_process_resumes_to_the_same_losses(tmp_path, corpus, one_thread):
+    """SIGKILL a real training process after its first checkpoint, then --resume."""
+    args = micro_args(corpus, tmp_path / "killed", "--steps", "400", "--save-every", "2", "--threads", "1")
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "tightfit.cli.main", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "step-00000002"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    done = len(log_losses(tmp_path / "killed"))
+    assert done < 400, "killed too late to test anything"
+    assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--quiet", "--max-steps", "12"]) == 0
+    assert main(micro_args(corpus, tmp_path / "whole", "--steps", "400", "--max-steps", "12")) == 0
+    assert log_losses(tmp_path / "killed") == log_losses(tmp_path / "whole")
