@@ -115,9 +115,31 @@ def load_for(config: TrainConfig) -> LoadedModel:
     return load_model(config.model, config.seed, get_method(config.method).quantization())
 
 
-def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedModel | None = None) -> TrainResult:
-    """Run (or resume) one training run. ``data``/``loaded`` let the bench reuse tokenized
-    data and skip reloading; a ``loaded`` model is modified in place."""
+@dataclass
+class Session:
+    """Everything one run holds between steps."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: PackedData
+    device: torch.device
+    out: Path | None
+    tokenizer: Any
+    result: TrainResult
+    memory: PeakMemory
+    tokens_seen: int = 0
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.config.seq * self.config.grad_accum
+
+
+def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedModel | None) -> Session:
+    """Validate, load the model and data, apply the method, build optimizer and schedule."""
     check_sizes(config)
     method = get_method(config.method)
     check_optimizer_name(config.optim)
@@ -132,7 +154,7 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
     torch.manual_seed(config.seed)  # LoRA init and dropout draw from here
     model = method.prepare(loaded.model, LoraOptions(config.lora_r, config.lora_alpha, config.lora_dropout),
                            config.grad_checkpointing)
-    if not getattr(model, "is_loaded_in_4bit", False) and not getattr(loaded.model, "is_loaded_in_4bit", False):
+    if not getattr(loaded.model, "is_loaded_in_4bit", False):  # bitsandbytes placed the 4-bit base already
         model.to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -141,79 +163,99 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
     result = TrainResult(config.optim, lr_for(config.optim, config.lr), 0, device=str(device), model_source=loaded.source,
                          out=str(out) if out else None, trainable_params=sum(p.numel() for p in params),
                          total_params=sum(p.numel() for p in model.parameters()))
+    return Session(config, model, params, optimizer, scheduler, data, device, out, loaded.tokenizer, result,
+                   PeakMemory(device))
 
-    start, tokens_seen = 0, 0
-    log_path = out / "log.jsonl" if out else None
-    if config.resume and out is not None:
-        ckpt = latest_checkpoint(out)
-        state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        start, tokens_seen = state["step"], state["tokens_seen"]
-        result.train_loss = [tuple(x) for x in state["train_loss"]]
-        result.eval_loss = [tuple(x) for x in state["eval_loss"]]
-        _truncate_log(log_path, start)
+
+def restore(session: Session) -> int:
+    """Load the latest checkpoint into ``session``; returns the step to continue from."""
+    ckpt = latest_checkpoint(session.out)
+    state = load_checkpoint(ckpt, session.model, session.optimizer, session.scheduler)
+    session.tokens_seen = state["tokens_seen"]
+    session.result.train_loss = [tuple(x) for x in state["train_loss"]]
+    session.result.eval_loss = [tuple(x) for x in state["eval_loss"]]
+    _truncate_log(session.out / "log.jsonl", state["step"])
+    return state["step"]
+
+
+def train_step(s: Session, step: int) -> dict[str, Any]:
+    """One optimizer step (``grad_accum`` micro-batches, clipping, schedule); its log record."""
+    config, began = s.config, time.perf_counter()
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        batch = s.data.batch(step * config.grad_accum + micro, config.batch_size).to(s.device)
+        loss = s.model(input_ids=batch, labels=batch).loss
+        (loss / config.grad_accum).backward()
+        loss_sum += loss.detach().item()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, config.clip)) if config.clip > 0 else None
+    lr_now = s.optimizer.param_groups[0]["lr"]
+    s.optimizer.step()
+    s.memory.sample(s.model, optimizer_state_bytes(s.optimizer))  # the high point: grads and new state alive
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    s.step_times.append(time.perf_counter() - began)
+    s.tokens_seen += s.tokens_per_step
+    record = {"step": step + 1, "loss": loss_sum / config.grad_accum, "lr": lr_now, "grad_norm": grad_norm,
+              "tokens": s.tokens_seen, "step_time_s": s.step_times[-1],
+              "tokens_per_s": s.tokens_per_step / s.step_times[-1],
+              "peak_memory_bytes": s.memory.peak_bytes, "peak_memory_kind": s.memory.kind}
+    s.result.train_loss.append((step + 1, record["loss"]))
+    return record
+
+
+def save(s: Session, done: int) -> None:
+    save_checkpoint(s.out, done, s.model, s.optimizer, s.scheduler,
+                    {"tokens_seen": s.tokens_seen, "train_loss": s.result.train_loss, "eval_loss": s.result.eval_loss,
+                     "saved_at": datetime.now(timezone.utc).isoformat()}, s.config.keep_checkpoints)
+
+
+def summarize(s: Session, stop: int) -> TrainResult:
+    r = s.result
+    r.steps = stop
+    r.peak_memory_bytes, r.peak_memory_kind, r.rss_peak_bytes = s.memory.peak_bytes, s.memory.kind, s.memory.peak_rss
+    r.optimizer_state_bytes = optimizer_state_bytes(s.optimizer)
+    r.quantized_states = quantized_state_summary(s.optimizer)
+    timed = sorted(s.step_times[1:] or s.step_times)  # the first step pays one-time state allocation
+    if timed:  # median: robust to other jobs briefly taking the CPU
+        r.step_time_s = timed[len(timed) // 2]
+        r.tokens_per_s = s.tokens_per_step / r.step_time_s
+    return r
+
+
+def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedModel | None = None) -> TrainResult:
+    """Run (or resume) one training run. ``data``/``loaded`` let the bench reuse tokenized
+    data and skip reloading; a ``loaded`` model is modified in place."""
+    s = build_session(config, data, loaded)
+    start = restore(s) if config.resume and s.out is not None else 0
     stop = min(config.steps, config.max_steps or config.steps)
-    memory = PeakMemory(device)
-    tokens_per_step = config.batch_size * config.seq * config.grad_accum
-    step_times: list[float] = []
     bar = _progress_bar(config, start, stop)
-    log = open(log_path, "a") if log_path else None
+    log = open(s.out / "log.jsonl", "a") if s.out else None
     try:
         for step in range(start, stop):
-            began = time.perf_counter()
-            loss_sum = 0.0
-            for micro in range(config.grad_accum):
-                batch = data.batch(step * config.grad_accum + micro, config.batch_size).to(device)
-                loss = model(input_ids=batch, labels=batch).loss
-                (loss / config.grad_accum).backward()
-                loss_sum += loss.detach().item()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.clip)) if config.clip > 0 else None
-            lr_now = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            state_bytes = optimizer_state_bytes(optimizer)
-            memory.sample(model, state_bytes)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - began)
-            tokens_seen += tokens_per_step
+            record = train_step(s, step)
             done = step + 1
-            record: dict[str, Any] = {"step": done, "loss": loss_sum / config.grad_accum, "lr": lr_now,
-                                      "grad_norm": grad_norm, "tokens": tokens_seen, "step_time_s": step_times[-1],
-                                      "tokens_per_s": tokens_per_step / step_times[-1],
-                                      "peak_memory_bytes": memory.peak_bytes, "peak_memory_kind": memory.kind}
-            result.train_loss.append((done, record["loss"]))
-            if done % config.eval_every == 0 or done == config.steps or done == stop:
-                record["eval_loss"] = evaluate(model, data, config.batch_size, config.eval_batches, device)
-                result.eval_loss.append((done, record["eval_loss"]))
+            if done % config.eval_every == 0 or done == stop:
+                record["eval_loss"] = evaluate(s.model, s.data, config.batch_size, config.eval_batches, s.device)
+                s.result.eval_loss.append((done, record["eval_loss"]))
             if log:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                mem=f"{memory.peak_bytes / 2**20:.0f}MiB" + ("" if memory.cuda else " tracked"))
-            if out is not None and config.checkpoints and ((config.save_every and done % config.save_every == 0) or done == stop):
-                save_checkpoint(out, done, model, optimizer, scheduler,
-                                {"tokens_seen": tokens_seen, "train_loss": result.train_loss,
-                                 "eval_loss": result.eval_loss, "saved_at": datetime.now(timezone.utc).isoformat()},
-                                config.keep_checkpoints)
+                                mem=f"{s.memory.peak_bytes / 2**20:.0f}MiB" + ("" if s.memory.cuda else " tracked"))
+            if s.out is not None and config.checkpoints and (done == stop or (config.save_every and done % config.save_every == 0)):
+                save(s, done)
     finally:
         if bar is not None:
             bar.close()
         if log:
             log.close()
-    result.steps = stop
-    result.peak_memory_bytes, result.peak_memory_kind, result.rss_peak_bytes = memory.peak_bytes, memory.kind, memory.peak_rss
-    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
-    result.quantized_states = quantized_state_summary(optimizer)
-    timed = sorted(step_times[1:] or step_times)  # the first step pays one-time state allocation
-    if timed:  # median: robust to other jobs briefly taking the CPU
-        result.step_time_s = timed[len(timed) // 2]
-        result.tokens_per_s = tokens_per_step / result.step_time_s
-    if out is not None and config.save_final and stop == config.steps:
-        _save_final(out, model, loaded.tokenizer)
-    return result
+    if s.out is not None and config.save_final and stop == config.steps:
+        _save_final(s.out, s.model, s.tokenizer)
+    return summarize(s, stop)
 
 
 def _progress_bar(config: TrainConfig, start: int, stop: int):
