@@ -76,3 +76,17 @@ def test_killed_process_resumes_to_the_same_losses(tmp_path, corpus, one_thread)
     assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--quiet", "--max-steps", "12"]) == 0
     assert main(micro_args(corpus, tmp_path / "whole", "--steps", "400", "--max-steps", "12")) == 0
     assert log_losses(tmp_path / "killed") == log_losses(tmp_path / "whole")
+
+
+def test_failing_peer_optimizer_is_one_line(tmp_path, corpus, capsys, monkeypatch, one_thread):
+    """A peer that cannot run here (e.g. a bitsandbytes build without this device) -> one line, exit 1."""
+    from tightfit.train import peers
+
+    def broken(params, **kwargs):
+        raise RuntimeError("CUDA Setup failed despite GPU being available.\nmore details")
+
+    monkeypatch.setitem(peers.PEERS, "bnb:adamw_8bit", peers.Peer(broken, "broken"))
+    assert main(micro_args(corpus, tmp_path / "out", "--optim", "bnb:adamw_8bit")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("tightfit train: error: optimizer bnb:adamw_8bit failed on this machine: "
+                   "RuntimeError: CUDA Setup failed despite GPU being available.")

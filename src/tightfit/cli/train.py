@@ -24,6 +24,7 @@ from pathlib import Path
 from ..train.config import TrainConfig
 from ..train.errors import TrainInputError
 from ..train.loop import train
+from ..train.peers import PEERS
 from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 
 
@@ -52,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = None
     try:
         apply_threads(args)
         config = config_from_args(args)
@@ -59,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
     except TrainInputError as err:
         print(f"tightfit train: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 -- a peer library failing here (bnb without CUDA ...) gets one line
+        if config is None or config.optim not in PEERS:
+            raise  # tightfit's own failures keep their traceback
+        print(f"tightfit train: error: optimizer {config.optim} failed on this machine: "
+              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        return 1
     summary = {k: v for k, v in result.to_dict().items() if k not in ("train_loss", "eval_loss")}
     summary["final_train_loss"] = result.train_loss[-1][1] if result.train_loss else None
     if args.format == "json":
