@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_threads_argument(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table", help="printed summary (default: table)")
-    add_config_arguments(parser, PRESETS[DEFAULT_PRESET].config, skip=("save_every", "keep_checkpoints"))
+    add_config_arguments(parser, PRESETS[DEFAULT_PRESET].config, skip=("save_every", "keep_checkpoints"),
+                         title=f"run settings: override the preset's (brackets: {DEFAULT_PRESET}'s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,8 +40,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig, skip: tuple[str, ...] = ()) -> None:
-    group = parser.add_argument_group("run settings (defaults in brackets)")
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig, skip: tuple[str, ...] = (),
+                         title: str = "run settings (defaults in brackets)") -> None:
+    group = parser.add_argument_group(title)
     for name, (kind, help_text) in OPTIONS.items():
         if name in skip:
             continue
