@@ -106,9 +106,11 @@ TABLE_COLUMNS = ["optimizer", "lr", "final_eval_loss", "eval_loss_ratio", "final
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], runs: list[BenchRun], config: TrainConfig,
-                  skipped: list[str], preset: str | None, stem: str = "results", wall_s: float | None = None) -> list[Path]:
+                  skipped: list[str], preset: str | None, stem: str = "results", wall_s: float | None = None,
+                  command: str | None = None) -> list[Path]:
     base_name, _ = baseline_loss(runs)
-    meta = {"preset": preset, "config": config.to_dict(), "baseline": base_name, "skipped_not_registered": skipped,
+    meta = {"preset": preset, "command": command, "config": config.to_dict(), "baseline": base_name,
+            "skipped_not_registered": skipped,
             "wall_s": wall_s, "device": rows[0]["device"] if rows else None, "date": rows[0]["date"] if rows else None,
             "versions": versions()}
     curves = {r.optim: {"train_loss": r.result.train_loss, "eval_loss": r.result.eval_loss}
@@ -125,19 +127,21 @@ def write_results(out: Path, rows: list[dict[str, Any]], runs: list[BenchRun], c
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     c = meta["config"]
-    lines = [f"# tightfit bench: {meta['preset'] or c['model']}", "",
-             f"- model `{c['model']}`, method `{c['method']}`, data `{','.join(c['data'])}`, "
-             f"{c['steps']} steps x {c['batch_size']}x{c['seq']} tokens (accum {c['grad_accum']}), "
-             f"AdamW-equivalent lr {c['lr']} ({c['schedule']}, warmup {c['warmup']}), seed {c['seed']}",
-             f"- held-out: {c['eval_batches']} batches of {c['batch_size']}x{c['seq']} tokens; "
-             f"ratio = final held-out loss / {meta['baseline'] or 'n/a'}",
-             f"- peak MiB: {rows[0]['peak_memory_kind'] if rows else '-'} "
-             "(cpu_tracked_params_grads_state = parameters + gradients + optimizer state, exact; "
-             "cuda_max_allocated = torch.cuda.max_memory_allocated); state MiB = optimizer state (exact); "
-             "s/step = median step time (CPU shared with other jobs: noisy)",
-             f"- quantized: parameters whose optimizer states are stored 8/4-bit "
-             "(tensors below min_quantized_numel=4096 keep fp32 states)",
-             f"- device: {meta['device']}; date: {meta['date']}; {meta['versions']}"]
+    lines = [f"# tightfit bench: {meta['preset'] or c['model']}", ""]
+    if meta.get("command"):
+        lines.append(f"- command: `{meta['command']}`")
+    lines += [f"- model `{c['model']}`, method `{c['method']}`, data `{','.join(c['data'])}`, "
+              f"{c['steps']} steps x {c['batch_size']}x{c['seq']} tokens (accum {c['grad_accum']}), "
+              f"AdamW-equivalent lr {c['lr']} ({c['schedule']}, warmup {c['warmup']}), seed {c['seed']}",
+              f"- held-out: {c['eval_batches']} batches of {c['batch_size']}x{c['seq']} tokens; "
+              f"ratio = final held-out loss / {meta['baseline'] or 'n/a'}",
+              f"- peak MiB: {rows[0]['peak_memory_kind'] if rows else '-'} "
+              "(cpu_tracked_params_grads_state = parameters + gradients + optimizer state, exact; "
+              "cuda_max_allocated = torch.cuda.max_memory_allocated); state MiB = optimizer state (exact); "
+              "s/step = median step time (CPU shared with other jobs: noisy)",
+              f"- quantized: parameters whose optimizer states are stored 8/4-bit "
+              "(tensors below min_quantized_numel=4096 keep fp32 states)",
+              f"- device: {meta['device']}; date: {meta['date']}; {meta['versions']}"]
     if meta.get("wall_s") is not None:
         lines.append(f"- wall time (all optimizers, incl. loading): {meta['wall_s']:.1f} s")
     if meta["skipped_not_registered"]:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     rows = build_rows(runs, config)
     title = f"tightfit bench {args.preset}: {config.model} / {config.method}"
-    write_results(out, rows, runs, config, skipped, args.preset, wall_s=time.perf_counter() - began)
+    write_results(out, rows, runs, config, skipped, args.preset, wall_s=time.perf_counter() - began,
+                  command="tightfit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None)
     plot_loss(runs, out / "loss.png", title)
     plot_memory(rows, out / "memory.png", title)
     if args.format == "json":
