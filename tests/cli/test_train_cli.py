@@ -59,23 +59,26 @@ def test_cli_resume_takes_settings_from_the_run(tmp_path, corpus, capsys, one_th
 
 
 def test_killed_process_resumes_to_the_same_losses(tmp_path, corpus, one_thread):
-    """SIGKILL a real training process after its first checkpoint, then --resume."""
-    args = micro_args(corpus, tmp_path / "killed", "--steps", "400", "--save-every", "2", "--threads", "1")
+    """SIGKILL a real training process after a checkpoint, then --resume."""
+    from tightfit.train.checkpoint import latest_checkpoint
+
+    out = tmp_path / "killed"
+    args = micro_args(corpus, out, "--steps", "2000", "--save-every", "2", "--threads", "1")
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "tightfit.cli.main", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "killed" / "checkpoints" / "step-00000002"
     deadline = time.time() + 120
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while latest_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert first.exists()
-    done = len(log_losses(tmp_path / "killed"))
-    assert done < 400, "killed too late to test anything"
-    assert main(["train", "--out", str(tmp_path / "killed"), "--resume", "--quiet", "--max-steps", "12"]) == 0
-    assert main(micro_args(corpus, tmp_path / "whole", "--steps", "400", "--max-steps", "12")) == 0
-    assert log_losses(tmp_path / "killed") == log_losses(tmp_path / "whole")
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None, "no checkpoint before the kill"
+    stop = json.loads((ckpt / "state.json").read_text())["step"] + 4
+    assert stop < 2000, "killed too late to test anything"
+    assert main(["train", "--out", str(out), "--resume", "--quiet", "--max-steps", str(stop)]) == 0
+    assert main(micro_args(corpus, tmp_path / "whole", "--steps", "2000", "--max-steps", str(stop))) == 0
+    assert log_losses(out) == log_losses(tmp_path / "whole")
 
 
 def test_failing_peer_optimizer_is_one_line(tmp_path, corpus, capsys, monkeypatch, one_thread):
@@ -90,3 +93,8 @@ def test_failing_peer_optimizer_is_one_line(tmp_path, corpus, capsys, monkeypatc
     err = capsys.readouterr().err.strip()
     assert err == ("tightfit train: error: optimizer bnb:adamw_8bit failed on this machine: "
                    "RuntimeError: CUDA Setup failed despite GPU being available.")
+
+
+def test_bad_input_leaves_no_output_folder(tmp_path, corpus, capsys):
+    assert main(micro_args(corpus, tmp_path / "out", "--data", str(tmp_path / "missing.txt"))) == 2
+    assert not (tmp_path / "out").exists()

@@ -80,3 +80,13 @@ def test_leftover_temporary_checkpoint_is_ignored(tmp_path, micro_config):
     (out / "checkpoints" / ".tmp-step-00000003-x").mkdir()  # a write killed before its rename
     assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
     assert train(micro_config(out, steps=3, save_every=0, resume=True)).steps == 3
+
+
+def test_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path, micro_config):
+    out = tmp_path / "run"
+    train(micro_config(out, max_steps=3, save_every=0))
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "loss": 1.2')  # killed mid-write
+    train(micro_config(out, resume=True))
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))

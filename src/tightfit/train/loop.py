@@ -70,8 +70,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_output(config: TrainConfig) -> Path | None:
-    """The output folder; never silently reuses one that already holds checkpoints."""
+def check_output(config: TrainConfig) -> Path | None:
+    """The output folder; never silently reuses one that already holds a run."""
     if config.out is None:
         return None
     out = Path(config.out)
@@ -79,13 +79,17 @@ def prepare_output(config: TrainConfig) -> Path | None:
         if latest_checkpoint(out) is None:
             raise TrainInputError(f"--resume: no checkpoint in {out}/checkpoints to resume from")
         check_resume_config(out, config)
-        return out
-    if list_checkpoints(out) or (out / "log.jsonl").exists():
+    elif list_checkpoints(out) or (out / "log.jsonl").exists():
         raise TrainInputError(f"output folder {out} already holds a run; pass --resume to continue it, "
                               f"or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, config)
     return out
+
+
+def create_output(config: TrainConfig, out: Path | None) -> None:
+    """Create the folder once model and data loaded fine (a bad input leaves nothing behind)."""
+    if out is not None and not config.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, config)
 
 
 @torch.no_grad()
@@ -104,7 +108,14 @@ def _truncate_log(path: Path, step: int) -> None:
     """Keep log records up to ``step``; later ones are redone after a resume."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if record["step"] <= step:
+            kept.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
@@ -144,13 +155,14 @@ def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedMo
     method = get_method(config.method)
     check_optimizer_name(config.optim)
     device = pick_device(config.device)
-    out = prepare_output(config)
+    out = check_output(config)
     loaded = loaded or load_for(config)
     ctx = context_length(loaded.model)
     if ctx is not None and config.seq > ctx:
         raise TrainInputError(f"--seq {config.seq} is longer than the model's context ({ctx} positions); use --seq <= {ctx}")
     if data is None:
         data = load_data(config.data, loaded.tokenizer, config.seq, config.eval_fraction, config.seed, config.data_max_chars)
+    create_output(config, out)
     torch.manual_seed(config.seed)  # LoRA init and dropout draw from here
     model = method.prepare(loaded.model, LoraOptions(config.lora_r, config.lora_alpha, config.lora_dropout),
                            config.grad_checkpointing)
