@@ -34,6 +34,8 @@ BAD_INPUTS = [
     (["--schedule", "steps"], "unknown schedule 'steps'"),
     (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
     (["--threads", "0"], "--threads 0 must be >= 1"),
+    (["--method", "lora", "--lora-r", "0"], "--lora-r 0 must be >= 1"),
+    (["--eval-fraction", "0.7"], "eval fraction 0.7 must be in (0, 0.5)"),
 ]
 
 

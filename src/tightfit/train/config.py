@@ -69,6 +69,12 @@ def check_sizes(config: TrainConfig) -> None:
         raise TrainInputError(f"--max-steps {config.max_steps} must be >= 1")
     if config.lr <= 0:
         raise TrainInputError(f"--lr {config.lr} must be > 0")
+    if config.clip < 0:
+        raise TrainInputError(f"--clip {config.clip} must be >= 0 (0 = off)")
+    if config.method in ("lora", "qlora") and (config.lora_r < 1 or config.lora_alpha <= 0):
+        raise TrainInputError(f"--lora-r {config.lora_r} must be >= 1 and --lora-alpha {config.lora_alpha} > 0")
+    if not 0 <= config.lora_dropout < 1:
+        raise TrainInputError(f"--lora-dropout {config.lora_dropout} must be in [0, 1)")
 
 
 def write_run_config(out: Path, config: TrainConfig) -> None:
