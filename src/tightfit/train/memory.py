@@ -3,7 +3,8 @@
 - CUDA: ``torch.cuda.max_memory_allocated`` (reset at run start): every live tensor.
 - CPU: torch has no allocator counter, so two numbers, each labelled:
   ``tracked`` = parameters + gradients + optimizer state, summed exactly from the live
-  tensors at their high point (right after ``optimizer.step()``; activations excluded), and
+  tensors at their high point (right after ``optimizer.step()``; activations excluded;
+  4-bit QLoRA weights count their packed codes, not bitsandbytes' separate absmax), and
   ``rss`` = the process resident set sampled after every step (psutil; process-wide, so
   in ``bench`` it includes what earlier runs in the same process left on the heap).
 """
