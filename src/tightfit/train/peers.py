@@ -1,0 +1,130 @@
+"""Optimizers by name: every tightfit name (``tightfit.OPTIMIZER_NAMES``) plus peers from
+other libraries by prefix (``torch:adamw``, ``bnb:adamw_8bit``, ...), so train and bench
+can put tightfit next to what people use today.
+
+The lr passed is the AdamW-equivalent lr; ``LR_RULES`` adapts it where an update rule
+defines lr differently (documented per rule, shown in bench results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..names import OPTIMIZER_NAMES, create_optimizer
+from .errors import TrainInputError
+
+
+def _rule_family(name: str) -> str:
+    """The update-rule family of an optimizer name (``lion_8bit`` -> ``lion``)."""
+    if name in OPTIMIZER_NAMES:
+        entry = OPTIMIZER_NAMES[name]
+        return entry.cls.rule_for(entry.options).name
+    return name.split(":", 1)[-1].replace("paged_", "").split("_")[0]
+
+
+# rule family -> (how the AdamW-equivalent lr maps to this rule's lr, why)
+LR_RULES: dict[str, tuple[Callable[[float], float | None], str]] = {
+    "lion": (lambda lr: lr / 3, "Lion paper: 3-10x smaller lr than AdamW (sign updates have unit size)"),
+    "adafactor": (lambda lr: None, "torch-convention Adafactor: lr only caps the relative step; rule default kept"),
+}
+
+
+def lr_for(name: str, lr: float) -> float | None:
+    """The lr to give optimizer ``name`` for an AdamW lr of ``lr`` (None: the rule's default)."""
+    rule = LR_RULES.get(_rule_family(name))
+    return lr if rule is None else rule[0](lr)
+
+
+def _bnb(class_name: str) -> Callable[..., torch.optim.Optimizer]:
+    def build(params, **kw: Any) -> torch.optim.Optimizer:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise TrainInputError(f"bnb:* optimizers need bitsandbytes (pip install bitsandbytes): {err}") from None
+        return getattr(bnb.optim, class_name)(params, **kw)
+
+    return build
+
+
+def _torch_adafactor(params, lr=None, **kw: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adafactor(params, **({} if lr is None else {"lr": lr}), **kw)
+
+
+@dataclass(frozen=True)
+class Peer:
+    build: Callable[..., torch.optim.Optimizer]
+    describe: str
+
+
+# prefix:name -> factory(params, lr=..., weight_decay=...)
+PEERS: dict[str, Peer] = {
+    "torch:adamw": Peer(torch.optim.AdamW, "torch.optim.AdamW (fp32 states)"),
+    "torch:adam": Peer(torch.optim.Adam, "torch.optim.Adam"),
+    "torch:sgd": Peer(lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw), "torch.optim.SGD, momentum 0.9"),
+    "torch:adafactor": Peer(_torch_adafactor, "torch.optim.Adafactor"),
+    "bnb:adamw_8bit": Peer(_bnb("AdamW8bit"), "bitsandbytes AdamW8bit"),
+    "bnb:paged_adamw_8bit": Peer(_bnb("PagedAdamW8bit"), "bitsandbytes PagedAdamW8bit"),
+    "bnb:adamw_32bit": Peer(_bnb("AdamW32bit"), "bitsandbytes AdamW32bit"),
+    "bnb:paged_adamw_32bit": Peer(_bnb("PagedAdamW32bit"), "bitsandbytes PagedAdamW32bit"),
+    "bnb:lion_8bit": Peer(_bnb("Lion8bit"), "bitsandbytes Lion8bit"),
+}
+
+
+def known_optimizers() -> list[str]:
+    return sorted(OPTIMIZER_NAMES) + sorted(PEERS)
+
+
+def check_optimizer_name(name: str) -> None:
+    if name not in OPTIMIZER_NAMES and name not in PEERS:
+        raise TrainInputError(f"unknown optimizer {name!r} (allowed: {', '.join(known_optimizers())})")
+
+
+def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``params`` with the lr ``lr_for(name, lr)``."""
+    check_optimizer_name(name)
+    kwargs: dict[str, Any] = {"weight_decay": weight_decay}
+    rule_lr = lr_for(name, lr)
+    if rule_lr is not None:
+        kwargs["lr"] = rule_lr
+    if name in OPTIMIZER_NAMES:
+        return create_optimizer(name, params, **kwargs)
+    return PEERS[name].build(params, **kwargs)
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of optimizer state: tightfit's exact ``state_nbytes()``; for other optimizers the
+    tensors in ``optimizer.state`` with more than one element (step counters excluded)."""
+    if hasattr(optimizer, "state_nbytes"):
+        return int(optimizer.state_nbytes())
+    return sum(t.nbytes for t in _tensors(list(optimizer.state.values())) if t.numel() > 1)
+
+
+def quantized_state_summary(optimizer: torch.optim.Optimizer) -> str:
+    """'k/n' parameters whose states are stored quantized (8/4-bit codes), or '-' for
+    optimizers that do not say. LoRA adapters below min_quantized_numel stay fp32."""
+    from ..codecs import Encoded
+
+    if not hasattr(optimizer, "state_nbytes"):
+        return "-"
+    total = quantized = 0
+    for state in optimizer.state.values():
+        encoded = [v for v in state.values() if isinstance(v, Encoded)]
+        if not encoded:
+            continue
+        total += 1
+        quantized += any(e.codec not in ("fp32", "bf16") for e in encoded)
+    return f"{quantized}/{total}"
