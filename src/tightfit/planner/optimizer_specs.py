@@ -90,7 +90,11 @@ class OptimizerSpec:
         # paged placement does not change what lives on a CPU; build the unpaged optimizer
         # (the reference implementation: the one that runs on fake tensors too)
         options = {k: v for k, v in OPTIMIZER_NAMES[base].options.items() if k != "paged"}
-        return OPTIMIZER_NAMES[base].cls(params, **{**options, "impl": "reference"})
+        options["impl"] = "reference"
+        rule = OPTIMIZER_NAMES[base].cls.rule_for(options)
+        if rule.defaults.get("lr", 0) is None and not rule.defaults.get("relative_step", False):
+            options["lr"] = 1e-4  # rules without a default lr (CAME); the value does not change memory
+        return OPTIMIZER_NAMES[base].cls(params, **options)
 
 
 def allowed_optimizer_names() -> list[str]:

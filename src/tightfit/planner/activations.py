@@ -1,0 +1,163 @@
+"""Activations, logits and loss of a Llama-style decoder (RMSNorm, GQA attention through
+SDPA/flash, SwiGLU MLP) as transformers runs it, and the step's memory timeline.
+
+Bytes per token (T = batch·seq tokens; h hidden, q = heads·head_dim, kv = kv_heads·head_dim,
+i intermediate, a heads, V vocab, e bytes of the compute dtype, r LoRA rank). What autograd
+saves, op by op (transformers' LlamaRMSNorm / sdpa_attention_forward / LlamaMLP):
+
+* RMSNorm: the fp32 input (4h: the input itself in fp32, an fp32 copy otherwise), rsqrt
+  (4), and when its weight trains the normalized value (e·h); its output (e·h) is saved by
+  the next linear when that linear's weight trains.
+* attention: rotated q (e·q), rotated k and v (e·kv each), the SDPA output (e·q; its
+  (b,s,q) reshape is a view) and the fp32 logsumexp (4a). No s x s matrix (flash/SDPA).
+* MLP: gate, SiLU(gate), up and their product (4·e·i).
+* LoRA, per target linear: the fp32 A-output (4r), and an fp32 copy of the input when the
+  base runs in 16 bits (peft casts inputs to the adapter dtype).
+
+Layer 0 saves no norm input under LoRA (the frozen embedding's output needs no grad).
+Gradient checkpointing (non-reentrant, per block) keeps only each block's input (e·h)
+and recomputes one block's saved set during its backward.
+
+Loss (transformers' ForCausalLMLoss): logits (e·V), an fp32 upcast when e < 4 (4V), the
+log-softmax output (4V); backward holds log-softmax output + its gradient + the logits
+gradient (12V) at once.
+
+The timeline walks forward, loss, backward (lm_head, blocks from the last, embedding),
+and the optimizer step, adding what is live at each point; the peak is its maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .components import DTYPE_BYTES
+from .model_facts import ModelFacts
+
+LORA_INPUT_WIDTH = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h",
+                    "down_proj": "i", "qkv_proj": "h", "gate_up_proj": "h"}
+LORA_TARGETS_PER_INPUT = {"h": 5, "q": 1, "i": 1}  # how many of the 7 targets read each input
+
+
+@dataclass(frozen=True)
+class Setup:
+    method: str  # full | lora | qlora
+    batch: int
+    seq: int
+    dtype: str
+    lora_rank: int
+    checkpointing: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def adapters(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+
+def norm_saved(facts: ModelFacts, s: Setup, input_needs_grad: bool = True) -> int:
+    """Bytes per token one RMSNorm saves."""
+    if not input_needs_grad:
+        return 0
+    e, h = DTYPE_BYTES[s.dtype], facts.hidden
+    return 4 * h + 4 + (0 if s.adapters else e * h)
+
+
+def linear_inputs_saved(facts: ModelFacts, s: Setup) -> int:
+    """Bytes per token of the block's linear inputs kept for weight gradients."""
+    e = DTYPE_BYTES[s.dtype]
+    widths = {"h": facts.hidden, "q": facts.heads * facts.head_dim, "i": facts.intermediate}
+    if not s.adapters:
+        return 2 * e * widths["h"]  # the two norm outputs; o_proj/down_proj inputs are saved tensors anyway
+    if e == 4:
+        return 2 * 4 * widths["h"]  # lora_A saves the norm outputs themselves
+    return sum(4 * widths[w] * n for w, n in LORA_TARGETS_PER_INPUT.items())  # one fp32 copy per target
+    
+
+def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
+    """Bytes per token one decoder block saves for backward (no checkpointing)."""
+    e = DTYPE_BYTES[s.dtype]
+    q, kv, i = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim, facts.intermediate
+    norms = norm_saved(facts, s, input_needs_grad=not (first and s.adapters)) + norm_saved(facts, s)
+    attention = e * (2 * q + 2 * kv) + 4 * facts.heads
+    mlp = 4 * e * i
+    lora = 7 * 4 * s.lora_rank if s.adapters else 0
+    return norms + linear_inputs_saved(facts, s) + attention + mlp + lora
+
+
+def final_saved(facts: ModelFacts, s: Setup) -> int:
+    """Final norm (its output is saved by a trained lm_head)."""
+    e = DTYPE_BYTES[s.dtype]
+    return norm_saved(facts, s) + (0 if s.adapters else e * facts.hidden)
+
+
+def rope_bytes(facts: ModelFacts, s: Setup) -> int:
+    """cos and sin, computed once per forward and shared by every block."""
+    return 2 * s.tokens * facts.head_dim * DTYPE_BYTES[s.dtype]
+
+
+def loss_forward(facts: ModelFacts, s: Setup) -> int:
+    e = DTYPE_BYTES[s.dtype]
+    return s.tokens * facts.vocab * (e + (4 if e < 4 else 0) + 4)
+
+
+def loss_backward(facts: ModelFacts, s: Setup) -> int:
+    return s.tokens * facts.vocab * 12
+
+
+def block_backward_working(facts: ModelFacts, s: Setup) -> int:
+    """Gradients in flight inside one block's backward, net of the saved tensors already
+    freed: the MLP's SiLU-product backward holds grad(prod), grad(SiLU) and grad(up) while
+    prod is released (net one e·i), plus the gradient flowing in and out of the block (2·e·h)."""
+    return s.tokens * DTYPE_BYTES[s.dtype] * (facts.intermediate + 2 * facts.hidden)
+
+
+@dataclass
+class Timeline:
+    """Live bytes (beyond the persistent ones) at each point of the step, and the peak."""
+
+    points: dict[str, int]
+
+    @property
+    def peak(self) -> int:
+        return max(self.points.values())
+
+    @property
+    def peak_at(self) -> str:
+        return max(self.points, key=self.points.get)
+
+
+def step_timeline(facts: ModelFacts, s: Setup, *, grads_by_block: list[int], grad_head: int, grad_embed: int,
+                  grad_total: int, step_temp_largest: int, stepping: dict[str, int] | None = None,
+                  dequant_temp: int = 0) -> Timeline:
+    """Live bytes beyond weights/masters/state at each point of a steady-state step.
+
+    ``grads_by_block[k]``: gradient bytes block k produces; ``grad_head``: lm_head (the
+    embedding when tied) and final norm; ``grad_embed``: the embedding's gradient as its
+    backward makes it (added to the existing one when tied); ``grad_total``: all gradients.
+    ``stepping`` (updates inside backward): for "head", "embed" and each block index, the
+    largest gradient there plus its step temporaries — each gradient is stepped and freed
+    as soon as it is ready, so no gradients accumulate. ``dequant_temp``: QLoRA's
+    dequantized weight of the linear being computed.
+    """
+    T, L, e = s.tokens, facts.layers, DTYPE_BYTES[s.dtype]
+    blocks = [block_saved(facts, s, first=(k == 0 and not s.checkpointing)) * T for k in range(L)]
+    kept = [e * facts.hidden * T] * L if s.checkpointing else blocks
+    base = sum(kept) + final_saved(facts, s) * T + rope_bytes(facts, s) + dequant_temp
+    points = {"forward (at the loss)": base + loss_forward(facts, s),
+              "backward (loss gradient)": base + loss_backward(facts, s),
+              "backward (lm_head)": base + T * facts.vocab * 4 + (stepping["head"] if stepping else grad_head)}
+    grads = 0 if stepping else grad_head
+    for k in reversed(range(L)):
+        live_blocks = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0)
+        in_flight = stepping[k] if stepping else grads + grads_by_block[k]
+        points[f"backward block {k}"] = (live_blocks + in_flight + block_backward_working(facts, s)
+                                         + rope_bytes(facts, s) + dequant_temp)
+        grads += 0 if stepping else grads_by_block[k]
+    if stepping:
+        points["backward (embedding)"] = stepping["embed"]
+    else:
+        points["backward (embedding)"] = grads + grad_embed
+        points["optimizer step"] = grad_total + step_temp_largest
+    return Timeline(points)
