@@ -106,11 +106,14 @@ def loss_backward(facts: ModelFacts, s: Setup) -> int:
     return s.tokens * facts.vocab * 12
 
 
-def block_backward_working(facts: ModelFacts, s: Setup) -> int:
-    """Gradients in flight inside one block's backward, net of the saved tensors already
-    freed: the MLP's SiLU-product backward holds grad(prod), grad(SiLU) and grad(up) while
-    prod is released (net one e·i), plus the gradient flowing in and out of the block (2·e·h)."""
-    return s.tokens * DTYPE_BYTES[s.dtype] * (facts.intermediate + 2 * facts.hidden)
+def mlp_backward_working(facts: ModelFacts, s: Setup) -> tuple[int, int]:
+    """Bytes beyond the block's saved set in its MLP backward, where the block peaks, as
+    (after down_proj, at the SiLU product). After down_proj's backward, grad(prod) (e·i)
+    has replaced the freed prod, so only the gradient entering the block (e·h) is extra —
+    that is when down_proj's gradient is accumulated (and, in backward, stepped). Then
+    grad(SiLU) and grad(up) join grad(prod): 2·e·i + e·h."""
+    e, T = DTYPE_BYTES[s.dtype], s.tokens
+    return T * e * facts.hidden, T * e * (2 * facts.intermediate + facts.hidden)
 
 
 @dataclass
@@ -128,32 +131,35 @@ class Timeline:
         return max(self.points, key=self.points.get)
 
 
-def step_timeline(facts: ModelFacts, s: Setup, *, grads_by_block: list[int], grad_head: int, grad_embed: int,
-                  grad_total: int, step_temp_largest: int, stepping: dict[str, int] | None = None,
-                  dequant_temp: int = 0) -> Timeline:
+def step_timeline(facts: ModelFacts, s: Setup, *, grads_by_block: list[int], largest_by_block: list[int],
+                  grad_head: int, grad_embed: int, grad_total: int, step_temp_largest: int,
+                  stepping: dict | None = None, dequant_temp: int = 0) -> Timeline:
     """Live bytes beyond weights/masters/state at each point of a steady-state step.
 
-    ``grads_by_block[k]``: gradient bytes block k produces; ``grad_head``: lm_head (the
-    embedding when tied) and final norm; ``grad_embed``: the embedding's gradient as its
-    backward makes it (added to the existing one when tied); ``grad_total``: all gradients.
+    ``grads_by_block[k]``: gradient bytes block k produces, ``largest_by_block[k]`` its
+    largest gradient (down_proj's, produced first); ``grad_head``: lm_head (the embedding
+    when tied) and final norm; ``grad_embed``: the embedding's gradient as its backward
+    makes it (added to the existing one when tied); ``grad_total``: all gradients.
     ``stepping`` (updates inside backward): for "head", "embed" and each block index, the
-    largest gradient there plus its step temporaries — each gradient is stepped and freed
-    as soon as it is ready, so no gradients accumulate. ``dequant_temp``: QLoRA's
-    dequantized weight of the linear being computed.
+    largest gradient there plus its step temporaries — autograd runs a gradient's
+    accumulation (and so its update) as soon as it is ready, so none accumulate.
+    ``dequant_temp``: QLoRA's dequantized weight of the linear being computed.
     """
     T, L, e = s.tokens, facts.layers, DTYPE_BYTES[s.dtype]
     blocks = [block_saved(facts, s, first=(k == 0 and not s.checkpointing)) * T for k in range(L)]
     kept = [e * facts.hidden * T] * L if s.checkpointing else blocks
-    base = sum(kept) + final_saved(facts, s) * T + rope_bytes(facts, s) + dequant_temp
+    rope = rope_bytes(facts, s)
+    base = sum(kept) + final_saved(facts, s) * T + rope + dequant_temp
     points = {"forward (at the loss)": base + loss_forward(facts, s),
               "backward (loss gradient)": base + loss_backward(facts, s),
               "backward (lm_head)": base + T * facts.vocab * 4 + (stepping["head"] if stepping else grad_head)}
     grads = 0 if stepping else grad_head
+    after_down, at_product = mlp_backward_working(facts, s)
     for k in reversed(range(L)):
-        live_blocks = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0)
-        in_flight = stepping[k] if stepping else grads + grads_by_block[k]
-        points[f"backward block {k}"] = (live_blocks + in_flight + block_backward_working(facts, s)
-                                         + rope_bytes(facts, s) + dequant_temp)
+        live = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0) + rope + dequant_temp + grads
+        down = 0 if stepping else largest_by_block[k]
+        points[f"backward block {k} (down_proj)"] = live + (stepping[k] if stepping else down) + after_down
+        points[f"backward block {k} (SwiGLU)"] = live + down + at_product
         grads += 0 if stepping else grads_by_block[k]
     if stepping:
         points["backward (embedding)"] = stepping["embed"]

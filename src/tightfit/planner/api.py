@@ -95,6 +95,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     # gradients by where backward produces them; with updates in backward, the largest
     # gradient of each place plus its step temporaries
     by_block = [0] * facts.layers
+    largest_by_block = [0] * facts.layers
     head = embed = 0
     stepping: dict = {"head": 0, "embed": 0, **{k: 0 for k in range(facts.layers)}}
     params = {p.name: p for p in facts.parameters()}
@@ -105,6 +106,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
         stepping[place] = max(stepping[place], nbytes + int(temp_per_elem * t.numel))
         if p.layer is not None:
             by_block[p.layer] += nbytes
+            largest_by_block[p.layer] = max(largest_by_block[p.layer], nbytes)
         elif p.kind == "embedding":
             embed += nbytes
         else:
@@ -114,7 +116,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     dequant = 0
     if method == "qlora":
         dequant = max(p.numel for p in facts.parameters() if p.linear) * e
-    timeline = step_timeline(facts, setup, grads_by_block=by_block, grad_head=head, grad_embed=embed,
+    timeline = step_timeline(facts, setup, grads_by_block=by_block, largest_by_block=largest_by_block, grad_head=head, grad_embed=embed,
                              grad_total=grad_total, step_temp_largest=step_temp,
                              stepping=stepping if in_backward else None, dequant_temp=dequant)
     persistent = weights + adapters + masters + state_device + buffers

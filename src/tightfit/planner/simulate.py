@@ -55,6 +55,7 @@ def build_model(hf_config_dict: dict[str, Any], dtype: torch.dtype, fake_mode=No
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         with fake_mode:
             model = model.to_empty(device="cpu")
+            model.tie_weights()  # to_empty makes new parameters per module, which unties them
     return model.train()
 
 
