@@ -11,8 +11,9 @@ saves, op by op (transformers' LlamaRMSNorm / sdpa_attention_forward / LlamaMLP)
 * attention: rotated q (e·q), rotated k and v (e·kv each), the SDPA output (e·q; its
   (b,s,q) reshape is a view) and the fp32 logsumexp (4a). No s x s matrix (flash/SDPA).
 * MLP: gate, SiLU(gate), up and their product (4·e·i).
-* LoRA, per target linear: the fp32 A-output (4r), and an fp32 copy of the input when the
-  base runs in 16 bits (peft casts inputs to the adapter dtype).
+* LoRA, per target linear: the A-output (e·r) and, when the base runs in 16 bits, a copy
+  of the input (e·width): peft casts the input to the fp32 adapter dtype and autocast
+  (HF Trainer ``bf16=True``) casts it back for the matmul, once per target.
 
 Layer 0 saves no norm input under LoRA (the frozen embedding's output needs no grad).
 Gradient checkpointing (non-reentrant, per block) keeps only each block's input (e·h)
@@ -33,9 +34,6 @@ from dataclasses import dataclass
 from .components import DTYPE_BYTES
 from .model_facts import ModelFacts
 
-LORA_INPUT_WIDTH = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h",
-                    "down_proj": "i", "qkv_proj": "h", "gate_up_proj": "h"}
-LORA_TARGETS_PER_INPUT = {"h": 5, "q": 1, "i": 1}  # how many of the 7 targets read each input
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,10 @@ def linear_inputs_saved(facts: ModelFacts, s: Setup) -> int:
         return 2 * e * widths["h"]  # the two norm outputs; o_proj/down_proj inputs are saved tensors anyway
     if e == 4:
         return 2 * 4 * widths["h"]  # lora_A saves the norm outputs themselves
-    return sum(4 * widths[w] * n for w, n in LORA_TARGETS_PER_INPUT.items())  # one fp32 copy per target
-    
+    lay = facts.layout
+    readers = {"h": (1 if lay.fused_qkv else 3) + (1 if lay.fused_gate_up else 2), "q": 1, "i": 1}
+    return sum(e * widths[w] * n for w, n in readers.items())  # one autocast copy per target
+
 
 def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
     """Bytes per token one decoder block saves for backward (no checkpointing)."""
@@ -82,7 +82,7 @@ def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
     norms = norm_saved(facts, s, input_needs_grad=not (first and s.adapters)) + norm_saved(facts, s)
     attention = e * (2 * q + 2 * kv) + 4 * facts.heads
     mlp = 4 * e * i
-    lora = 7 * 4 * s.lora_rank if s.adapters else 0
+    lora = 7 * e * s.lora_rank if s.adapters else 0
     return norms + linear_inputs_saved(facts, s) + attention + mlp + lora
 
 

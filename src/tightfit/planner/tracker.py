@@ -73,6 +73,12 @@ class LiveBytesTracker(TorchDispatchMode):
             self._phase = previous
 
     # -- dispatch -------------------------------------------------------------------
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Do not wrap ``__torch_dispatch__`` in ``torch._dynamo.disable``: the tracker never
+        runs under torch.compile, and the wrapper imports torch._dynamo (~1.5 s) on first use."""
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.answer_scalar_reads and func is _SCALAR_READ:
             dtype = args[0].dtype
