@@ -59,6 +59,15 @@ def build_model(hf_config_dict: dict[str, Any], dtype: torch.dtype, fake_mode=No
     return model.train()
 
 
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant checkpointing per block (transformers >= 5.2 renamed the method)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 @contextlib.contextmanager
 def _real_step_mask_path():
     from unittest import mock
@@ -104,7 +113,7 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
         else:
             trainable = [p for p in model.parameters()]
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(model)
             if method == "lora":
                 model.enable_input_require_grads()
         vocab = hf_config_dict["vocab_size"]
