@@ -14,12 +14,14 @@ from planner_cases import ANALYTIC_VS_SIMULATED, SIMULATED_VS_MEASURED, TINY_TIE
 # config, method, optimizer, batch, seq, checkpointing, in_backward
 MATRIX = [
     (TINY_UNTIED, "full", "adamw_32bit", 1, 32, False, False),
+    (TINY_UNTIED, "full", "adamw_32bit", 4, 64, True, False),
     (TINY_TIED, "full", "adamw_8bit", 4, 64, False, False),
     (TINY_TIED, "full", "adamw_8bit", 2, 32, True, True),
     (TINY_TIED, "full", "adafactor", 2, 48, True, False),
     (TINY_UNTIED, "full", "lion_8bit", 1, 32, False, True),
     (TINY_TIED, "full", "torch:adamw", 4, 64, False, False),
     (TINY_UNTIED, "lora", "adamw_32bit", 4, 64, False, False),
+    (TINY_TIED, "lora", "adamw_8bit", 1, 32, True, False),
     (TINY_TIED, "lora", "adafactor", 4, 64, True, False),
     (TINY_UNTIED, "lora", "lion_8bit", 2, 48, True, False),
     (TINY_TIED, "lora", "torch:adamw", 1, 32, True, False),
