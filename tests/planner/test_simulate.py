@@ -47,6 +47,19 @@ def test_simulated_measured_analytic(case):
     assert analytic.peak_allocated == pytest.approx(simulated.peak_bytes, rel=ANALYTIC_VS_SIMULATED)
 
 
+# QLoRA: bitsandbytes 4-bit runs on CPU but not on fake tensors: analytic vs measured only.
+QLORA_MATRIX = [(TINY_UNTIED, "adamw_8bit", 4, 64, False), (TINY_TIED, "adamw_32bit", 2, 48, True)]
+
+
+@pytest.mark.parametrize("cfg,optim,batch,seq,ckpt", QLORA_MATRIX)
+def test_qlora_measured_vs_analytic(cfg, optim, batch, seq, ckpt):
+    pytest.importorskip("bitsandbytes")
+    kwargs = dict(method="qlora", batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, dtype="fp32")
+    measured = measure_step(cfg, resolve_optimizer(optim), fake=False, **kwargs)
+    analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, advise=False, **kwargs)
+    assert analytic.peak_allocated == pytest.approx(measured.peak_bytes, rel=ANALYTIC_VS_SIMULATED)
+
+
 def test_simulation_of_a_bundled_model_on_fake_tensors():
     """A 135M model runs on fake tensors (no memory) and the analytic plan agrees."""
     facts = load_model_facts("HuggingFaceTB/SmolLM2-135M")

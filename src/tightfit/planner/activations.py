@@ -143,22 +143,24 @@ def step_timeline(facts: ModelFacts, s: Setup, *, grads_by_block: list[int], lar
     ``stepping`` (updates inside backward): for "head", "embed" and each block index, the
     largest gradient there plus its step temporaries — autograd runs a gradient's
     accumulation (and so its update) as soon as it is ready, so none accumulate.
-    ``dequant_temp``: QLoRA's dequantized weight of the linear being computed.
+    ``dequant_temp``: QLoRA's dequantized weight, live only inside a 4-bit matmul (forward
+    and backward): counted at down_proj's backward, the largest linear.
     """
     T, L, e = s.tokens, facts.layers, DTYPE_BYTES[s.dtype]
     blocks = [block_saved(facts, s, first=(k == 0 and not s.checkpointing)) * T for k in range(L)]
     kept = [e * facts.hidden * T] * L if s.checkpointing else blocks
     rope = rope_bytes(facts, s)
-    base = sum(kept) + final_saved(facts, s) * T + rope + dequant_temp
+    base = sum(kept) + final_saved(facts, s) * T + rope
     points = {"forward (at the loss)": base + loss_forward(facts, s),
               "backward (loss gradient)": base + loss_backward(facts, s),
               "backward (lm_head)": base + T * facts.vocab * 4 + (stepping["head"] if stepping else grad_head)}
     grads = 0 if stepping else grad_head
     after_down, at_product = mlp_backward_working(facts, s)
     for k in reversed(range(L)):
-        live = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0) + rope + dequant_temp + grads
+        live = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0) + rope + grads
         down = 0 if stepping else largest_by_block[k]
-        points[f"backward block {k} (down_proj)"] = live + (stepping[k] if stepping else down) + after_down
+        points[f"backward block {k} (down_proj)"] = (live + (stepping[k] if stepping else down) + after_down
+                                                     + dequant_temp)
         points[f"backward block {k} (SwiGLU)"] = live + down + at_product
         grads += 0 if stepping else grads_by_block[k]
     if stepping:

@@ -189,7 +189,8 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
 
 def _simulate(facts: ModelFacts, spec, setup: Setup, in_backward: bool) -> dict[str, Any]:
     if setup.method == "qlora":
-        return {"skipped": "QLoRA is not simulated: bitsandbytes' 4-bit kernels need real memory"}
+        return {"skipped": "QLoRA is not simulated: bitsandbytes' 4-bit kernels need real memory "
+                           "(tests measure it on CPU instead)"}
     from .simulate import measure_step
 
     m = measure_step(facts.raw, spec, method=setup.method, batch=setup.batch, seq=setup.seq,

@@ -11,7 +11,8 @@ tensors (``to_empty`` under ``FakeTensorMode``); value reads are answered by the
 (see tracker.py). transformers treats fake tensors as "tracing" and then builds an
 explicit b x s x s causal mask (and repeats k/v for GQA) where a real step uses SDPA's
 ``is_causal``; the simulation turns that check off (``_real_step_mask_path``) so it takes
-the path a real step takes. QLoRA is not simulated (bitsandbytes' 4-bit kernels need real memory).
+the path a real step takes. QLoRA runs only on real tensors (``fake=False``): bitsandbytes'
+4-bit kernels need real memory (see qlora.py).
 """
 
 from __future__ import annotations
@@ -94,9 +95,9 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
                  seq: int = 128, lora_rank: int = 16, checkpointing: bool = False, in_backward: bool = False,
                  dtype: str = "fp32", fake: bool = True, seed: int = 0) -> StepMeasurement:
     """Peak live bytes of a steady-state training step (see module docstring)."""
-    if method not in ("full", "lora"):
-        raise ValueError(f"cannot simulate method {method!r} (allowed: full, lora; qlora needs bitsandbytes "
-                         "4-bit kernels on real memory)")
+    if method not in ("full", "lora", "qlora") or (method == "qlora" and fake):
+        raise ValueError(f"cannot {'simulate' if fake else 'measure'} method {method!r} (allowed: full, lora; "
+                         "qlora only measured with fake=False: bitsandbytes' 4-bit kernels need real memory)")
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     torch.manual_seed(seed)
@@ -107,19 +108,23 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
         outer.enter_context(fake_mode)
         outer.enter_context(_real_step_mask_path())
     with outer:
-        if method == "lora":
+        quant_states = []
+        if method == "qlora":
+            from .qlora import quantize_nf4
+            quant_states = quantize_nf4(model)
+        if method in ("lora", "qlora"):
             from .lora import apply_lora
             trainable = apply_lora(model, lora_rank)
         else:
             trainable = [p for p in model.parameters()]
         if checkpointing:
             _enable_checkpointing(model)
-            if method == "lora":
+            if method != "full":
                 model.enable_input_require_grads()
         vocab = hf_config_dict["vocab_size"]
         input_ids = torch.randint(0, vocab, (batch, seq))
         tracker = LiveBytesTracker(answer_scalar_reads=fake)
-        tracker.track(list(model.parameters()) + list(model.buffers()) + [input_ids])
+        tracker.track(list(model.parameters()) + list(model.buffers()) + quant_states + [input_ids])
         with tracker:
             optimizer = optimizer_spec.build(trainable)
             handle = None
