@@ -47,6 +47,19 @@ def test_simulated_measured_analytic(case):
     assert analytic.peak_allocated == pytest.approx(simulated.peak_bytes, rel=ANALYTIC_VS_SIMULATED)
 
 
+# 16-bit (fake tensors only: bf16 compute on a CPU is slow): fp32 masters for full FT,
+# autocast as HF Trainer bf16=True; stochastic rounding drops the masters.
+BF16_MATRIX = [(TINY_TIED, "full", "adamw_32bit", True, False), (TINY_UNTIED, "full", "adafactor", False, True),
+               (TINY_TIED, "lora", "adamw_8bit", False, False)]
+
+
+@pytest.mark.parametrize("cfg,method,optim,ckpt,sr", BF16_MATRIX)
+def test_bf16_simulated_vs_analytic(cfg, method, optim, ckpt, sr):
+    result = plan(facts_from_config(cfg, "tiny", "test"), method=method, optim=optim, batch=4, seq=64, lora_rank=8,
+                  checkpointing=ckpt, stochastic_rounding=sr, dtype="bf16", simulate=True, advise=False)
+    assert result.peak_allocated == pytest.approx(result.simulation["peak_bytes"], rel=ANALYTIC_VS_SIMULATED)
+
+
 # QLoRA: bitsandbytes 4-bit runs on CPU but not on fake tensors: analytic vs measured only.
 QLORA_MATRIX = [(TINY_UNTIED, "adamw_8bit", 4, 64, False), (TINY_TIED, "adamw_32bit", 2, 48, True)]
 

@@ -74,7 +74,10 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     spec = resolve_optimizer(optim)
     gpu_name, capacity = resolve_gpu(gpu) if gpu else (None, None)
     if stochastic_rounding:
-        dtype = "bf16"
+        dtype = "bf16"  # stochastic rounding is how bf16 weights are updated without masters
+    if in_backward and spec.source != "tightfit":
+        raise ValueError(f"--in-backward needs a tightfit optimizer (got {optim!r}; allowed: tightfit names, "
+                         "e.g. adamw_8bit)")
     setup = Setup(method, batch, seq, dtype, lora_rank, checkpointing)
     e = C.DTYPE_BYTES[dtype]
 
@@ -89,7 +92,10 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     buffers = min(PAGED_DEVICE_BUFFERS, state - state_device) if budget is not None else 0
     largest = C.largest(trainable)
     largest_grad = largest.numel * C.DTYPE_BYTES[largest.dtype]
-    temp_per_elem = step_bytes_per_element(spec)
+    stepped = C.TORCH_DTYPES["fp32" if (masters or largest.dtype == "fp32") else largest.dtype]
+    temp_per_elem = step_bytes_per_element(spec, stepped)
+    # with fp32 masters the step reads fp32 gradients: each 16-bit gradient is converted
+    grad_at_step = 4 * sum(t.numel for t in trainable) if masters else grad_total
     step_temp = int(temp_per_elem * largest.numel)
 
     # gradients by where backward produces them; with updates in backward, the largest
@@ -117,7 +123,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     if method == "qlora":
         dequant = max(p.numel for p in facts.parameters() if p.linear) * e
     timeline = step_timeline(facts, setup, grads_by_block=by_block, largest_by_block=largest_by_block, grad_head=head, grad_embed=embed,
-                             grad_total=grad_total, step_temp_largest=step_temp,
+                             grad_total=grad_at_step, step_temp_largest=step_temp,
                              stepping=stepping if in_backward else None, dequant_temp=dequant)
     persistent = weights + adapters + masters + state_device + buffers
     peak = persistent + timeline.peak
@@ -138,9 +144,10 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
                   f"r={lora_rank} on q,k,v,o,gate,up,down: {sum(t.numel for t in trainable) / 1e6:.2f}M params")
         if setup.adapters else None,
         Component("fp32 master weights", masters, 0, "4 B per trainable 16-bit param") if masters else None,
-        Component("gradients", largest_grad if in_backward else grad_total, 0,
+        Component("gradients", largest_grad if in_backward else grad_at_step, 0,
                   "in backward: only the largest live" if in_backward else
-                  f"{sum(t.numel for t in trainable) / 1e6:.2f}M trainable x dtype"),
+                  f"{sum(t.numel for t in trainable) / 1e6:.2f}M trainable x "
+                  + ("4 B (converted to fp32 for the master step)" if masters else "dtype")),
         Component("optimizer state", state_device, state - state_device,
                   f"{spec.name}: {spec.layout or spec.rule.name}" + (" (paged to host)" if budget is not None else "")),
         Component("paged streaming buffers", buffers, 0, "assumption: 2 x 64 MiB") if buffers else None,
@@ -180,20 +187,27 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
         gpu={"name": gpu_name, "bytes": capacity} if on_gpu else None,
         fits=(peak + context + slack <= capacity) if on_gpu else None)
     if simulate:
-        result.simulation = _simulate(facts, spec, setup, in_backward)
+        result.simulation = _simulate(facts, spec, setup, in_backward, masters > 0, state - state_device, buffers)
     if advise and on_gpu:
         from .advice import advise as make_advice
         result.advice = make_advice(facts, result)
     return result
 
 
-def _simulate(facts: ModelFacts, spec, setup: Setup, in_backward: bool) -> dict[str, Any]:
+def _simulate(facts: ModelFacts, spec, setup: Setup, in_backward: bool, masters: bool, host_state: int,
+              buffers: int) -> dict[str, Any]:
     if setup.method == "qlora":
         return {"skipped": "QLoRA is not simulated: bitsandbytes' 4-bit kernels need real memory "
                            "(tests measure it on CPU instead)"}
     from .simulate import measure_step
 
+    if masters and in_backward:
+        return {"skipped": "updates inside backward with fp32 masters are not simulated"}
     m = measure_step(facts.raw, spec, method=setup.method, batch=setup.batch, seq=setup.seq,
                      lora_rank=setup.lora_rank, checkpointing=setup.checkpointing, in_backward=in_backward,
-                     dtype=setup.dtype, fake=True)
-    return m.to_dict()
+                     dtype=setup.dtype, masters=masters, fake=True)
+    out = m.to_dict()
+    if host_state:  # paged: on a CPU the state is just memory; on the GPU it is host memory
+        out["device_peak_bytes"] = m.peak_bytes - host_state + buffers
+        out["notes"].append("paged state subtracted from the simulated peak (host memory on a GPU)")
+    return out

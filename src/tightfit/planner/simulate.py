@@ -79,22 +79,36 @@ def _real_step_mask_path():
         yield
 
 
-def run_step(model, optimizer, input_ids, *, in_backward: bool, tracker: LiveBytesTracker) -> None:
-    with tracker.phase("forward"):
+def run_step(model, optimizer, input_ids, *, in_backward: bool, tracker: LiveBytesTracker,
+             masters: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    """Forward, backward, step, zero_grad. ``masters``: (16-bit param, fp32 master) pairs —
+    gradients are converted to fp32 on the masters, the masters step, and are copied back."""
+    dtype = next(model.parameters()).dtype
+    autocast = (torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    with tracker.phase("forward"), autocast:  # 16-bit: autocast, as HF Trainer bf16=True
         loss = model(input_ids=input_ids, labels=input_ids).loss
     with tracker.phase("backward"):
         loss.backward()
     del loss
     with tracker.phase("optimizer"):
+        for param, master in masters or ():
+            master.grad, param.grad = param.grad.float(), None
         if not in_backward:
             optimizer.step()
+        with torch.no_grad():
+            for param, master in masters or ():
+                param.copy_(master)
         optimizer.zero_grad(set_to_none=True)
 
 
 def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str = "full", batch: int = 1,
                  seq: int = 128, lora_rank: int = 16, checkpointing: bool = False, in_backward: bool = False,
-                 dtype: str = "fp32", fake: bool = True, seed: int = 0) -> StepMeasurement:
-    """Peak live bytes of a steady-state training step (see module docstring)."""
+                 dtype: str = "fp32", masters: bool = False, fake: bool = True, seed: int = 0) -> StepMeasurement:
+    """Peak live bytes of a steady-state training step (see module docstring).
+
+    ``masters``: 16-bit trainable params get fp32 master copies that the optimizer steps
+    (mixed precision with fp32 masters), as the planner assumes for 16-bit full FT.
+    """
     if method not in ("full", "lora", "qlora") or (method == "qlora" and fake):
         raise ValueError(f"cannot {'simulate' if fake else 'measure'} method {method!r} (allowed: full, lora; "
                          "qlora only measured with fake=False: bitsandbytes' 4-bit kernels need real memory)")
@@ -126,15 +140,20 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
         tracker = LiveBytesTracker(answer_scalar_reads=fake)
         tracker.track(list(model.parameters()) + list(model.buffers()) + quant_states + [input_ids])
         with tracker:
+            pairs = None
+            if masters:
+                pairs = [(p, torch.nn.Parameter(p.detach().float())) for p in trainable if p.dtype != torch.float32]
+                fp32 = {id(p) for p, _ in pairs}
+                trainable = [m for _, m in pairs] + [p for p in trainable if id(p) not in fp32]
             optimizer = optimizer_spec.build(trainable)
             handle = None
             if in_backward:
                 from ..backward import step_in_backward
                 handle = step_in_backward(trainable, optimizer)
-            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker)  # allocates state
+            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker, masters=pairs)  # state
             persistent = tracker.current
             tracker.peak, tracker.phase_peaks = tracker.current, {}
-            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker)
+            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker, masters=pairs)
             if handle is not None:
                 handle.remove()
     return StepMeasurement(tracker.peak, dict(tracker.phase_peaks), persistent, fake)

@@ -2,7 +2,8 @@
 
 The step updates one parameter (tightfit's reference implementation) or one fused call
 (torch ``fused=True``) at a time, so its working set is proportional to the parameter
-being updated. ``step_bytes_per_element(spec)`` steps a 64 x 256 fp32 sample (above
+being updated. ``step_bytes_per_element(spec, dtype)`` steps a 64 x 256 sample of the
+dtype the optimizer steps (fp32 masters/adapters, or bf16 params without masters; above
 ``min_quantized_numel``, so quantizing codecs quantize) under the live-bytes tracker,
 after one step that creates the state, and returns the peak of new storages per
 element; the planner multiplies it by the largest trainable tensor. Fused Triton kernels
@@ -23,7 +24,7 @@ from .tracker import LiveBytesTracker
 SAMPLE_SHAPE = (64, 256)
 
 
-_CACHE: dict[str, float] = {}
+_CACHE: dict[tuple[str, torch.dtype], float] = {}
 
 
 def _state_tensors(value):
@@ -46,7 +47,7 @@ def _reference_stepper(spec, param: torch.Tensor):
     hyper = {**rule.defaults, **spec.hyper}
     if hyper.get("lr", 0) is None and not hyper.get("relative_step", False):
         hyper["lr"] = 1e-4  # rules without a default lr (CAME); the value does not change memory
-    codec = spec.codec_for(torch.float32)
+    codec = spec.codec_for(param.dtype)
     state = {"step": torch.zeros(()), "nonfinite_skips": torch.zeros((), dtype=torch.int64)}
     for st in rule.state_specs(param.shape, hyper):
         chosen = codec_for_state(st.kind, param.numel(), codec, spec.min_quantized_numel)
@@ -56,17 +57,17 @@ def _reference_stepper(spec, param: torch.Tensor):
                      with_grad.__exit__(None, None, None))), state
 
 
-def _measure(spec) -> float:
-    param = torch.nn.Parameter(torch.randn(SAMPLE_SHAPE))
+def _measure(spec, dtype: torch.dtype) -> float:
+    param = torch.nn.Parameter(torch.randn(SAMPLE_SHAPE, dtype=dtype))
     if spec.source == "torch":
         optimizer = spec.build([param])
         step, state = optimizer.step, lambda: optimizer.state[param]
     else:
         step, made = _reference_stepper(spec, param)
         state = lambda: made  # noqa: E731
-    param.grad = torch.randn(SAMPLE_SHAPE)
+    param.grad = torch.randn(SAMPLE_SHAPE, dtype=dtype)
     step()  # creates the state
-    param.grad = torch.randn(SAMPLE_SHAPE)
+    param.grad = torch.randn(SAMPLE_SHAPE, dtype=dtype)
     tracker = LiveBytesTracker()
     tracker.track([param, param.grad, *_state_tensors(state())])  # existing: not temporaries
     with tracker:
@@ -75,8 +76,9 @@ def _measure(spec) -> float:
     return (tracker.peak - base) / param.numel()
 
 
-def step_bytes_per_element(spec) -> float:
+def step_bytes_per_element(spec, dtype: torch.dtype = torch.float32) -> float:
     """Peak bytes of new tensors per element of the parameter being stepped."""
-    if spec.name not in _CACHE:
-        _CACHE[spec.name] = _measure(spec)
-    return _CACHE[spec.name]
+    key = (spec.name, dtype)
+    if key not in _CACHE:
+        _CACHE[key] = _measure(spec, dtype)
+    return _CACHE[key]
