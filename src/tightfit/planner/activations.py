@@ -131,41 +131,52 @@ class Timeline:
         return max(self.points, key=self.points.get)
 
 
-def step_timeline(facts: ModelFacts, s: Setup, *, grads_by_block: list[int], largest_by_block: list[int],
-                  grad_head: int, grad_embed: int, grad_total: int, step_temp_largest: int,
-                  stepping: dict | None = None, dequant_temp: int = 0) -> Timeline:
+def kept_per_block(facts: ModelFacts, s: Setup) -> list[int]:
+    """Bytes each block keeps until its backward: its saved set, or only its input (checkpointing)."""
+    if s.checkpointing:
+        return [DTYPE_BYTES[s.dtype] * facts.hidden * s.tokens] * facts.layers
+    return [block_saved(facts, s, first=(k == 0)) * s.tokens for k in range(facts.layers)]
+
+
+def saved_activations(facts: ModelFacts, s: Setup) -> int:
+    """Everything saved for backward at the end of the forward, logits and loss excluded."""
+    return sum(kept_per_block(facts, s)) + final_saved(facts, s) * s.tokens + rope_bytes(facts, s)
+
+
+def step_timeline(facts: ModelFacts, s: Setup, grads, *, grads_at_step: int, step_temp_largest: int,
+                  in_backward: bool, dequant_temp: int = 0) -> Timeline:
     """Live bytes beyond weights/masters/state at each point of a steady-state step.
 
-    ``grads_by_block[k]``: gradient bytes block k produces, ``largest_by_block[k]`` its
-    largest gradient (down_proj's, produced first); ``grad_head``: lm_head (the embedding
-    when tied) and final norm; ``grad_embed``: the embedding's gradient as its backward
-    makes it (added to the existing one when tied); ``grad_total``: all gradients.
-    ``stepping`` (updates inside backward): for "head", "embed" and each block index, the
-    largest gradient there plus its step temporaries — autograd runs a gradient's
-    accumulation (and so its update) as soon as it is ready, so none accumulate.
+    ``grads`` (components.GradientPlaces): gradient bytes per block, the largest of each
+    block (down_proj's, produced first), lm_head's (the embedding's when tied) and the
+    embedding's as its backward makes them (added to the existing one when tied).
+    ``grads_at_step``: all gradients as the optimizer reads them. ``in_backward``: autograd
+    accumulates a gradient (and so runs its update) as soon as it is ready, so none
+    accumulate — live is the largest gradient of each place plus its step temporaries.
     ``dequant_temp``: QLoRA's dequantized weight, live only inside a 4-bit matmul (forward
     and backward): counted at down_proj's backward, the largest linear.
     """
-    T, L, e = s.tokens, facts.layers, DTYPE_BYTES[s.dtype]
-    blocks = [block_saved(facts, s, first=(k == 0 and not s.checkpointing)) * T for k in range(L)]
-    kept = [e * facts.hidden * T] * L if s.checkpointing else blocks
+    T = s.tokens
+    kept = kept_per_block(facts, s)
+    recomputed = [block_saved(facts, s) * T if s.checkpointing else 0 for _ in kept]
     rope = rope_bytes(facts, s)
-    base = sum(kept) + final_saved(facts, s) * T + rope
+    base = saved_activations(facts, s)
+    stepping = grads.stepping if in_backward else None
     points = {"forward (at the loss)": base + loss_forward(facts, s),
               "backward (loss gradient)": base + loss_backward(facts, s),
-              "backward (lm_head)": base + T * facts.vocab * 4 + (stepping["head"] if stepping else grad_head)}
-    grads = 0 if stepping else grad_head
+              "backward (lm_head)": base + T * facts.vocab * 4 + (stepping["head"] if stepping else grads.head)}
+    done = 0 if stepping else grads.head
     after_down, at_product = mlp_backward_working(facts, s)
-    for k in reversed(range(L)):
-        live = sum(kept[:k + 1]) + (blocks[k] if s.checkpointing else 0) + rope + grads
-        down = 0 if stepping else largest_by_block[k]
+    for k in reversed(range(facts.layers)):
+        live = sum(kept[:k + 1]) + recomputed[k] + rope + done
+        down = 0 if stepping else grads.largest_by_block[k]
         points[f"backward block {k} (down_proj)"] = (live + (stepping[k] if stepping else down) + after_down
                                                      + dequant_temp)
         points[f"backward block {k} (SwiGLU)"] = live + down + at_product
-        grads += 0 if stepping else grads_by_block[k]
+        done += 0 if stepping else grads.by_block[k]
     if stepping:
         points["backward (embedding)"] = stepping["embed"]
     else:
-        points["backward (embedding)"] = grads + grad_embed
-        points["optimizer step"] = grad_total + step_temp_largest
+        points["backward (embedding)"] = done + grads.embed
+        points["optimizer step"] = grads_at_step + step_temp_largest
     return Timeline(points)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import components as C
-from .activations import Setup, final_saved, loss_backward, rope_bytes, block_saved, step_timeline
+from .activations import Setup, block_saved, loss_backward, saved_activations, step_timeline
 from .gpus import resolve_gpu
 from .model_facts import ModelFacts, load_model_facts
 from .optimizer_specs import PAGED_DEVICE_BUFFERS, resolve_optimizer
@@ -21,6 +21,11 @@ from .step_temporaries import step_bytes_per_element
 METHODS = ("full", "lora", "qlora")
 CUDA_CONTEXT = int(0.4 * 2**30)  # REFERENCE §4.1: 0.3-0.4 GB with lazy module loading
 ALLOCATOR_SLACK = 0.05  # reserved - allocated, as a share of the allocated peak (assumption)
+# architectures whose blocks differ from the Llama block the activation model describes
+APPROXIMATE_ACTIVATIONS = {
+    "gemma2": "4 norms per block, GeLU-tanh MLP, logit soft-capping: activations approximate",
+    "phi3": "fused qkv/gate_up projections and partial rotary: activations approximate",
+}
 
 
 @dataclass
@@ -65,7 +70,12 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
          batch: int = 1, seq: int = 2048, lora_rank: int = 16, checkpointing: bool = False,
          in_backward: bool = False, stochastic_rounding: bool = False, dtype: str = "bf16",
          simulate: bool = False, advise: bool = True) -> Plan:
-    """Plan one training step of ``model`` (see the module docstring); ValueError on bad input."""
+    """Plan one training step of ``model`` (see the module docstring); ValueError on bad input.
+
+    ``stochastic_rounding`` means bf16 weights updated without fp32 masters (sets dtype
+    bf16); ``simulate`` also runs the step on fake tensors; ``advise`` (with a ``gpu``)
+    adds the changes that make it fit.
+    """
     facts = model if isinstance(model, ModelFacts) else load_model_facts(model)
     _check_choice("method", method, METHODS)
     _check_choice("dtype", dtype, tuple(C.DTYPE_BYTES))
@@ -74,124 +84,117 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     spec = resolve_optimizer(optim)
     gpu_name, capacity = resolve_gpu(gpu) if gpu else (None, None)
     if stochastic_rounding:
-        dtype = "bf16"  # stochastic rounding is how bf16 weights are updated without masters
+        dtype = "bf16"
     if in_backward and spec.source != "tightfit":
         raise ValueError(f"--in-backward needs a tightfit optimizer (got {optim!r}; allowed: tightfit names, "
                          "e.g. adamw_8bit)")
     setup = Setup(method, batch, seq, dtype, lora_rank, checkpointing)
-    e = C.DTYPE_BYTES[dtype]
-
     trainable = C.trainables(facts, method, dtype, lora_rank)
-    weights = C.weight_bytes(facts, method, dtype)
-    adapters = sum(t.numel * 4 for t in trainable) if setup.adapters else 0
     masters = C.master_bytes(trainable, stochastic_rounding)
-    grad_total = C.gradient_bytes(trainable)
-    state = C.optimizer_state_bytes(trainable, spec, masters > 0)
-    budget = spec.device_budget()
-    state_device = state if budget is None else min(state, budget)
-    buffers = min(PAGED_DEVICE_BUFFERS, state - state_device) if budget is not None else 0
     largest = C.largest(trainable)
-    largest_grad = largest.numel * C.DTYPE_BYTES[largest.dtype]
     stepped = C.TORCH_DTYPES["fp32" if (masters or largest.dtype == "fp32") else largest.dtype]
     temp_per_elem = step_bytes_per_element(spec, stepped)
-    # with fp32 masters the step reads fp32 gradients: each 16-bit gradient is converted
-    grad_at_step = 4 * sum(t.numel for t in trainable) if masters else grad_total
-    step_temp = int(temp_per_elem * largest.numel)
-
-    # gradients by where backward produces them; with updates in backward, the largest
-    # gradient of each place plus its step temporaries
-    by_block = [0] * facts.layers
-    largest_by_block = [0] * facts.layers
-    head = embed = 0
-    stepping: dict = {"head": 0, "embed": 0, **{k: 0 for k in range(facts.layers)}}
-    params = {p.name: p for p in facts.parameters()}
-    for t in trainable:
-        p = params[t.name.split(".lora_")[0]]
-        nbytes = t.numel * C.DTYPE_BYTES[t.dtype]
-        place = p.layer if p.layer is not None else ("embed" if p.kind == "embedding" else "head")
-        stepping[place] = max(stepping[place], nbytes + int(temp_per_elem * t.numel))
-        if p.layer is not None:
-            by_block[p.layer] += nbytes
-            largest_by_block[p.layer] = max(largest_by_block[p.layer], nbytes)
-        elif p.kind == "embedding":
-            embed += nbytes
-        else:
-            head += nbytes
-    if facts.tied and embed:
-        head += embed  # the lm_head's gradient is the embedding's; its backward adds to it
-    dequant = 0
-    if method == "qlora":
-        dequant = max(p.numel for p in facts.parameters() if p.linear) * e
-    timeline = step_timeline(facts, setup, grads_by_block=by_block, largest_by_block=largest_by_block, grad_head=head, grad_embed=embed,
-                             grad_total=grad_at_step, step_temp_largest=step_temp,
-                             stepping=stepping if in_backward else None, dequant_temp=dequant)
-    persistent = weights + adapters + masters + state_device + buffers
+    sizes = {
+        "weights": C.weight_bytes(facts, method, dtype),
+        "adapters": sum(t.numel * 4 for t in trainable) if setup.adapters else 0,
+        "masters": masters,
+        # with fp32 masters the step reads fp32 gradients: each 16-bit gradient is converted
+        "grads_at_step": 4 * sum(t.numel for t in trainable) if masters else C.gradient_bytes(trainable),
+        "largest_grad": largest.numel * C.DTYPE_BYTES[largest.dtype],
+        "state": C.optimizer_state_bytes(trainable, spec, masters > 0),
+        "step_temp": int(temp_per_elem * largest.numel),
+        "dequant": max(p.numel for p in facts.parameters() if p.linear) * C.DTYPE_BYTES[dtype]
+        if method == "qlora" else 0,
+    }
+    budget = spec.device_budget()
+    sizes["state_device"] = sizes["state"] if budget is None else min(sizes["state"], budget)
+    sizes["buffers"] = min(PAGED_DEVICE_BUFFERS, sizes["state"] - sizes["state_device"]) if budget is not None else 0
+    timeline = step_timeline(facts, setup, C.gradient_places(facts, trainable, temp_per_elem),
+                             grads_at_step=sizes["grads_at_step"], step_temp_largest=sizes["step_temp"],
+                             in_backward=in_backward, dequant_temp=sizes["dequant"])
+    persistent = sum(sizes[k] for k in ("weights", "adapters", "masters", "state_device", "buffers"))
     peak = persistent + timeline.peak
     on_gpu = gpu is not None
-    slack = int(ALLOCATOR_SLACK * peak) if on_gpu else 0
-    context = CUDA_CONTEXT if on_gpu else 0
+    sizes["context"] = CUDA_CONTEXT if on_gpu else 0
+    sizes["slack"] = int(ALLOCATOR_SLACK * peak) if on_gpu else 0
+    settings = dict(method=method, optim=optim, batch=batch, seq=seq, lora_rank=lora_rank if setup.adapters else None,
+                    checkpointing=checkpointing, in_backward=in_backward, stochastic_rounding=stochastic_rounding,
+                    dtype=dtype, optimizer_source=spec.source)
+    total = peak + sizes["context"] + sizes["slack"]
+    result = Plan(model=facts.to_dict(), settings=settings,
+                  components=_components(facts, setup, spec, trainable, sizes, temp_per_elem, in_backward, on_gpu),
+                  persistent=persistent, peak_allocated=peak, peak_at=timeline.peak_at, device_total=total,
+                  host_total=sizes["state"] - sizes["state_device"],
+                  assumptions=_assumptions(facts, setup, budget is not None, on_gpu),
+                  gpu={"name": gpu_name, "bytes": capacity} if on_gpu else None,
+                  fits=total <= capacity if on_gpu else None)
+    if simulate:
+        result.simulation = _simulate(facts, spec, setup, in_backward, masters > 0,
+                                      sizes["state"] - sizes["state_device"], sizes["buffers"])
+    if advise and on_gpu:
+        from .advice import advise as make_advice
+        result.advice = make_advice(facts, result)
+    return result
 
-    T = setup.tokens
-    saved = (sum(block_saved(facts, setup, first=(k == 0)) for k in range(facts.layers)) * T
-             if not checkpointing else e * facts.hidden * T * facts.layers)
-    saved += final_saved(facts, setup) * T + rope_bytes(facts, setup)
-    n_params = facts.total_params()
-    weight_detail = (f"{n_params / 1e9:.3f}B params x {e} B ({dtype})" if method != "qlora" else
-                     "block linears NF4 + double quant: n/2 + n/64 + 4*ceil(n/64/256) + 4 B; rest " + dtype)
-    comps = [
-        Component("weights", weights, 0, weight_detail),
-        Component("LoRA adapters (fp32)", adapters, 0,
-                  f"r={lora_rank} on q,k,v,o,gate,up,down: {sum(t.numel for t in trainable) / 1e6:.2f}M params")
-        if setup.adapters else None,
-        Component("fp32 master weights", masters, 0, "4 B per trainable 16-bit param") if masters else None,
-        Component("gradients", largest_grad if in_backward else grad_at_step, 0,
-                  "in backward: only the largest live" if in_backward else
-                  f"{sum(t.numel for t in trainable) / 1e6:.2f}M trainable x "
-                  + ("4 B (converted to fp32 for the master step)" if masters else "dtype")),
-        Component("optimizer state", state_device, state - state_device,
-                  f"{spec.name}: {spec.layout or spec.rule.name}" + (" (paged to host)" if budget is not None else "")),
-        Component("paged streaming buffers", buffers, 0, "assumption: 2 x 64 MiB") if buffers else None,
-        Component("activations (saved)", saved, 0,
-                  "block inputs only (checkpointing) + one block recomputed" if checkpointing else
+
+def _components(facts: ModelFacts, setup: Setup, spec, trainable, sizes: dict, temp_per_elem: float,
+                in_backward: bool, on_gpu: bool) -> list[Component]:
+    """The table rows: each component's bytes (device, host) and how it was computed."""
+    e, n_train = C.DTYPE_BYTES[setup.dtype], sum(t.numel for t in trainable)
+    largest = C.largest(trainable)
+    rows = [Component("weights", sizes["weights"], 0,
+                      f"{facts.total_params() / 1e9:.3f}B params x {e} B ({setup.dtype})" if setup.method != "qlora"
+                      else f"block linears NF4 + double quant: n/2 + n/64 + 4*ceil(n/64/256) + 4 B; rest {setup.dtype}")]
+    if setup.adapters:
+        rows.append(Component("LoRA adapters (fp32)", sizes["adapters"], 0,
+                              f"r={setup.lora_rank} on q,k,v,o,gate,up,down: {n_train / 1e6:.2f}M params"))
+    if sizes["masters"]:
+        rows.append(Component("fp32 master weights", sizes["masters"], 0, "4 B per trainable 16-bit param"))
+    rows.append(Component("gradients", sizes["largest_grad"] if in_backward else sizes["grads_at_step"], 0,
+                          "in backward: only the largest live" if in_backward else
+                          f"{n_train / 1e6:.2f}M trainable x " +
+                          ("4 B (converted to fp32 for the master step)" if sizes["masters"] else "dtype")))
+    paged = " (paged to host)" if sizes["state_device"] < sizes["state"] or sizes["buffers"] else ""
+    rows.append(Component("optimizer state", sizes["state_device"], sizes["state"] - sizes["state_device"],
+                          f"{spec.name}: {spec.layout or spec.rule.name}{paged}"))
+    if sizes["buffers"]:
+        rows.append(Component("paged streaming buffers", sizes["buffers"], 0, "assumption: 2 x 64 MiB"))
+    rows += [
+        Component("activations (saved)", saved_activations(facts, setup), 0,
+                  "block inputs only (checkpointing) + one block recomputed" if setup.checkpointing else
                   f"{block_saved(facts, setup) / 1024:.1f} KiB/token/block"),
         Component("logits + loss (fp32)", loss_backward(facts, setup), 0,
                   "log-softmax + its grad + logits grad: 12 B x vocab x tokens"),
-        Component("optimizer step temporaries", step_temp, 0,
+        Component("optimizer step temporaries", sizes["step_temp"], 0,
                   f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"),
-        Component("QLoRA dequantized weight", dequant, 0, "largest linear in " + dtype) if dequant else None,
-        Component("CUDA context", context, 0, "assumption: 0.4 GiB (lazy module loading)") if on_gpu else None,
-        Component("allocator slack", slack, 0, f"assumption: {ALLOCATOR_SLACK:.0%} of the allocated peak")
-        if on_gpu else None,
     ]
-    assumptions = [
-        f"compute/weight dtype {dtype}; activations per transformers' Llama-style block (SDPA, SwiGLU, GQA)",
+    if sizes["dequant"]:
+        rows.append(Component("QLoRA dequantized weight", sizes["dequant"], 0, f"largest linear in {setup.dtype}"))
+    if on_gpu:
+        rows += [Component("CUDA context", sizes["context"], 0, "assumption: 0.4 GiB (lazy module loading)"),
+                 Component("allocator slack", sizes["slack"], 0,
+                           f"assumption: {ALLOCATOR_SLACK:.0%} of the allocated peak")]
+    return rows
+
+
+def _assumptions(facts: ModelFacts, setup: Setup, paged: bool, on_gpu: bool) -> list[str]:
+    out = [
+        f"weights/compute {setup.dtype}" + (" under autocast (HF Trainer bf16=True)" if setup.dtype != "fp32" else "")
+        + "; activations of transformers' Llama-style blocks (SDPA, SwiGLU, GQA)",
         "steady-state step: optimizer state already allocated; zero_grad(set_to_none=True) between steps",
         "logits: full vocab, transformers ForCausalLMLoss (fp32 log-softmax); chunked CE would remove most of it",
         "optimizer step temporaries: tightfit reference implementation / torch fused, measured on a sample; "
         "fused Triton kernels allocate less",
     ]
-    if budget is not None:
-        assumptions.append("paged optimizer: state in pinned host memory, streamed through 2 x 64 MiB device buffers")
-    if method == "qlora":
-        assumptions.append("QLoRA: NF4 + double quant, block 64; embeddings/norms/lm_head not upcast (TRL >= 0.26)")
+    if facts.model_type in APPROXIMATE_ACTIVATIONS:
+        out.append(f"{facts.model_type}: {APPROXIMATE_ACTIVATIONS[facts.model_type]}")
+    if paged:
+        out.append("paged optimizer: state in pinned host memory, streamed through 2 x 64 MiB device buffers")
+    if setup.method == "qlora":
+        out.append("QLoRA: NF4 + double quant, block 64; embeddings/norms/lm_head not upcast (TRL >= 0.26)")
     if on_gpu:
-        assumptions.append("CUDA context 0.4 GiB and 5% allocator slack are estimates, not measured")
-    result = Plan(
-        model=facts.to_dict(),
-        settings=dict(method=method, optim=optim, batch=batch, seq=seq, lora_rank=lora_rank if setup.adapters else None,
-                      checkpointing=checkpointing, in_backward=in_backward, stochastic_rounding=stochastic_rounding,
-                      dtype=dtype, optimizer_source=spec.source),
-        components=[c for c in comps if c is not None], persistent=persistent, peak_allocated=peak,
-        peak_at=timeline.peak_at, device_total=peak + context + slack, host_total=state - state_device,
-        assumptions=assumptions,
-        gpu={"name": gpu_name, "bytes": capacity} if on_gpu else None,
-        fits=(peak + context + slack <= capacity) if on_gpu else None)
-    if simulate:
-        result.simulation = _simulate(facts, spec, setup, in_backward, masters > 0, state - state_device, buffers)
-    if advise and on_gpu:
-        from .advice import advise as make_advice
-        result.advice = make_advice(facts, result)
-    return result
+        out.append("CUDA context 0.4 GiB and 5% allocator slack are estimates, not measured")
+    return out
 
 
 def _simulate(facts: ModelFacts, spec, setup: Setup, in_backward: bool, masters: bool, host_state: int,

@@ -112,6 +112,42 @@ def optimizer_state_bytes(params: list[Trainable], spec, masters: bool) -> int:
     return total
 
 
+@dataclass
+class GradientPlaces:
+    """Gradient bytes by where backward produces them (see activations.step_timeline).
+
+    ``stepping``: for "head", "embed" and each block index, the largest gradient there plus
+    its optimizer-step temporaries (what is live while it is updated inside backward).
+    """
+
+    by_block: list[int]
+    largest_by_block: list[int]
+    head: int  # lm_head (the embedding when tied) and the final norm
+    embed: int  # the embedding's gradient as its backward makes it
+    stepping: dict
+
+
+def gradient_places(facts: ModelFacts, params: list[Trainable], temp_per_element: float) -> GradientPlaces:
+    places = GradientPlaces([0] * facts.layers, [0] * facts.layers, 0, 0,
+                            {"head": 0, "embed": 0, **{k: 0 for k in range(facts.layers)}})
+    infos = {p.name: p for p in facts.parameters()}
+    for t in params:
+        info = infos[t.name.split(".lora_")[0]]
+        nbytes = t.numel * DTYPE_BYTES[t.dtype]
+        place = info.layer if info.layer is not None else ("embed" if info.kind == "embedding" else "head")
+        places.stepping[place] = max(places.stepping[place], nbytes + int(temp_per_element * t.numel))
+        if info.layer is not None:
+            places.by_block[info.layer] += nbytes
+            places.largest_by_block[info.layer] = max(places.largest_by_block[info.layer], nbytes)
+        elif info.kind == "embedding":
+            places.embed += nbytes
+        else:
+            places.head += nbytes
+    if facts.tied and places.embed:
+        places.head += places.embed  # the lm_head's gradient is the embedding's
+    return places
+
+
 def largest(params: list[Trainable]) -> Trainable:
     return max(params, key=lambda t: t.numel)
 
