@@ -105,9 +105,10 @@ def print_table(result: Plan) -> None:
                "components are sizes; the peak counts what is live at once"]
     if result.simulation:
         sim = result.simulation
+        device_peak = sim.get("device_peak_bytes", sim.get("peak_bytes"))
         summary.append(f"simulated step (fake tensors): {sim['skipped']}" if "skipped" in sim else
-                       f"simulated step (fake tensors): peak {format_bytes(sim['peak_bytes'])} "
-                       f"(analytic / simulated = {result.peak_allocated / sim['peak_bytes']:.3f})")
+                       f"simulated step (fake tensors): peak {format_bytes(device_peak)} on the device "
+                       f"(analytic / simulated = {result.peak_allocated / device_peak:.3f})")
     try:
         from rich.console import Console
         from rich.table import Table
