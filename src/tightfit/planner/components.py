@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rules import Rule
 from ..state_bytes import state_bytes
 from .model_facts import ModelFacts, ParamInfo
 from .lora import DEFAULT_TARGETS
@@ -151,6 +150,3 @@ def gradient_places(facts: ModelFacts, params: list[Trainable], temp_per_element
 def largest(params: list[Trainable]) -> Trainable:
     return max(params, key=lambda t: t.numel)
 
-
-def rule_states(rule: Rule, shape) -> list[str]:
-    return [s.name for s in rule.state_specs(torch.Size(shape), rule.defaults)]

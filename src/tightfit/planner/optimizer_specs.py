@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..names import OPTIMIZER_NAMES, create_optimizer
+from ..names import OPTIMIZER_NAMES
 from ..rules import ADAFACTOR, ADAM, ADAMW, LION, SGD, Rule
 from .units import parse_size
 
