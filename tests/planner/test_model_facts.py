@@ -37,9 +37,13 @@ def test_parameters_equal_transformers_meta_model(hub_id):
     real = {name: tuple(p.shape) for name, p in model.named_parameters()}
     assert real == {p.name: p.shape for p in facts.parameters()}
     by_kind: dict[str, int] = {}
+    by_module: dict[str, int] = {}
     for name, p in model.named_parameters():
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0) + p.numel()
+        module = name.rsplit(".", 2)[-2]
+        by_module[module] = by_module.get(module, 0) + p.numel()
     assert by_kind == facts.counts_by_kind()
+    assert by_module == facts.counts_by_module()
     assert facts.total_params() == sum(p.numel() for p in model.parameters())
 
 

@@ -61,3 +61,24 @@ def test_paged_state_is_host_bytes(monkeypatch, paged, device_state):
         assert (comp.device, comp.host) == (device_state, state - device_state)
         buffers = min(PAGED_DEVICE_BUFFERS, state - device_state)
         assert result.persistent == unpaged.persistent - state + device_state + buffers
+
+
+def test_fused_kernel_rules_match_the_kernels():
+    pytest.importorskip("triton")
+    from tightfit.kernels.fused_step import KERNEL_RULES
+    from tightfit.planner.step_temporaries import FUSED_KERNEL_RULES
+
+    assert sorted(FUSED_KERNEL_RULES) == sorted(KERNEL_RULES)
+
+
+@pytest.mark.parametrize("optim,fused", [("adamw_8bit", True), ("lion_4bit", True), ("adafactor", False),
+                                         ("came_8bit", False), ("bnb:adamw_8bit", True), ("torch:adamw", False)])
+def test_gpu_plans_use_fused_kernels(optim, fused):
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    temps = {c.name: c for c in plan(facts, optim=optim, seq=16, gpu="24GiB", advise=False).components}
+    cpu = {c.name: c for c in plan(facts, optim=optim, seq=16, advise=False).components}
+    step = "optimizer step temporaries"
+    if fused:  # the CPU plan measures the reference implementation's temporaries
+        assert temps[step].device == 0 < cpu[step].device
+    else:
+        assert temps[step].device == cpu[step].device

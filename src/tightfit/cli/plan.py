@@ -100,7 +100,9 @@ def print_table(result: Plan) -> None:
              + (", stochastic rounding" if s["stochastic_rounding"] else ""))
     rows = [(c.name, format_bytes(c.device), format_bytes(c.host) if c.host else "-", c.detail)
             for c in result.components]
-    summary = [f"peak allocated: {format_bytes(result.peak_allocated)} (at {result.peak_at}); "
+    kinds = ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in m["params_by_kind"].items())
+    summary = [f"parameters: {kinds}",
+               f"peak allocated: {format_bytes(result.peak_allocated)} (at {result.peak_at}); "
                f"persistent {format_bytes(result.persistent)}; host {format_bytes(result.host_total)}",
                "components are sizes; the peak counts what is live at once"]
     if result.simulation:

@@ -16,7 +16,7 @@ from .activations import Setup, block_saved, loss_backward, saved_activations, s
 from .gpus import resolve_gpu
 from .model_facts import ModelFacts, load_model_facts
 from .optimizer_specs import PAGED_DEVICE_BUFFERS, resolve_optimizer
-from .step_temporaries import step_bytes_per_element
+from .step_temporaries import fused_on_gpu, step_bytes_per_element
 
 METHODS = ("full", "lora", "qlora")
 CUDA_CONTEXT = int(0.4 * 2**30)  # REFERENCE §4.1: 0.3-0.4 GB with lazy module loading
@@ -93,7 +93,9 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     masters = C.master_bytes(trainable, stochastic_rounding)
     largest = C.largest(trainable)
     stepped = C.TORCH_DTYPES["fp32" if (masters or largest.dtype == "fp32") else largest.dtype]
-    temp_per_elem = step_bytes_per_element(spec, stepped)
+    on_gpu = gpu is not None
+    fused = on_gpu and fused_on_gpu(spec)
+    temp_per_elem = 0.0 if fused else step_bytes_per_element(spec, stepped)
     sizes = {
         "weights": C.weight_bytes(facts, method, dtype),
         "adapters": sum(t.numel * 4 for t in trainable) if setup.adapters else 0,
@@ -114,7 +116,6 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
                              in_backward=in_backward, dequant_temp=sizes["dequant"])
     persistent = sum(sizes[k] for k in ("weights", "adapters", "masters", "state_device", "buffers"))
     peak = persistent + timeline.peak
-    on_gpu = gpu is not None
     sizes["context"] = CUDA_CONTEXT if on_gpu else 0
     sizes["slack"] = int(ALLOCATOR_SLACK * peak) if on_gpu else 0
     settings = dict(method=method, optim=optim, batch=batch, seq=seq, lora_rank=lora_rank if setup.adapters else None,
@@ -122,10 +123,11 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
                     dtype=dtype, optimizer_source=spec.source)
     total = peak + sizes["context"] + sizes["slack"]
     result = Plan(model=facts.to_dict(), settings=settings,
-                  components=_components(facts, setup, spec, trainable, sizes, temp_per_elem, in_backward, on_gpu),
+                  components=_components(facts, setup, spec, trainable, sizes, temp_per_elem, in_backward, on_gpu,
+                                         fused),
                   persistent=persistent, peak_allocated=peak, peak_at=timeline.peak_at, device_total=total,
                   host_total=sizes["state"] - sizes["state_device"],
-                  assumptions=_assumptions(facts, setup, budget is not None, on_gpu),
+                  assumptions=_assumptions(facts, setup, budget is not None, on_gpu, fused),
                   gpu={"name": gpu_name, "bytes": capacity} if on_gpu else None,
                   fits=total <= capacity if on_gpu else None)
     if simulate:
@@ -138,7 +140,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
 
 
 def _components(facts: ModelFacts, setup: Setup, spec, trainable, sizes: dict, temp_per_elem: float,
-                in_backward: bool, on_gpu: bool) -> list[Component]:
+                in_backward: bool, on_gpu: bool, fused: bool) -> list[Component]:
     """The table rows: each component's bytes (device, host) and how it was computed."""
     e, n_train = C.DTYPE_BYTES[setup.dtype], sum(t.numel for t in trainable)
     largest = C.largest(trainable)
@@ -166,6 +168,7 @@ def _components(facts: ModelFacts, setup: Setup, spec, trainable, sizes: dict, t
         Component("logits + loss (fp32)", loss_backward(facts, setup), 0,
                   "log-softmax + its grad + logits grad: 12 B x vocab x tokens"),
         Component("optimizer step temporaries", sizes["step_temp"], 0,
+                  "fused kernel on the GPU: none full-size" if fused else
                   f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"),
     ]
     if sizes["dequant"]:
@@ -177,14 +180,15 @@ def _components(facts: ModelFacts, setup: Setup, spec, trainable, sizes: dict, t
     return rows
 
 
-def _assumptions(facts: ModelFacts, setup: Setup, paged: bool, on_gpu: bool) -> list[str]:
+def _assumptions(facts: ModelFacts, setup: Setup, paged: bool, on_gpu: bool, fused: bool) -> list[str]:
     out = [
         f"weights/compute {setup.dtype}" + (" under autocast (HF Trainer bf16=True)" if setup.dtype != "fp32" else "")
         + "; activations of transformers' Llama-style blocks (SDPA, SwiGLU, GQA)",
         "steady-state step: optimizer state already allocated; zero_grad(set_to_none=True) between steps",
         "logits: full vocab, transformers ForCausalLMLoss (fp32 log-softmax); chunked CE would remove most of it",
-        "optimizer step temporaries: tightfit reference implementation / torch fused, measured on a sample; "
-        "fused Triton kernels allocate less",
+        "optimizer step: a fused kernel (tightfit Triton / bnb CUDA) with no full-size temporaries" if fused else
+        "optimizer step temporaries: measured on a sample with the optimizer's own code (tightfit reference "
+        "implementation, torch fused), per element of the largest trainable tensor",
     ]
     if facts.model_type in APPROXIMATE_ACTIVATIONS:
         out.append(f"{facts.model_type}: {APPROXIMATE_ACTIVATIONS[facts.model_type]}")

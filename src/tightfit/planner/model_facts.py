@@ -57,6 +57,11 @@ class ParamInfo:
             n *= s
         return n
 
+    @property
+    def module(self) -> str:
+        """The module's own name: q_proj, gate_proj, input_layernorm, embed_tokens, lm_head ..."""
+        return self.name.rsplit(".", 2)[-2]
+
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -114,6 +119,13 @@ class ModelFacts:
             counts[p.kind] = counts.get(p.kind, 0) + p.numel
         return counts
 
+    def counts_by_module(self) -> dict[str, int]:
+        """Parameters per module name over all blocks (q_proj, k_proj, ..., norm, lm_head)."""
+        counts: dict[str, int] = {}
+        for p in self.parameters():
+            counts[p.module] = counts.get(p.module, 0) + p.numel
+        return counts
+
     def total_params(self) -> int:
         return sum(p.numel for p in self.parameters())
 
@@ -121,7 +133,7 @@ class ModelFacts:
         keys = ("name", "model_type", "hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab",
                 "tied", "max_position", "source")
         return {**{k: getattr(self, k) for k in keys}, "params": self.total_params(),
-                "params_by_kind": self.counts_by_kind()}
+                "params_by_kind": self.counts_by_kind(), "params_by_module": self.counts_by_module()}
 
 
 def facts_from_config(config: dict[str, Any], name: str, source: str) -> ModelFacts:

@@ -22,6 +22,15 @@ import torch
 from .tracker import LiveBytesTracker
 
 SAMPLE_SHAPE = (64, 256)
+# Rules with fused Triton kernels (kernels/fused_step.py KERNEL_RULES, every codec): on a
+# GPU they update in registers and allocate only small tables, so no full-size temporaries.
+# Kept here because importing the kernels imports triton; a test keeps the two equal.
+FUSED_KERNEL_RULES = ("adam", "adamw", "lion", "sgd")
+
+
+def fused_on_gpu(spec) -> bool:
+    """True when the optimizer's GPU step is one fused kernel (tightfit Triton, bnb CUDA)."""
+    return spec.source == "bnb" or (spec.source == "tightfit" and spec.rule.name in FUSED_KERNEL_RULES)
 
 
 _CACHE: dict[tuple[str, torch.dtype], float] = {}
