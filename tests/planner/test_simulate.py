@@ -50,7 +50,7 @@ def test_simulated_measured_analytic(case):
 # 16-bit (fake tensors only: bf16 compute on a CPU is slow): fp32 masters for full FT,
 # autocast as HF Trainer bf16=True; stochastic rounding drops the masters.
 BF16_MATRIX = [(TINY_TIED, "full", "adamw_32bit", True, False), (TINY_UNTIED, "full", "adafactor", False, True),
-               (TINY_TIED, "lora", "adamw_8bit", False, False)]
+               (TINY_TIED, "lora", "adamw_8bit", False, False), (TINY_TIED, "lora", "adamw_32bit", True, False)]
 
 
 @pytest.mark.parametrize("cfg,method,optim,ckpt,sr", BF16_MATRIX)

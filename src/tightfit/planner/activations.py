@@ -13,7 +13,9 @@ saves, op by op (transformers' LlamaRMSNorm / sdpa_attention_forward / LlamaMLP)
 * MLP: gate, SiLU(gate), up and their product (4·e·i).
 * LoRA, per target linear: the A-output (e·r) and, when the base runs in 16 bits, a copy
   of the input (e·width): peft casts the input to the fp32 adapter dtype and autocast
-  (HF Trainer ``bf16=True``) casts it back for the matmul, once per target.
+  (HF Trainer ``bf16=True``) casts it back for the matmul, once per target. The SwiGLU
+  product is then saved only as down_proj's copy (3·e·i in the MLP), and autocast's
+  16-bit casts of the adapter weights (e per adapter parameter) stay saved as well.
 
 Layer 0 saves no norm input under LoRA (the frozen embedding's output needs no grad).
 Gradient checkpointing (non-reentrant, per block) keeps only each block's input (e·h)
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .components import DTYPE_BYTES
+from .components import DTYPE_BYTES, lora_targets
 from .model_facts import ModelFacts
 
 
@@ -81,7 +83,7 @@ def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
     q, kv, i = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim, facts.intermediate
     norms = norm_saved(facts, s, input_needs_grad=not (first and s.adapters)) + norm_saved(facts, s)
     attention = e * (2 * q + 2 * kv) + 4 * facts.heads
-    mlp = 4 * e * i
+    mlp = (3 if (s.adapters and e < 4) else 4) * e * i  # 16-bit LoRA: prod is kept only as a copy
     lora = 7 * e * s.lora_rank if s.adapters else 0
     return norms + linear_inputs_saved(facts, s) + attention + mlp + lora
 
@@ -131,11 +133,29 @@ class Timeline:
         return max(self.points, key=self.points.get)
 
 
+def recompute_transient(facts: ModelFacts, s: Setup) -> int:
+    """Bytes beyond the saved set at the end of a checkpointed block's recompute: the
+    gradient entering the block and down_proj's output (2·e·h); with 16-bit LoRA also the
+    SwiGLU product (e·i) and peft's fp32 copy of it (4·i), freed right after."""
+    e, T = DTYPE_BYTES[s.dtype], s.tokens
+    lora16 = s.adapters and e < 4
+    return T * (2 * e * facts.hidden + ((e + 4) * facts.intermediate if lora16 else 0))
+
+
 def kept_per_block(facts: ModelFacts, s: Setup) -> list[int]:
     """Bytes each block keeps until its backward: its saved set, or only its input (checkpointing)."""
     if s.checkpointing:
         return [DTYPE_BYTES[s.dtype] * facts.hidden * s.tokens] * facts.layers
-    return [block_saved(facts, s, first=(k == 0)) * s.tokens for k in range(facts.layers)]
+    casts = adapter_casts(facts, s) // facts.layers
+    return [block_saved(facts, s, first=(k == 0)) * s.tokens + casts for k in range(facts.layers)]
+
+
+def adapter_casts(facts: ModelFacts, s: Setup) -> int:
+    """Autocast's 16-bit copies of the fp32 LoRA weights of all blocks, saved for backward."""
+    e = DTYPE_BYTES[s.dtype]
+    if not s.adapters or e == 4:
+        return 0
+    return e * s.lora_rank * sum(p.shape[0] + p.shape[1] for p in lora_targets(facts))
 
 
 def saved_activations(facts: ModelFacts, s: Setup) -> int:
@@ -158,7 +178,8 @@ def step_timeline(facts: ModelFacts, s: Setup, grads, *, grads_at_step: int, ste
     """
     T = s.tokens
     kept = kept_per_block(facts, s)
-    recomputed = [block_saved(facts, s) * T if s.checkpointing else 0 for _ in kept]
+    recomputed = [block_saved(facts, s) * T + adapter_casts(facts, s) // facts.layers if s.checkpointing else 0
+                  for _ in kept]
     rope = rope_bytes(facts, s)
     base = saved_activations(facts, s)
     stepping = grads.stepping if in_backward else None
@@ -173,6 +194,8 @@ def step_timeline(facts: ModelFacts, s: Setup, grads, *, grads_at_step: int, ste
         points[f"backward block {k} (down_proj)"] = (live + (stepping[k] if stepping else down) + after_down
                                                      + dequant_temp)
         points[f"backward block {k} (SwiGLU)"] = live + down + at_product
+        if s.checkpointing:
+            points[f"backward block {k} (recompute)"] = live + recompute_transient(facts, s)
         done += 0 if stepping else grads.by_block[k]
     if stepping:
         points["backward (embedding)"] = stepping["embed"]
