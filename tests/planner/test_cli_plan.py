@@ -12,7 +12,7 @@ QLORA_8B = ["plan", "meta-llama/Llama-3.1-8B", "--method", "qlora", "--optim", "
 def test_qlora_8b_table_from_the_command():
     out = subprocess.run([sys.executable, "-m", "tightfit.cli.main", *QLORA_8B], capture_output=True, text=True,
                          check=True).stdout
-    for text in ("weights", "optimizer state", "activations", "logits", "CUDA context", "verdict:", "to fit:",
+    for text in ("weights", "optimizer state", "activations", "logits", "CUDA context", "verdict:", "largest that fit",
                  "assumptions:", "paged"):
         assert text in out
 
