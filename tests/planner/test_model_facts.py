@@ -55,7 +55,8 @@ def test_published_totals(hub_id, total):
 @pytest.mark.parametrize("spec,hub_id", [("llama-3.1-8b", "meta-llama/Llama-3.1-8B"),
                                          ("META-LLAMA/llama-3.1-8B", "meta-llama/Llama-3.1-8B"),
                                          ("smollm2-135m", "HuggingFaceTB/SmolLM2-135M"),
-                                         ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B")])
+                                         ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B"),
+                                         ("phi-4-mini", "microsoft/Phi-4-mini-instruct")])
 def test_aliases(spec, hub_id):
     assert load_model_facts(spec).name == hub_id
 

@@ -32,13 +32,13 @@ from ..planner.units import format_bytes
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="bundled hub id or alias, config.json, model folder, or hub id (online)")
     parser.add_argument("--gpu", help="GPU memory (24GiB, 80GB) or name (rtx4090, a100-80gb, h100-80gb, t4, ...)")
-    parser.add_argument("--method", choices=METHODS, default="full", help="what trains (default: full)")
+    parser.add_argument("--method", default="full", help=f"what trains: {', '.join(METHODS)} (default: full)")
     parser.add_argument("--optim", default="adamw_32bit", help="optimizer name (default: adamw_32bit)")
     parser.add_argument("--batch", type=int, default=1, help="micro-batch size (default: 1)")
     parser.add_argument("--seq", type=int, default=2048, help="sequence length in tokens (default: 2048)")
     parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank for lora/qlora (default: 16)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                        help="weight/compute dtype (default: bf16; 16-bit full FT keeps fp32 masters)")
+    parser.add_argument("--dtype", default="bf16",
+                        help="weight/compute dtype: bf16, fp16, fp32 (default: bf16; 16-bit full FT keeps fp32 masters)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing per block")
     parser.add_argument("--in-backward", action="store_true", help="update inside backward (tightfit optimizers)")
     parser.add_argument("--stochastic-rounding", action="store_true", help="bf16 weights, no fp32 master weights")

@@ -164,6 +164,11 @@ def _alias(hub_id: str) -> str:
     return hub_id.rsplit("/", 1)[-1].lower()
 
 
+def _aliases(hub_id: str, path: Path) -> list[str]:
+    """The repository name in lower case, plus any ``_aliases`` the config lists."""
+    return [_alias(hub_id), *json.loads(path.read_text()).get("_aliases", [])]
+
+
 def network_allowed() -> tuple[bool, str]:
     """(allowed, reason): offline flags first, then a 2 s connection to huggingface.co."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -184,7 +189,7 @@ def load_model_facts(spec: str) -> ModelFacts:
     if path.is_file():
         return facts_from_config(json.loads(path.read_text()), str(spec), f"file {path}")
     bundled = bundled_configs()
-    by_key = {**{k.lower(): k for k in bundled}, **{_alias(k): k for k in bundled}}
+    by_key = {**{k.lower(): k for k in bundled}, **{a: k for k, p in bundled.items() for a in _aliases(k, p)}}
     if spec.lower() in by_key:
         hub_id = by_key[spec.lower()]
         return facts_from_config(json.loads(bundled[hub_id].read_text()), hub_id, "bundled config")
