@@ -37,7 +37,6 @@ from .components import DTYPE_BYTES, lora_targets
 from .model_facts import ModelFacts
 
 
-
 @dataclass(frozen=True)
 class Setup:
     method: str  # full | lora | qlora
@@ -72,9 +71,13 @@ def linear_inputs_saved(facts: ModelFacts, s: Setup) -> int:
         return 2 * e * widths["h"]  # the two norm outputs; o_proj/down_proj inputs are saved tensors anyway
     if e == 4:
         return 2 * 4 * widths["h"]  # lora_A saves the norm outputs themselves
+    return sum(e * widths[w] * n for w, n in lora_readers(facts).items())  # one autocast copy per target
+
+
+def lora_readers(facts: ModelFacts) -> dict[str, int]:
+    """How many LoRA targets read each input width: h (norm outputs), q (attention), i (SwiGLU)."""
     lay = facts.layout
-    readers = {"h": (1 if lay.fused_qkv else 3) + (1 if lay.fused_gate_up else 2), "q": 1, "i": 1}
-    return sum(e * widths[w] * n for w, n in readers.items())  # one autocast copy per target
+    return {"h": (1 if lay.fused_qkv else 3) + (1 if lay.fused_gate_up else 2), "q": 1, "i": 1}
 
 
 def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
@@ -84,7 +87,7 @@ def block_saved(facts: ModelFacts, s: Setup, first: bool = False) -> int:
     norms = norm_saved(facts, s, input_needs_grad=not (first and s.adapters)) + norm_saved(facts, s)
     attention = e * (2 * q + 2 * kv) + 4 * facts.heads
     mlp = (3 if (s.adapters and e < 4) else 4) * e * i  # 16-bit LoRA: prod is kept only as a copy
-    lora = 7 * e * s.lora_rank if s.adapters else 0
+    lora = sum(lora_readers(facts).values()) * e * s.lora_rank if s.adapters else 0
     return norms + linear_inputs_saved(facts, s) + attention + mlp + lora
 
 
