@@ -82,7 +82,8 @@ def advice_lines(result: Plan) -> list[str]:
             lines.append(f"- {row['change']} ({settings}): {format_bytes(row['device_total'])}"
                          f"{' fits' if row['fits'] else ''} — {row['speed']}")
         elif row["kind"] == "to_fit":
-            steps = " + ".join(row["changes"]) or "nothing helps"
+            counts = {name: row["changes"].count(name) for name in row["changes"]}  # ordered, repeats folded
+            steps = " + ".join(f"{name}{f' (x{n})' if n > 1 else ''}" for name, n in counts.items()) or "nothing helps"
             lines.append(f"to fit: {steps} -> {settings} = {format_bytes(row['device_total'])}"
                          f"{'' if row['fits'] else ' (still does not fit)'}")
         else:
@@ -110,7 +111,8 @@ def print_table(result: Plan) -> None:
         device_peak = sim.get("device_peak_bytes", sim.get("peak_bytes"))
         summary.append(f"simulated step (fake tensors): {sim['skipped']}" if "skipped" in sim else
                        f"simulated step (fake tensors): peak {format_bytes(device_peak)} on the device "
-                       f"(analytic / simulated = {result.peak_allocated / device_peak:.3f})")
+                       f"(analytic / simulated = {sim['analytic_same_implementation'] / device_peak:.3f})")
+        summary += [f"  note: {note}" for note in sim.get("notes", [])]
     try:
         from rich.console import Console
         from rich.table import Table

@@ -51,6 +51,13 @@ def _flag(key: str) -> Callable[[dict], dict | None]:
     return lambda s: None if s[key] else {**s, key: True}
 
 
+def _no_masters(s: dict) -> dict | None:
+    """bf16 weights updated with stochastic rounding instead of fp32 master weights."""
+    if s["method"] != "full" or s["stochastic_rounding"] or s["dtype"] == "fp32":
+        return None
+    return {**s, "stochastic_rounding": True}
+
+
 def _in_backward(s: dict) -> dict | None:
     return None if s["in_backward"] or ":" in s["optim"] else {**s, "in_backward": True}
 
@@ -71,6 +78,7 @@ def _half(key: str) -> Callable[[dict], dict | None]:
 # name, speed cost (rough), proposal — cheapest in speed first
 CHANGES: list[tuple[str, str, Callable[[dict], dict | None]]] = [
     ("smaller optimizer state", "~0-5% slower (8-bit) / ~10% (4-bit) with fused kernels", _smaller_codec),
+    ("bf16 weights + stochastic rounding, no fp32 masters", "~0% slower; bf16 update precision", _no_masters),
     ("page optimizer state to host", "~0-20% slower (host<->device traffic each step)", _paged),
     ("gradient checkpointing", "~30% slower (one extra forward per block)", _flag("checkpointing")),
     ("update inside backward", "~0% slower; no gradient accumulation across micro-batches without memory",

@@ -23,7 +23,8 @@ CUDA_CONTEXT = int(0.4 * 2**30)  # REFERENCE §4.1: 0.3-0.4 GB with lazy module 
 ALLOCATOR_SLACK = 0.05  # reserved - allocated, as a share of the allocated peak (assumption)
 # architectures whose blocks differ from the Llama block the activation model describes
 APPROXIMATE_ACTIVATIONS = {
-    "gemma2": "4 norms per block, GeLU-tanh MLP, logit soft-capping: activations approximate",
+    "gemma2": "transformers has no SDPA path (eager attention keeps s x s scores per head), 4 norms per block, "
+              "logit soft-capping: the analytic activations underestimate; use --simulate",
     "phi3": "fused qkv/gate_up projections and partial rotary: activations approximate",
 }
 
@@ -133,6 +134,15 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
     if simulate:
         result.simulation = _simulate(facts, spec, setup, in_backward, masters > 0,
                                       sizes["state"] - sizes["state_device"], sizes["buffers"])
+        # the simulation steps with tightfit's reference implementation (the one that runs on
+        # fake tensors); compare it with the analytic plan of that same implementation
+        same_impl = peak if not fused else plan(
+            facts, method=method, optim=optim, batch=batch, seq=seq, lora_rank=lora_rank, checkpointing=checkpointing,
+            in_backward=in_backward, stochastic_rounding=stochastic_rounding, dtype=dtype, advise=False).peak_allocated
+        result.simulation["analytic_same_implementation"] = same_impl
+        if fused:
+            result.simulation["notes"].append("simulated with the reference implementation's step temporaries; "
+                                              "the GPU plan assumes fused kernels without them")
     if advise and on_gpu:
         from .advice import advise as make_advice
         result.advice = make_advice(facts, result)

@@ -42,18 +42,27 @@ class StepMeasurement:
 
 
 def build_model(hf_config_dict: dict[str, Any], dtype: torch.dtype, fake_mode=None):
-    """A causal LM from a config dict, with SDPA attention and no dropout."""
+    """A causal LM from a config dict, with SDPA attention (eager where transformers has no
+    SDPA path for the architecture, e.g. gemma2) and no dropout."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config_dict = {k: v for k, v in hf_config_dict.items() if k not in ("architectures", "torch_dtype", "dtype")}
     config = AutoConfig.for_model(**config_dict)
-    config._attn_implementation = "sdpa"
     config.use_cache = False
+
+    def make():
+        for attention in ("sdpa", "eager"):
+            try:
+                return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+            except ValueError:  # "does not support an attention implementation through sdpa"
+                if attention == "eager":
+                    raise
+
     if fake_mode is None:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = make()
     else:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = make()
         with fake_mode:
             model = model.to_empty(device="cpu")
             model.tie_weights()  # to_empty makes new parameters per module, which unties them
