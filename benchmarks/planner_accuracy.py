@@ -1,6 +1,6 @@
 """Planner accuracy on CPU: measured (real step) vs simulated (fake tensors) vs analytic
 peaks of live tensor bytes, over the matrix the planner tests check
-(tests/planner/test_simulate.py: MATRIX, BF16_MATRIX, QLORA_MATRIX). Writes
+(tests/planner/planner_cases.py MATRIX, QLORA_MATRIX; test_simulate.py BF16_MATRIX). Writes
 benchmarks/results/planner_accuracy.csv (device, date and versions on every row).
 
     python benchmarks/planner_accuracy.py
@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "planner"))
 
-from test_simulate import BF16_MATRIX, MATRIX, QLORA_MATRIX, case_id  # noqa: E402
+from planner_cases import MATRIX, QLORA_MATRIX, case_id  # noqa: E402
+from test_simulate import BF16_MATRIX  # noqa: E402
 
 from tightfit.planner.api import plan  # noqa: E402
 from tightfit.planner.model_facts import facts_from_config  # noqa: E402

@@ -1,50 +1,41 @@
 """Simulated (fake tensors) vs measured (real CPU step) vs analytic peaks, as a table."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import tightfit
 from tightfit.planner.api import plan
 from tightfit.planner.model_facts import facts_from_config, load_model_facts
-from tightfit.planner.optimizer_specs import resolve_optimizer
-from tightfit.planner.simulate import measure_step
 from tightfit.planner.tracker import LiveBytesTracker
 
-from planner_cases import ANALYTIC_VS_SIMULATED, SIMULATED_VS_MEASURED, TINY_TIED, TINY_UNTIED
-
-# config, method, optimizer, batch, seq, checkpointing, in_backward
-MATRIX = [
-    (TINY_UNTIED, "full", "adamw_32bit", 1, 32, False, False),
-    (TINY_UNTIED, "full", "adamw_32bit", 4, 64, True, False),
-    (TINY_TIED, "full", "adamw_8bit", 4, 64, False, False),
-    (TINY_TIED, "full", "adamw_8bit", 2, 32, True, True),
-    (TINY_TIED, "full", "adafactor", 2, 48, True, False),
-    (TINY_UNTIED, "full", "lion_8bit", 1, 32, False, True),
-    (TINY_TIED, "full", "torch:adamw", 4, 64, False, False),
-    (TINY_UNTIED, "lora", "adamw_32bit", 4, 64, False, False),
-    (TINY_TIED, "lora", "adamw_8bit", 1, 32, True, False),
-    (TINY_TIED, "lora", "adafactor", 4, 64, True, False),
-    (TINY_UNTIED, "lora", "lion_8bit", 2, 48, True, False),
-    (TINY_TIED, "lora", "torch:adamw", 1, 32, True, False),
-]
+from planner_cases import (ANALYTIC_VS_SIMULATED, MATRIX, QLORA_MATRIX, SIMULATED_VS_MEASURED, TINY_TIED, TINY_UNTIED,
+                           case_id, qlora_case)
 
 
-def case_id(case):
-    cfg, method, optim, batch, seq, ckpt, inb = case
-    return (f"{'tied' if cfg['tie_word_embeddings'] else 'untied'}-{method}-{optim}-{batch}x{seq}"
-            + ("-ckpt" if ckpt else "") + ("-inbwd" if inb else ""))
+@pytest.fixture(scope="module")
+def measured():
+    """Measured and simulated peaks of the whole matrix, from one single-threaded child process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(tightfit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("measure_matrix.py"))], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
 
 
 @pytest.mark.parametrize("case", MATRIX, ids=[case_id(c) for c in MATRIX])
-def test_simulated_measured_analytic(case):
+def test_simulated_measured_analytic(measured, case):
     cfg, method, optim, batch, seq, ckpt, inb = case
-    kwargs = dict(method=method, batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, in_backward=inb,
-                  dtype="fp32")
-    spec = resolve_optimizer(optim)
-    simulated = measure_step(cfg, spec, fake=True, **kwargs)
-    measured = measure_step(cfg, spec, fake=False, **kwargs)
-    analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, advise=False, **kwargs)
-    assert simulated.peak_bytes == pytest.approx(measured.peak_bytes, rel=SIMULATED_VS_MEASURED)
-    assert analytic.peak_allocated == pytest.approx(simulated.peak_bytes, rel=ANALYTIC_VS_SIMULATED)
+    peaks = measured[case_id(case)]
+    analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, method=method, batch=batch, seq=seq,
+                    lora_rank=8, checkpointing=ckpt, in_backward=inb, dtype="fp32", advise=False)
+    assert peaks["simulated"] == pytest.approx(peaks["measured"], rel=SIMULATED_VS_MEASURED)
+    assert analytic.peak_allocated == pytest.approx(peaks["simulated"], rel=ANALYTIC_VS_SIMULATED)
 
 
 # 16-bit (fake tensors only: bf16 compute on a CPU is slow): fp32 masters for full FT,
@@ -60,17 +51,14 @@ def test_bf16_simulated_vs_analytic(cfg, method, optim, ckpt, sr):
     assert result.peak_allocated == pytest.approx(result.simulation["peak_bytes"], rel=ANALYTIC_VS_SIMULATED)
 
 
-# QLoRA: bitsandbytes 4-bit runs on CPU but not on fake tensors: analytic vs measured only.
-QLORA_MATRIX = [(TINY_UNTIED, "adamw_8bit", 4, 64, False), (TINY_TIED, "adamw_32bit", 2, 48, True)]
-
-
-@pytest.mark.parametrize("cfg,optim,batch,seq,ckpt", QLORA_MATRIX)
-def test_qlora_measured_vs_analytic(cfg, optim, batch, seq, ckpt):
+@pytest.mark.parametrize("case", QLORA_MATRIX, ids=[case_id(qlora_case(c)) for c in QLORA_MATRIX])
+def test_qlora_measured_vs_analytic(measured, case):
     pytest.importorskip("bitsandbytes")
-    kwargs = dict(method="qlora", batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, dtype="fp32")
-    measured = measure_step(cfg, resolve_optimizer(optim), fake=False, **kwargs)
-    analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, advise=False, **kwargs)
-    assert analytic.peak_allocated == pytest.approx(measured.peak_bytes, rel=ANALYTIC_VS_SIMULATED)
+    cfg, method, optim, batch, seq, ckpt, _ = qlora_case(case)
+    analytic = plan(facts_from_config(cfg, "tiny", "test"), method=method, optim=optim, batch=batch, seq=seq,
+                    lora_rank=8, checkpointing=ckpt, dtype="fp32", advise=False)
+    assert analytic.peak_allocated == pytest.approx(measured[case_id(qlora_case(case))]["measured"],
+                                                    rel=ANALYTIC_VS_SIMULATED)
 
 
 def test_simulation_of_a_bundled_model_on_fake_tensors():
