@@ -9,6 +9,7 @@ from typing import Callable
 # name -> (module path, help); each module defines add_arguments(parser) and run(args) -> int
 COMMANDS: dict[str, tuple[str, str]] = {
     "optims": ("tightfit.cli.optims", "list update rules, state codecs and optimizer names with state bytes/param"),
+    "plan": ("tightfit.cli.plan", "plan the memory of a fine-tuning step: components, peak, verdict, what to change"),
     "train": ("tightfit.cli.train", "fine-tune a causal LM (full, LoRA, QLoRA) with any tightfit optimizer; resumable"),
     "bench": ("tightfit.cli.bench", "train the same run under several optimizers; plots and result tables"),
 }

@@ -1,0 +1,168 @@
+"""What to change so that a plan fits: single changes, cheapest in speed first, the
+cumulative set that fits, and the largest micro-batch and sequence length that fit.
+
+Each change is a row of ``CHANGES`` (name, speed cost, and a function proposing new
+settings or None when it does not apply); every proposal is re-planned exactly
+(``plan(..., advise=False)``), so advice never relies on ratios. Speed costs are rough
+orders from REFERENCE.md §5 (torchtune, torchao, LOMO measurements), stated as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..names import OPTIMIZER_NAMES
+from .optimizer_specs import PAGED_PREFIX, PEERS
+
+# cheaper codecs, in order (names: <base>_<suffix>)
+CODEC_STEPS = ("32bit", "bf16", "8bit", "4bit")
+# peers -> their smaller-state equivalents (paging for bnb names is its own row)
+PEER_SMALLER = {"torch:adamw": "adamw_8bit", "torch:adam": "adam_8bit", "bnb:adamw_32bit": "bnb:adamw_8bit",
+                "bnb:paged_adamw_32bit": "bnb:paged_adamw_8bit", "torch:adafactor": "adafactor"}
+PEER_PAGED = {"bnb:adamw_8bit": "bnb:paged_adamw_8bit", "bnb:adamw_32bit": "bnb:paged_adamw_32bit"}
+
+
+def _smaller_codec(s: dict) -> dict | None:
+    name = s["optim"]
+    if name in PEER_SMALLER:
+        return {**s, "optim": PEER_SMALLER[name]}
+    paged = name.startswith(PAGED_PREFIX) and name not in OPTIMIZER_NAMES
+    base = name[len(PAGED_PREFIX):] if paged else name
+    for suffix in CODEC_STEPS:
+        if base.endswith("_" + suffix):
+            later = CODEC_STEPS[CODEC_STEPS.index(suffix) + 1:]
+            for nxt in later:
+                candidate = base[: -len(suffix)] + nxt
+                if candidate in OPTIMIZER_NAMES:
+                    return {**s, "optim": (PAGED_PREFIX if paged else "") + candidate}
+    return None
+
+
+def _paged(s: dict) -> dict | None:
+    name = s["optim"]
+    if name in PEER_PAGED:
+        return {**s, "optim": PEER_PAGED[name]}
+    if name in PEERS or name.startswith(PAGED_PREFIX) or OPTIMIZER_NAMES[name].options.get("paged"):
+        return None
+    return {**s, "optim": PAGED_PREFIX + name}
+
+
+def _flag(key: str) -> Callable[[dict], dict | None]:
+    return lambda s: None if s[key] else {**s, key: True}
+
+
+def _no_masters(s: dict) -> dict | None:
+    """bf16 weights updated with stochastic rounding instead of fp32 master weights."""
+    if s["method"] != "full" or s["stochastic_rounding"] or s["dtype"] == "fp32":
+        return None
+    return {**s, "stochastic_rounding": True}
+
+
+def _in_backward(s: dict) -> dict | None:
+    return None if s["in_backward"] or ":" in s["optim"] else {**s, "in_backward": True}
+
+
+def _lower_rank(s: dict) -> dict | None:
+    return {**s, "lora_rank": s["lora_rank"] // 2} if s["method"] != "full" and s["lora_rank"] > 4 else None
+
+
+def _lighter_method(s: dict) -> dict | None:
+    nxt = {"full": "lora", "lora": "qlora"}.get(s["method"])
+    return {**s, "method": nxt} if nxt else None
+
+
+def _half(key: str) -> Callable[[dict], dict | None]:
+    return lambda s: {**s, key: s[key] // 2} if s[key] > 1 else None
+
+
+# name, speed cost (rough), proposal — cheapest in speed first
+CHANGES: list[tuple[str, str, Callable[[dict], dict | None]]] = [
+    ("smaller optimizer state", "~0-5% slower (8-bit) / ~10% (4-bit) with fused kernels", _smaller_codec),
+    ("bf16 weights + stochastic rounding, no fp32 masters", "~0% slower; bf16 update precision", _no_masters),
+    ("page optimizer state to host", "~0-20% slower (host<->device traffic each step)", _paged),
+    ("gradient checkpointing", "~30% slower (one extra forward per block)", _flag("checkpointing")),
+    ("update inside backward", "~0% slower; no gradient accumulation across micro-batches without memory",
+     _in_backward),
+    ("halve micro-batch (accumulate to keep the batch)", "lower throughput per step", _half("batch")),
+    ("halve sequence length", "shorter context", _half("seq")),
+    ("halve LoRA rank", "~0% slower; fewer trainable parameters", _lower_rank),
+    ("lighter method (full -> LoRA -> QLoRA)", "LoRA trains fewer params; QLoRA ~20-30% slower", _lighter_method),
+]
+# The path to a fit changes what is trained, never the data: sequence length is left to
+# the "limits" row (largest sequence that fits).
+NOT_ON_PATH = {"halve sequence length"}
+WORTH_IT = 0.01  # a change joins the path only if it saves >= 1% of the GPU
+SETTING_KEYS = ("method", "optim", "batch", "seq", "lora_rank", "checkpointing", "in_backward",
+                "stochastic_rounding", "dtype")
+
+
+def _total(facts, settings: dict, gpu: str) -> int:
+    from .api import plan
+
+    return plan(facts, gpu=gpu, advise=False, **settings).device_total
+
+
+def _largest(facts, settings: dict, gpu: str, capacity: int, key: str, limit: int) -> int:
+    """Largest value of ``key`` in [1, limit] that fits (memory grows with it); 0 if none."""
+    if _total(facts, {**settings, key: 1}, gpu) > capacity:
+        return 0
+    low, high = 1, 1
+    while high < limit and _total(facts, {**settings, key: min(2 * high, limit)}, gpu) <= capacity:
+        low = high = min(2 * high, limit)
+    if high == limit:
+        return limit
+    high = min(2 * high, limit)  # fits at low, not at high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if _total(facts, {**settings, key: mid}, gpu) <= capacity else (low, mid)
+    return low
+
+
+def advise(facts, result) -> list[dict[str, Any]]:
+    """Advice rows for a Plan with a GPU (see module docstring)."""
+    gpu = str(result.gpu["bytes"]) + "B"
+    capacity = result.gpu["bytes"]
+    settings = {k: result.settings[k] for k in SETTING_KEYS}
+    settings["lora_rank"] = settings["lora_rank"] or 16
+    rows: list[dict[str, Any]] = []
+    for name, cost, propose in CHANGES:
+        single = propose(settings)
+        if single is not None:
+            total = _total(facts, single, gpu)
+            if total < result.device_total:
+                rows.append({"kind": "change", "change": name, "speed": cost, "settings": _diff(settings, single),
+                             "device_total": total, "fits": total <= capacity})
+    cumulative, applied, fits = _path_to_fit(facts, settings, gpu, capacity, result)
+    final = cumulative if fits else settings
+    if not result.fits:
+        rows.append({"kind": "to_fit", "changes": applied, "fits": fits, "settings": _diff(settings, cumulative),
+                     "device_total": _total(facts, cumulative, gpu)})
+    max_seq = facts.max_position or 131072
+    rows.append({"kind": "limits", "for": "current settings" if result.fits else
+                 ("settings after the changes above" if fits else "current settings"),
+                 "max_batch": _largest(facts, final, gpu, capacity, "batch", 4096),
+                 "max_seq": _largest(facts, final, gpu, capacity, "seq", max_seq)})
+    return rows
+
+
+def _path_to_fit(facts, settings: dict, gpu: str, capacity: int, result) -> tuple[dict, list[str], bool]:
+    """Greedy, cheapest first: apply the first change that saves enough, then start over."""
+    current, total, applied = dict(settings), result.device_total, []
+    fits = result.fits
+    while not fits:
+        for name, _, propose in CHANGES:
+            proposal = None if name in NOT_ON_PATH else propose(current)
+            if proposal is None:
+                continue
+            new_total = _total(facts, proposal, gpu)
+            if total - new_total >= WORTH_IT * capacity:
+                current, total, fits = proposal, new_total, new_total <= capacity
+                applied.append(name)
+                break
+        else:
+            break
+    return current, applied, fits
+
+
+def _diff(before: dict, after: dict) -> dict:
+    return {k: v for k, v in after.items() if before.get(k) != v}

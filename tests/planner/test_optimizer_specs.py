@@ -1,0 +1,84 @@
+import pytest
+
+from tightfit.names import OPTIMIZER_NAMES, OptimizerName
+from tightfit.planner.api import plan
+from tightfit.planner.model_facts import facts_from_config
+from tightfit.planner.optimizer_specs import PAGED_DEVICE_BUFFERS, allowed_optimizer_names, resolve_optimizer
+
+from planner_cases import TINY_TIED
+
+# name: (rule, codec, paged, min_quantized_numel)
+EXPECTED = {
+    "adamw_8bit": ("adamw", "8bit", False, 4096),
+    "paged_adamw_8bit": ("adamw", "8bit", True, 4096),
+    "paged_lion_8bit": ("lion", "8bit", True, 4096),
+    "adafactor": ("adafactor", "fp32", False, 4096),
+    "torch:adamw": ("adamw", "param-dtype", False, 0),
+    "bnb:paged_adamw_8bit": ("adamw", "8bit", True, 4096),
+    "bnb:lion_8bit": ("lion", "8bit", False, 4096),
+}
+
+
+@pytest.mark.parametrize("name,expected", sorted(EXPECTED.items()))
+def test_resolve(name, expected):
+    spec = resolve_optimizer(name)
+    assert (spec.rule.name, spec.codec, spec.paged, spec.min_quantized_numel) == expected
+
+
+def test_every_allowed_name_resolves_and_plans():
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    for name in allowed_optimizer_names():
+        assert plan(facts, optim=name, seq=16, dtype="fp32").peak_allocated > 0
+
+
+def test_unknown_optimizer_names_the_allowed():
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw_3bit'; allowed: .*adamw_8bit.*torch:adamw"):
+        resolve_optimizer("adamw_3bit")
+
+
+def test_registered_paged_option_is_read(monkeypatch):
+    """Once paged names are registered (another branch), their options decide."""
+    entry = OPTIMIZER_NAMES["adamw_8bit"]
+    monkeypatch.setitem(OPTIMIZER_NAMES, "paged_adamw_8bit",
+                        OptimizerName("paged_adamw_8bit", entry.cls, {**entry.options, "paged": "1MiB"}))
+    spec = resolve_optimizer("paged_adamw_8bit")
+    assert spec.paged == "1MiB" and spec.device_budget() == 2**20
+
+
+@pytest.mark.parametrize("paged,device_state", [(False, None), (True, 0), ("1KiB", 1024)])
+def test_paged_state_is_host_bytes(monkeypatch, paged, device_state):
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    entry = OPTIMIZER_NAMES["adamw_8bit"]
+    monkeypatch.setitem(OPTIMIZER_NAMES, "test_paged", OptimizerName("test_paged", entry.cls,
+                                                                     {**entry.options, "paged": paged}))
+    unpaged = plan(facts, optim="adamw_8bit", seq=16, dtype="fp32")
+    result = plan(facts, optim="test_paged", seq=16, dtype="fp32")
+    state = next(c for c in unpaged.components if c.name == "optimizer state").device
+    comp = next(c for c in result.components if c.name == "optimizer state")
+    if device_state is None:
+        assert (comp.device, comp.host) == (state, 0)
+    else:
+        assert (comp.device, comp.host) == (device_state, state - device_state)
+        buffers = min(PAGED_DEVICE_BUFFERS, state - device_state)
+        assert result.persistent == unpaged.persistent - state + device_state + buffers
+
+
+def test_fused_kernel_rules_match_the_kernels():
+    pytest.importorskip("triton")
+    from tightfit.kernels.fused_step import KERNEL_RULES
+    from tightfit.planner.step_temporaries import FUSED_KERNEL_RULES
+
+    assert sorted(FUSED_KERNEL_RULES) == sorted(KERNEL_RULES)
+
+
+@pytest.mark.parametrize("optim,fused", [("adamw_8bit", True), ("lion_4bit", True), ("adafactor", False),
+                                         ("came_8bit", False), ("bnb:adamw_8bit", True), ("torch:adamw", False)])
+def test_gpu_plans_use_fused_kernels(optim, fused):
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    temps = {c.name: c for c in plan(facts, optim=optim, seq=16, gpu="24GiB", advise=False).components}
+    cpu = {c.name: c for c in plan(facts, optim=optim, seq=16, advise=False).components}
+    step = "optimizer step temporaries"
+    if fused:  # the CPU plan measures the reference implementation's temporaries
+        assert temps[step].device == 0 < cpu[step].device
+    else:
+        assert temps[step].device == cpu[step].device
