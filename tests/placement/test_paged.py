@@ -272,3 +272,15 @@ def test_a_deep_copied_paged_optimizer_keeps_paging(fake_streams):
     train(twin, clone, 2)
     assert clone.memory_report().paged_params == 6
     assert_same(model, opt, twin, clone)
+
+
+@pytest.mark.parametrize("paged_bytes, chunk", [(0, 1 << 20), (16 << 20, 1 << 20), (160 << 20, 10 << 20),
+                                                (4 << 30, 64 << 20)])
+def test_chunk_size_scales_with_the_paged_total(paged_bytes, chunk):
+    """Small paged totals get small chunks, so the slots cost a fraction of the state."""
+    assert paged.chunk_bytes_for(paged_bytes) == chunk
+
+
+def test_slots_of_a_small_paged_state_cost_a_fraction_of_it():
+    sizes = [1 << 20] * 80  # 80 MiB of states in 1 MiB params (LoRA adapters)
+    assert paged.paged_slot_bytes(sizes) <= sum(sizes) // 4

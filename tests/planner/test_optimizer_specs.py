@@ -3,7 +3,10 @@ import pytest
 from tightfit.names import OPTIMIZER_NAMES, OptimizerName
 from tightfit.planner.api import plan
 from tightfit.planner.model_facts import facts_from_config
-from tightfit.planner.optimizer_specs import PAGED_DEVICE_BUFFERS, allowed_optimizer_names, resolve_optimizer
+from tightfit.placement.paged import CHUNK_BYTES, SLOTS
+from tightfit.placement.streaming import slot_bytes
+from tightfit.planner import components as C
+from tightfit.planner.optimizer_specs import allowed_optimizer_names, resolve_optimizer
 
 from planner_cases import TINY_TIED
 
@@ -45,8 +48,10 @@ def test_registered_paged_option_is_read(monkeypatch):
     assert spec.paged == "1MiB" and spec.device_budget() == 2**20
 
 
-@pytest.mark.parametrize("paged,device_state", [(False, None), (True, 0), ("1KiB", 1024)])
-def test_paged_state_is_host_bytes(monkeypatch, paged, device_state):
+@pytest.mark.parametrize("paged,budget", [(False, None), (True, 0), ("1KiB", 1024)])
+def test_paged_state_is_host_bytes(monkeypatch, paged, budget):
+    """The split placement/paged.py makes: smallest states resident within the budget, the
+    rest on the host, streamed through SLOTS slots."""
     facts = facts_from_config(TINY_TIED, "tiny", "test")
     entry = OPTIMIZER_NAMES["adamw_8bit"]
     monkeypatch.setitem(OPTIMIZER_NAMES, "test_paged", OptimizerName("test_paged", entry.cls,
@@ -55,12 +60,19 @@ def test_paged_state_is_host_bytes(monkeypatch, paged, device_state):
     result = plan(facts, optim="test_paged", seq=16, dtype="fp32")
     state = next(c for c in unpaged.components if c.name == "optimizer state").device
     comp = next(c for c in result.components if c.name == "optimizer state")
-    if device_state is None:
+    if budget is None:
         assert (comp.device, comp.host) == (state, 0)
-    else:
-        assert (comp.device, comp.host) == (device_state, state - device_state)
-        buffers = min(PAGED_DEVICE_BUFFERS, state - device_state)
-        assert result.persistent == unpaged.persistent - state + device_state + buffers
+        return
+    each = sorted(C.optimizer_state_bytes_each(C.trainables(facts, "full", "fp32", 16), resolve_optimizer("adamw_8bit"),
+                                               False))
+    device_state = 0
+    for size in each:  # smallest first while the budget lasts
+        if device_state + size > budget:
+            break
+        device_state += size
+    assert (comp.device, comp.host) == (device_state, state - device_state)
+    buffers = result.persistent - (unpaged.persistent - state + device_state)
+    assert 0 < buffers <= SLOTS * max(CHUNK_BYTES, each[-1] + 64)
 
 
 def test_fused_kernel_rules_match_the_kernels():

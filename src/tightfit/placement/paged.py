@@ -23,11 +23,25 @@ import torch
 
 from ..codecs import Encoded
 from .device import Placement, StepFn, encoded_items, moved
-from .streaming import ALIGN, PagedParam, make_chunks, stream_chunks
+from .streaming import ALIGN, PagedParam, make_chunks, slot_bytes, stream_chunks
 from .streams import StreamLayer, stream_layer_for
 
 SLOTS = 3  # copy-in of the next chunk, update of this one, copy-out of the previous one
-CHUNK_BYTES = 64 << 20  # target bytes per streamed chunk: large transfers, small device footprint
+CHUNK_BYTES = 64 << 20  # largest target bytes per streamed chunk: large transfers, small device footprint
+MIN_CHUNK_BYTES = 1 << 20  # below this, a PCIe transfer is dominated by its fixed cost
+CHUNKS_PER_SLOT_SET = 16  # small paged totals: slots hold ~SLOTS/16 of the state, not SLOTS x 64 MiB
+
+
+def paged_slot_bytes(member_bytes: list[int]) -> int:
+    """Device bytes of the streaming slots for paged members of these sizes (in order)."""
+    return slot_bytes(member_bytes, chunk_bytes_for(sum(member_bytes)), SLOTS)
+
+
+def chunk_bytes_for(paged_bytes: int) -> int:
+    """Target chunk size for ``paged_bytes`` of paged state: 64 MiB for large states, but
+    at most 1/16 of the total (at least 1 MiB), so paging a small state (QLoRA adapters)
+    does not cost more device memory than keeping it there."""
+    return min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, paged_bytes // CHUNKS_PER_SLOT_SET))
 
 
 def plan_resident(params: list[torch.Tensor], state_bytes: Callable[[torch.Tensor], int],
@@ -143,7 +157,9 @@ class PagedPlacement(Placement):
                 overlap()  # nothing streams on their device to overlap with
                 overlap = None
         for device in devices:  # device-resident updates run while the first chunks copy in
-            stream_chunks(self._layers[device], make_chunks(paged[device], CHUNK_BYTES), step_fn, SLOTS, overlap)
+            members = paged[device]
+            chunk_bytes = chunk_bytes_for(sum(m.nbytes for m in members))
+            stream_chunks(self._layers[device], make_chunks(members, chunk_bytes), step_fn, SLOTS, overlap)
             overlap = None
 
     def host_ready(self) -> None:
@@ -153,8 +169,4 @@ class PagedPlacement(Placement):
 
     def stream_buffer_bytes(self, params, states) -> int:
         _, _, paged = self._split(params, states)
-        total = 0
-        for members in paged.values():
-            chunks = make_chunks(members, CHUNK_BYTES)
-            total += min(SLOTS, len(chunks)) * max(chunk.nbytes for chunk in chunks)
-        return total
+        return sum(paged_slot_bytes([m.nbytes for m in members]) for members in paged.values())

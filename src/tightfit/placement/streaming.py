@@ -53,17 +53,40 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def chunk_groups(sizes: Sequence[int], chunk_bytes: int) -> list[list[int]]:
+    """Indices of consecutive members per chunk, up to ``chunk_bytes`` of aligned sizes
+    per chunk; a larger member is a chunk alone."""
+    groups: list[list[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        size = _aligned(size)
+        if not groups or total + size > chunk_bytes:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += size
+    return groups
+
+
+def slot_bytes(sizes: Sequence[int], chunk_bytes: int, slots: int) -> int:
+    """Device bytes the streaming slots take for members of these byte sizes (in order):
+    min(slots, chunks) slots, each as large as the largest chunk. The planner uses it too."""
+    groups = chunk_groups(sizes, chunk_bytes)
+    if not groups:
+        return 0
+    return min(slots, len(groups)) * max(sum(_aligned(sizes[i]) for i in g) for g in groups)
+
+
 def make_chunks(members: Sequence[PagedParam], chunk_bytes: int) -> list[Chunk]:
-    """Consecutive members per chunk up to ``chunk_bytes``; a larger member is a chunk alone."""
+    """Members grouped by ``chunk_groups``, with each member's byte offset in its slot."""
     chunks: list[Chunk] = []
-    for member in members:
-        size = _aligned(member.nbytes)
-        if not chunks or (chunks[-1].members and chunks[-1].nbytes + size > chunk_bytes):
-            chunks.append(Chunk())
-        chunk = chunks[-1]
-        chunk.members.append(member)
-        chunk.offsets.append(chunk.nbytes)
-        chunk.nbytes += size
+    for group in chunk_groups([m.nbytes for m in members], chunk_bytes):
+        chunk = Chunk()
+        for index in group:
+            chunk.members.append(members[index])
+            chunk.offsets.append(chunk.nbytes)
+            chunk.nbytes += _aligned(members[index].nbytes)
+        chunks.append(chunk)
     return chunks
 
 

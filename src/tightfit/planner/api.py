@@ -15,7 +15,8 @@ from . import components as C
 from .activations import Setup, block_saved, loss_backward, saved_activations, step_timeline
 from .gpus import resolve_gpu
 from .model_facts import ModelFacts, load_model_facts
-from .optimizer_specs import PAGED_DEVICE_BUFFERS, resolve_optimizer
+from ..placement.paged import CHUNK_BYTES, SLOTS
+from .optimizer_specs import resolve_optimizer
 from .step_temporaries import fused_on_gpu, step_bytes_per_element
 
 METHODS = ("full", "lora", "qlora")
@@ -104,14 +105,13 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
         # with fp32 masters the step reads fp32 gradients: each 16-bit gradient is converted
         "grads_at_step": 4 * sum(t.numel for t in trainable) if masters else C.gradient_bytes(trainable),
         "largest_grad": largest.numel * C.DTYPE_BYTES[largest.dtype],
-        "state": C.optimizer_state_bytes(trainable, spec, masters > 0),
+        "state": sum(state_each := C.optimizer_state_bytes_each(trainable, spec, masters > 0)),
         "step_temp": int(temp_per_elem * largest.numel),
         "dequant": max(p.numel for p in facts.parameters() if p.linear) * C.DTYPE_BYTES[dtype]
         if method == "qlora" else 0,
     }
     budget = spec.device_budget()
-    sizes["state_device"] = sizes["state"] if budget is None else min(sizes["state"], budget)
-    sizes["buffers"] = min(PAGED_DEVICE_BUFFERS, sizes["state"] - sizes["state_device"]) if budget is not None else 0
+    sizes["state_device"], sizes["buffers"] = C.paged_split(state_each, budget)
     timeline = step_timeline(facts, setup, C.gradient_places(facts, trainable, temp_per_elem),
                              grads_at_step=sizes["grads_at_step"], step_temp_largest=sizes["step_temp"],
                              in_backward=in_backward, dequant_temp=sizes["dequant"])
@@ -170,7 +170,9 @@ def _components(facts: ModelFacts, setup: Setup, spec, trainable, sizes: dict, t
     rows.append(Component("optimizer state", sizes["state_device"], sizes["state"] - sizes["state_device"],
                           f"{spec.name}: {spec.layout or spec.rule.name}{paged}"))
     if sizes["buffers"]:
-        rows.append(Component("paged streaming buffers", sizes["buffers"], 0, "assumption: 2 x 64 MiB"))
+        rows.append(Component("paged streaming slots", sizes["buffers"], 0,
+                              f"{SLOTS} slots x the largest chunk (chunks of 1/16 of the paged state, "
+                              f"1-{CHUNK_BYTES >> 20} MiB; a larger parameter's states are a chunk alone)"))
     rows += [
         Component("activations (saved)", saved_activations(facts, setup), 0,
                   "block inputs only (checkpointing) + one block recomputed" if setup.checkpointing else
@@ -203,7 +205,8 @@ def _assumptions(facts: ModelFacts, setup: Setup, paged: bool, on_gpu: bool, fus
     if facts.model_type in APPROXIMATE_ACTIVATIONS:
         out.append(f"{facts.model_type}: {APPROXIMATE_ACTIVATIONS[facts.model_type]}")
     if paged:
-        out.append("paged optimizer: state in pinned host memory, streamed through 2 x 64 MiB device buffers")
+        out.append(f"paged optimizer: state in pinned host memory, streamed through {SLOTS} reusable device slots "
+                   "(placement/paged.py)")
     if setup.method == "qlora":
         out.append("QLoRA: NF4 + double quant, block 64; embeddings/norms/lm_head not upcast (TRL >= 0.26)")
     if on_gpu:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..placement.paged import paged_slot_bytes, plan_resident
 from ..state_bytes import state_bytes
 from .model_facts import ModelFacts, ParamInfo
 from .lora import DEFAULT_TARGETS
@@ -99,16 +100,32 @@ def gradient_bytes(params: list[Trainable]) -> int:
     return sum(t.numel * DTYPE_BYTES[t.dtype] for t in params)
 
 
-def optimizer_state_bytes(params: list[Trainable], spec, masters: bool) -> int:
-    """Exact state bytes of ``spec`` (optimizer_specs.OptimizerSpec) over the trainable shapes.
+def optimizer_state_bytes_each(params: list[Trainable], spec, masters: bool) -> list[int]:
+    """Exact state bytes of ``spec`` (optimizer_specs.OptimizerSpec) per trainable tensor.
 
     The optimizer steps the fp32 masters when there are masters, else the params themselves.
     """
-    total = 0
+    each = []
     for t in params:
         stepped = torch.float32 if (masters or t.dtype == "fp32") else TORCH_DTYPES[t.dtype]
-        total += state_bytes(spec.rule, spec.codec_for(stepped), t.shape, spec.hyper, spec.min_quantized_numel)
-    return total
+        each.append(state_bytes(spec.rule, spec.codec_for(stepped), t.shape, spec.hyper, spec.min_quantized_numel))
+    return each
+
+
+def optimizer_state_bytes(params: list[Trainable], spec, masters: bool) -> int:
+    return sum(optimizer_state_bytes_each(params, spec, masters))
+
+
+def paged_split(state_each: list[int], budget: int | None) -> tuple[int, int]:
+    """(state bytes kept on the device, device bytes of the streaming slots) the way
+    placement/paged.py splits them: smallest states stay resident while the budget lasts,
+    the rest streams through its slots (paged_slot_bytes)."""
+    if budget is None:
+        return sum(state_each), 0
+    indices = list(range(len(state_each)))
+    resident = plan_resident(indices, lambda i: state_each[i], budget)
+    paged = [state_each[i] for i in indices if i not in resident]
+    return sum(state_each[i] for i in resident), paged_slot_bytes(paged)
 
 
 @dataclass

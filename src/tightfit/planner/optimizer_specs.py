@@ -47,8 +47,6 @@ PEERS: dict[str, tuple[Rule, str, bool, int, str, str]] = {
                       "bnb Lion8bit: uint8 state1 + fp32 absmax per 256; < 4096 elements fp32"),
 }
 
-# What a paged optimizer keeps on the device: reusable streaming buffers (assumption).
-PAGED_DEVICE_BUFFERS = 2 * 64 * 2**20
 PAGED_PREFIX = "paged_"
 
 

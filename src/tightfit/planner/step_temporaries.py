@@ -25,7 +25,7 @@ SAMPLE_SHAPE = (64, 256)
 # Rules with fused Triton kernels (kernels/fused_step.py KERNEL_RULES, every codec): on a
 # GPU they update in registers and allocate only small tables, so no full-size temporaries.
 # Kept here because importing the kernels imports triton; a test keeps the two equal.
-FUSED_KERNEL_RULES = ("adam", "adamw", "lion", "sgd")
+FUSED_KERNEL_RULES = ("adam", "adamw", "lion", "sgd", "sophiag")
 
 
 def fused_on_gpu(spec) -> bool:
