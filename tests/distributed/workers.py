@@ -67,6 +67,14 @@ def _init(rank, world, rendezvous):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
 
 
+def _finish():
+    """Both ranks leave together: a rank that tears gloo down while its peer still talks
+    to it can abort the peer ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def fsdp_model(seed=0):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -100,7 +108,7 @@ def run_training_cases(rank, world, rendezvous, out_dir, cases):
             if rank == 0:
                 torch.save(params, os.path.join(out_dir, f"{wrapper}-{rule}-{codec}-{blocks}.pt"))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 def run_checkpoint_case(rank, world, rendezvous, out_dir, rule, codec, split):
@@ -124,7 +132,7 @@ def run_checkpoint_case(rank, world, rendezvous, out_dir, rule, codec, split):
             torch.save(params, os.path.join(out_dir, "final.pt"))
             torch.save(full, os.path.join(out_dir, "full_state.pt"))
     finally:
-        dist.destroy_process_group()
+        _finish()
 
 
 def run_in_backward_refusal(rank, world, rendezvous, out_dir):
@@ -139,4 +147,4 @@ def run_in_backward_refusal(rank, world, rendezvous, out_dir):
                 with open(os.path.join(out_dir, "error.txt"), "w") as f:
                     f.write(str(error))
     finally:
-        dist.destroy_process_group()
+        _finish()
