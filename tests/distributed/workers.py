@@ -5,7 +5,10 @@ Kept apart from the test module so that spawned processes import only this.
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -61,18 +64,28 @@ def full_params(model):
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
 
 
-def _init(rank, world, rendezvous):
-    """Meet through a file (no TCP port to race for with other jobs on the machine)."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+def rank_main(work):
+    """Run ``work`` as one rank: set up gloo, run, and leave together with the other rank.
 
-
-def _finish():
-    """Both ranks leave together: a rank that tears gloo down while its peer still talks
-    to it can abort the peer ("terminate called without an active exception")."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    The process then ends with os._exit: under load, gloo's C++ teardown at interpreter
+    exit occasionally aborts ("terminate called without an active exception", seen
+    ~1 run in 10 on a busy 2-core machine) after every result was written. A failure
+    in ``work`` prints its traceback and exits 1, so the test still sees it.
+    """
+    @functools.wraps(work)
+    def run(rank, world, rendezvous, *args):
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+        try:
+            work(rank, world, *args)
+            dist.barrier()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        sys.stdout.flush()
+        os._exit(0)
+    return run
 
 
 def fsdp_model(seed=0):
@@ -88,63 +101,54 @@ def fsdp_model(seed=0):
     return model
 
 
-def run_training_cases(rank, world, rendezvous, out_dir, cases):
+@rank_main
+def run_training_cases(rank, world, out_dir, cases):
     """FSDP2 and DDP training for each (wrapper, rule, codec); rank 0 saves full params."""
-    _init(rank, world, rendezvous)
-    try:
-        for wrapper, rule, codec, blocks in cases:
-            if wrapper == "fsdp2":
-                model = fsdp_model()
-            else:
-                model = torch.nn.parallel.DistributedDataParallel(model_factory())
-            opt = make_optimizer(rule, model.parameters(), codec, blocks)
-            train(model, opt, batches(), rank, world)
-            params = full_params(model)
-            if wrapper == "ddp":  # replicas must agree exactly
-                for p in params:
-                    gathered = [torch.empty_like(p) for _ in range(world)]
-                    dist.all_gather(gathered, p)
-                    assert all(torch.equal(g, gathered[0]) for g in gathered), "DDP replicas diverged"
-            if rank == 0:
-                torch.save(params, os.path.join(out_dir, f"{wrapper}-{rule}-{codec}-{blocks}.pt"))
-    finally:
-        _finish()
+    for wrapper, rule, codec, blocks in cases:
+        if wrapper == "fsdp2":
+            model = fsdp_model()
+        else:
+            model = torch.nn.parallel.DistributedDataParallel(model_factory())
+        opt = make_optimizer(rule, model.parameters(), codec, blocks)
+        train(model, opt, batches(), rank, world)
+        params = full_params(model)
+        if wrapper == "ddp":  # replicas must agree exactly
+            for p in params:
+                gathered = [torch.empty_like(p) for _ in range(world)]
+                dist.all_gather(gathered, p)
+                assert all(torch.equal(g, gathered[0]) for g in gathered), "DDP replicas diverged"
+        if rank == 0:
+            torch.save(params, os.path.join(out_dir, f"{wrapper}-{rule}-{codec}-{blocks}.pt"))
 
 
-def run_checkpoint_case(rank, world, rendezvous, out_dir, rule, codec, split):
+@rank_main
+def run_checkpoint_case(rank, world, out_dir, rule, codec, split):
     """Train ``split`` steps, save with DCP (model + optimizer), train on; also a full state_dict."""
     import torch.distributed.checkpoint as dcp
 
     from tightfit.distributed import full_state_dict, sharded_state_dict
 
-    _init(rank, world, rendezvous)
+    model = fsdp_model()
+    opt = make_optimizer(rule, model.parameters(), codec)
+    data = batches()
+    train(model, opt, data[:split], rank, world)
+    dcp.save({"model": model.state_dict(), "optim": sharded_state_dict(opt)},
+             checkpoint_id=os.path.join(out_dir, "dcp"))
+    full = full_state_dict(opt)
+    train(model, opt, data[split:], rank, world)
+    params = full_params(model)
+    if rank == 0:
+        torch.save(params, os.path.join(out_dir, "final.pt"))
+        torch.save(full, os.path.join(out_dir, "full_state.pt"))
+
+
+@rank_main
+def run_in_backward_refusal(rank, world, out_dir):
+    model = fsdp_model()
+    opt = tightfit.AdamW(model.parameters())
     try:
-        model = fsdp_model()
-        opt = make_optimizer(rule, model.parameters(), codec)
-        data = batches()
-        train(model, opt, data[:split], rank, world)
-        dcp.save({"model": model.state_dict(), "optim": sharded_state_dict(opt)},
-                 checkpoint_id=os.path.join(out_dir, "dcp"))
-        full = full_state_dict(opt)
-        train(model, opt, data[split:], rank, world)
-        params = full_params(model)
+        tightfit.step_in_backward(model, opt)
+    except ValueError as error:
         if rank == 0:
-            torch.save(params, os.path.join(out_dir, "final.pt"))
-            torch.save(full, os.path.join(out_dir, "full_state.pt"))
-    finally:
-        _finish()
-
-
-def run_in_backward_refusal(rank, world, rendezvous, out_dir):
-    _init(rank, world, rendezvous)
-    try:
-        model = fsdp_model()
-        opt = tightfit.AdamW(model.parameters())
-        try:
-            tightfit.step_in_backward(model, opt)
-        except ValueError as error:
-            if rank == 0:
-                with open(os.path.join(out_dir, "error.txt"), "w") as f:
-                    f.write(str(error))
-    finally:
-        _finish()
+            with open(os.path.join(out_dir, "error.txt"), "w") as f:
+                f.write(str(error))
