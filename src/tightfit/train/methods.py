@@ -40,11 +40,16 @@ def _nf4_double_quant() -> Any:
                               bnb_4bit_compute_dtype=torch.float32)
 
 
+# Non-reentrant checkpointing: the form torch recommends (and will require); it also works
+# when the block inputs do not require grad.
+CHECKPOINTING = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def _full(model: torch.nn.Module, lora: LoraOptions, checkpointing: bool) -> torch.nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(**CHECKPOINTING)
     return model
 
 
@@ -58,7 +63,7 @@ def _add_lora(model: torch.nn.Module, lora: LoraOptions) -> torch.nn.Module:
 
 def _lora(model: torch.nn.Module, lora: LoraOptions, checkpointing: bool) -> torch.nn.Module:
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(**CHECKPOINTING)
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     return _add_lora(model, lora)
 
@@ -66,7 +71,7 @@ def _lora(model: torch.nn.Module, lora: LoraOptions, checkpointing: bool) -> tor
 def _qlora(model: torch.nn.Module, lora: LoraOptions, checkpointing: bool) -> torch.nn.Module:
     from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True, **CHECKPOINTING)
     return _add_lora(model, lora)
 
 
