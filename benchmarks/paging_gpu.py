@@ -24,19 +24,17 @@ Exits 2 without CUDA.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import gc
 import statistics
 import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from result_tables import write_results
 from step_gpu import state_bytes, version_of
 
-RESULTS = Path(__file__).with_name("results")
 # Llama-3.2 1B / 3B shapes (config.json of meta-llama/Llama-3.2-{1B,3B}).
 MODELS = {
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32},
@@ -161,20 +159,6 @@ def measure(name: str, mode: str, factory: Callable, model, tokens, args) -> dic
     return row
 
 
-def write_results(rows: list[dict], common: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    rows = [{**{k: "" for k in FIELDS}, **row, **common} for row in rows]
-    with open(RESULTS / "paging_gpu.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(RESULTS / "paging_gpu.md", "w") as f:
-        f.write("| " + " | ".join(FIELDS) + " |\n|" + "---|" * len(FIELDS) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(row[k]) for k in FIELDS) + " |\n")
-    print(f"wrote {RESULTS / 'paging_gpu.csv'} and .md")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="1b")
@@ -204,7 +188,7 @@ def main(argv=None) -> int:
             continue
         for mode in modes:
             rows.append(measure(name, mode, factory, model, tokens, args))
-    write_results(rows, common)
+    write_results("paging_gpu", FIELDS, rows, common)
     return 0
 
 

@@ -21,17 +21,16 @@ benchmarks/results/step_gpu.csv and .md (device, date and versions on every row)
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import importlib
 import statistics
 import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).with_name("results")
+from result_tables import write_results
+
 LLAMA_31_8B = {"hidden": 4096, "intermediate": 14336, "kv_dim": 1024, "vocab": 128256}
 FIELDS = ["optimizer", "status", "ms_per_step", "gb_per_s", "copy_fraction", "min_bytes_gb", "state_gb",
           "peak_over_params_gb", "host_sync", "params_b", "device", "date", "torch", "triton", "tightfit",
@@ -182,20 +181,6 @@ def measure(name: str, factory: Callable, params: list[torch.Tensor], args, copy
     return row
 
 
-def write_results(rows: list[dict], common: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    rows = [{**{k: "" for k in FIELDS}, **row, **common} for row in rows]
-    with open(RESULTS / "step_gpu.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(RESULTS / "step_gpu.md", "w") as f:
-        f.write("| " + " | ".join(FIELDS) + " |\n|" + "---|" * len(FIELDS) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(row[k]) for k in FIELDS) + " |\n")
-    print(f"wrote {RESULTS / 'step_gpu.csv'} and .md")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of Llama-3.1-8B (32 = all)")
@@ -232,7 +217,7 @@ def main(argv=None) -> int:
         except torch.cuda.OutOfMemoryError as error:
             print(f"skip {name}: out of memory", flush=True)
             rows.append({"optimizer": name, "status": f"out of memory: {str(error)[:80]}"})
-    write_results(rows, common)
+    write_results("step_gpu", FIELDS, rows, common)
     return 0
 
 
