@@ -32,6 +32,7 @@ BAD_INPUTS = [
     (["--method", "dora"], "unknown method 'dora' (allowed: full, lora, qlora)"),
     (["--model", "nowhere/nothing/x"], "model 'nowhere/nothing/x' not found"),
     (["--schedule", "steps"], "unknown schedule 'steps'"),
+    (["--warmup", "99"], "--warmup 99 must be between 0 and --steps"),
     (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
     (["--threads", "0"], "--threads 0 must be >= 1"),
     (["--method", "lora", "--lora-r", "0"], "--lora-r 0 must be >= 1"),
@@ -97,6 +98,8 @@ def test_failing_peer_optimizer_is_one_line(tmp_path, corpus, capsys, monkeypatc
                    "RuntimeError: CUDA Setup failed despite GPU being available.")
 
 
-def test_bad_input_leaves_no_output_folder(tmp_path, corpus, capsys):
-    assert main(micro_args(corpus, tmp_path / "out", "--data", str(tmp_path / "missing.txt"))) == 2
+@pytest.mark.parametrize("extra", [["--data", "{missing}"], ["--warmup", "99"]])
+def test_bad_input_leaves_no_output_folder(tmp_path, corpus, capsys, extra):
+    extra = [str(tmp_path / "missing.txt") if a == "{missing}" else a for a in extra]
+    assert main(micro_args(corpus, tmp_path / "out", *extra)) == 2
     assert not (tmp_path / "out").exists()

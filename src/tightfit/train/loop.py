@@ -27,7 +27,7 @@ from .memory import PeakMemory
 from .methods import LoraOptions, get_method
 from .model_loading import LoadedModel, context_length, load_model
 from .peers import build_optimizer, check_optimizer_name, lr_for, optimizer_state_bytes, quantized_state_summary
-from .schedule import build_scheduler
+from .schedule import build_scheduler, check_schedule
 
 
 @dataclass
@@ -72,6 +72,7 @@ def pick_device(name: str) -> torch.device:
 
 def check_output(config: TrainConfig) -> Path | None:
     """The output folder; never silently reuses one that already holds a run."""
+    check_schedule(config.schedule, config.warmup, config.steps)
     if config.out is None:
         return None
     out = Path(config.out)

@@ -35,10 +35,15 @@ def lr_factor(name: str, step: int, warmup: int, total: int, min_ratio: float) -
     return min_ratio + (1 - min_ratio) * SCHEDULES[name](progress)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int,
-                    min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def check_schedule(name: str, warmup: int, total: int) -> None:
+    """Raise TrainInputError for a schedule that cannot run (before anything is written)."""
     if name not in SCHEDULES:
         raise TrainInputError(f"unknown schedule {name!r} (allowed: {', '.join(SCHEDULES)})")
     if warmup < 0 or warmup > total:
         raise TrainInputError(f"--warmup {warmup} must be between 0 and --steps {total}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int,
+                    min_ratio: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    check_schedule(name, warmup, total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(name, step, warmup, total, min_ratio))
