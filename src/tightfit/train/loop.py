@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig, check_resume_config, check_sizes, write_run_config
-from .data import PackedData, load_data
+from .data import IGNORE_INDEX, PackedData, load_data
 from .errors import TrainInputError
 from .memory import PeakMemory
 from .methods import LoraOptions, get_method
@@ -97,10 +97,15 @@ def create_output(config: TrainConfig, out: Path | None) -> None:
 def evaluate(model: torch.nn.Module, data: PackedData, batch_size: int, max_batches: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
-    for batch in data.eval_batches(batch_size, max_batches):
-        batch = batch.to(device)
-        total += float(model(input_ids=batch, labels=batch).loss) * len(batch)
+    for batch, labels in data.eval_batches(batch_size, max_batches):
+        if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+            continue  # nothing to score in these blocks (prompts only)
+        batch, labels = batch.to(device), labels.to(device)
+        total += float(model(input_ids=batch, labels=labels).loss) * len(batch)
         count += len(batch)
+    if count == 0:
+        raise TrainInputError("the held-out blocks hold no trained tokens (prompts only); "
+                              "raise --eval-fraction or add responses")
     model.train()
     return total / count
 
@@ -196,8 +201,10 @@ def train_step(s: Session, step: int) -> dict[str, Any]:
     config, began = s.config, time.perf_counter()
     loss_sum = 0.0
     for micro in range(config.grad_accum):
-        batch = s.data.batch(step * config.grad_accum + micro, config.batch_size).to(s.device)
-        loss = s.model(input_ids=batch, labels=batch).loss
+        batch, labels = s.data.labeled_batch(step * config.grad_accum + micro, config.batch_size)
+        if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
+            continue  # a micro-batch of prompt tokens only: no loss, no gradient
+        loss = s.model(input_ids=batch.to(s.device), labels=labels.to(s.device)).loss
         (loss / config.grad_accum).backward()
         loss_sum += loss.detach().item()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, config.clip)) if config.clip > 0 else None
