@@ -96,12 +96,13 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     def placement_for(self, group: dict[str, Any]) -> Placement:
         """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change."""
+        splittable = self.rule.elementwise and not group["stochastic_rounding"]
         key = (group["paged"], get_codec(group["state"]).name, group["min_quantized_numel"],
-               len(group["params"]))
+               len(group["params"]), splittable)
         cached = self._placements.get(id(group))
         if cached is None or cached[0] != key or cached[1] is not group:
             placement = make_placement(group["paged"], group["params"], lambda p: self._planned_bytes(p, group),
-                                       self._warn_once)
+                                       self._warn_once, splittable)
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
 

@@ -275,7 +275,7 @@ def test_a_deep_copied_paged_optimizer_keeps_paging(fake_streams):
 
 
 @pytest.mark.parametrize("paged_bytes, chunk", [(0, 1 << 20), (16 << 20, 1 << 20), (160 << 20, 10 << 20),
-                                                (4 << 30, 64 << 20)])
+                                                (4 << 30, 16 << 20)])
 def test_chunk_size_scales_with_the_paged_total(paged_bytes, chunk):
     """Small paged totals get small chunks, so the slots cost a fraction of the state."""
     assert paged.chunk_bytes_for(paged_bytes) == chunk

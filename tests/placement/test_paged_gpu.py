@@ -131,3 +131,23 @@ def test_state_dict_of_paged_cuda_optimizer_round_trips():
     train(model, opt, 2)
     train(twin, resumed, 2)
     assert_same(model, opt, twin, resumed)
+
+
+def test_large_params_stream_in_pieces_within_the_slot_budget():
+    """8-bit AdamW on a 128k x 1024 embedding-like param (~256 MiB of states): the slots
+    stay at SLOTS x CHUNK_BYTES and the result equals the unpaged step."""
+    big = torch.randn(128 * 1024, 1024, device="cuda") * 0.02
+    grad = torch.randn_like(big) * 1e-3
+    results = []
+    for paged_flag in (False, True):
+        p = torch.nn.Parameter(big.clone())
+        opt = tightfit.AdamW([p], lr=1e-3, state="8bit", paged=paged_flag)
+        for _ in range(2):
+            p.grad = grad.clone()
+            opt.step()
+        torch.cuda.synchronize()
+        results.append((p.detach().clone(), opt))
+    assert torch.equal(results[0][0], results[1][0])
+    report = results[1][1].memory_report()
+    assert report.device_bytes == 0
+    assert report.stream_buffer_bytes <= paged.SLOTS * (paged.CHUNK_BYTES + (1 << 20))

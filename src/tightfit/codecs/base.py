@@ -63,6 +63,17 @@ class Codec:
         for key, buf in enc.buffers.items():
             buf.copy_(fresh.buffers[key])
 
+    def slice(self, enc: Encoded, lo: int, hi: int) -> Encoded:
+        """Elements [lo, hi) of the flattened state as views of ``enc``'s buffers (no copy);
+        ``lo`` must be a multiple of ``block_size`` (any lo for unblocked codecs)."""
+        if self.block_size and lo % self.block_size:
+            raise ValueError(f"slice start {lo} is not a multiple of codec {self.name!r}'s block {self.block_size}")
+        return Encoded(self.name, enc.kind, torch.Size([hi - lo]),
+                       {key: self._slice_buffer(key, buf, lo, hi) for key, buf in enc.buffers.items()})
+
+    def _slice_buffer(self, key: str, buf: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        return buf.view(-1)[lo:hi]  # one value per element
+
     def nbytes(self, shape: torch.Size | tuple[int, ...], kind: str = "signed") -> int:
         """Exact bytes one state of this shape keeps, all buffers included."""
         raise NotImplementedError

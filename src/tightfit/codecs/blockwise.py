@@ -72,6 +72,11 @@ class BlockwiseCodec(Codec):
         scale = enc.buffers["absmax"].repeat_interleave(self.block_size)[:n]
         return (values * scale).view(enc.shape)
 
+    def _slice_buffer(self, key: str, buf: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        if key == "absmax":
+            return buf[lo // self.block_size: math.ceil(hi / self.block_size)]
+        return buf[lo * self.bits // 8: math.ceil(hi * self.bits / 8)]  # codes (lo is block-aligned: even)
+
     def nbytes(self, shape, kind: str = "signed") -> int:
         n = numel_of(shape)
         return math.ceil(n * self.bits / 8) + 4 * math.ceil(n / self.block_size)

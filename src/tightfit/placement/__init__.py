@@ -18,10 +18,11 @@ from .streams import STREAM_LAYERS, CudaStreams, StreamLayer, stream_layer_for
 
 
 def make_placement(paged: bool | str | int, params: list[torch.Tensor], state_bytes: Callable[[torch.Tensor], int],
-                   warn: Callable[[str], None]) -> Placement:
-    """The placement for a group with option ``paged`` (ValueError naming what is allowed)."""
+                   warn: Callable[[str], None], splittable: bool = False) -> Placement:
+    """The placement for a group with option ``paged`` (ValueError naming what is allowed);
+    ``splittable``: the group's params may stream in pieces (elementwise rule)."""
     budget = device_budget(paged)
-    return DevicePlacement() if budget is None else PagedPlacement(budget, params, state_bytes, warn)
+    return DevicePlacement() if budget is None else PagedPlacement(budget, params, state_bytes, warn, splittable)
 
 
 __all__ = ["LOCATIONS", "PAGED_ALLOWED", "STREAM_LAYERS", "CudaStreams", "DevicePlacement", "PagedPlacement",

@@ -10,8 +10,9 @@ A device budget (``paged="4GiB"``) keeps the parameters with the smallest states
 device until the budget is spent and pages the rest: that leaves the fewest, largest
 transfers, which run closest to PCIe bandwidth. The budget counts this group's states.
 
-A parameter's states move as a whole, so a slot holds at least the largest paged
-parameter's states (``CHUNK_BYTES`` otherwise). On a device type without a stream layer
+Under an elementwise rule a parameter whose states exceed a chunk streams in pieces
+(pieces.py), so the slots stay at SLOTS x the chunk size whatever the model; otherwise a
+parameter's states move as a whole and a slot holds at least the largest of them. On a device type without a stream layer
 (the CPU) paging is a no-op: states stay with the params, with one warning per optimizer.
 """
 
@@ -23,22 +24,27 @@ import torch
 
 from ..codecs import Encoded
 from .device import Placement, StepFn, encoded_items, moved
+from .pieces import split_member, split_sizes
 from .streaming import ALIGN, PagedParam, make_chunks, slot_bytes, stream_chunks
 from .streams import StreamLayer, stream_layer_for
 
 SLOTS = 3  # copy-in of the next chunk, update of this one, copy-out of the previous one
-CHUNK_BYTES = 64 << 20  # largest target bytes per streamed chunk: large transfers, small device footprint
+CHUNK_BYTES = 16 << 20  # largest chunk: SLOTS x 16 MiB = 48 MiB of device memory; 16 MiB copies run near PCIe speed
 MIN_CHUNK_BYTES = 1 << 20  # below this, a PCIe transfer is dominated by its fixed cost
 CHUNKS_PER_SLOT_SET = 16  # small paged totals: slots hold ~SLOTS/16 of the state, not SLOTS x 64 MiB
 
 
-def paged_slot_bytes(member_bytes: list[int]) -> int:
-    """Device bytes of the streaming slots for paged members of these sizes (in order)."""
-    return slot_bytes(member_bytes, chunk_bytes_for(sum(member_bytes)), SLOTS)
+def paged_slot_bytes(member_bytes: list[int], splittable: bool = False) -> int:
+    """Device bytes of the streaming slots for paged members of these sizes (in order);
+    ``splittable``: members larger than a chunk stream in pieces (pieces.py)."""
+    chunk_bytes = chunk_bytes_for(sum(member_bytes))
+    if splittable and chunk_bytes >= MIN_CHUNK_BYTES:
+        member_bytes = [piece for size in member_bytes for piece in split_sizes(size, chunk_bytes)]
+    return slot_bytes(member_bytes, chunk_bytes, SLOTS)
 
 
 def chunk_bytes_for(paged_bytes: int) -> int:
-    """Target chunk size for ``paged_bytes`` of paged state: 64 MiB for large states, but
+    """Target chunk size for ``paged_bytes`` of paged state: CHUNK_BYTES for large states, but
     at most 1/16 of the total (at least 1 MiB), so paging a small state (QLoRA adapters)
     does not cost more device memory than keeping it there."""
     return min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, paged_bytes // CHUNKS_PER_SLOT_SET))
@@ -87,8 +93,9 @@ class PagedPlacement(Placement):
     name = "paged"
 
     def __init__(self, budget: int, params: list[torch.Tensor], state_bytes: Callable[[torch.Tensor], int],
-                 warn: Callable[[str], None]) -> None:
+                 warn: Callable[[str], None], splittable: bool = False) -> None:
         self.budget = budget
+        self.splittable = splittable  # the rule is elementwise (and no stochastic rounding)
         self._params = params
         self._state_bytes = state_bytes
         self._warn = warn
@@ -159,8 +166,25 @@ class PagedPlacement(Placement):
         for device in devices:  # device-resident updates run while the first chunks copy in
             members = paged[device]
             chunk_bytes = chunk_bytes_for(sum(m.nbytes for m in members))
+            members, write_backs = self._pieces(members, chunk_bytes)
             stream_chunks(self._layers[device], make_chunks(members, chunk_bytes), step_fn, SLOTS, overlap)
+            for write_back in write_backs:  # on the compute stream, after the last piece's update
+                write_back()
             overlap = None
+
+    def _pieces(self, members: list[PagedParam], chunk_bytes: int) -> tuple[list, list[Callable[[], None]]]:
+        """Members larger than a chunk replaced by their pieces, when the rule allows it."""
+        if not self.splittable or chunk_bytes < MIN_CHUNK_BYTES:
+            return members, []
+        out, write_backs = [], []
+        for member in members:
+            if member.nbytes <= chunk_bytes or not (member.param.is_contiguous() and member.param.grad.is_contiguous()):
+                out.append(member)
+                continue
+            pieces, write_back = split_member(member, chunk_bytes)
+            out += pieces
+            write_backs.append(write_back)
+        return out, write_backs
 
     def host_ready(self) -> None:
         for layer in self._layers.values():
@@ -169,4 +193,4 @@ class PagedPlacement(Placement):
 
     def stream_buffer_bytes(self, params, states) -> int:
         _, _, paged = self._split(params, states)
-        return sum(paged_slot_bytes([m.nbytes for m in members]) for members in paged.values())
+        return sum(paged_slot_bytes([m.nbytes for m in members], self.splittable) for members in paged.values())

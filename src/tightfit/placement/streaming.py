@@ -38,10 +38,45 @@ class PagedParam:
     def nbytes(self) -> int:
         return self.block.numel()
 
+    def spans(self) -> list[tuple[torch.Tensor, int]]:
+        """(host bytes, byte offset in the member's slot range) copied each way: one block."""
+        return [(self.block, 0)]
+
+    def slot_views(self, slot: torch.Tensor, offset: int) -> dict[str, Encoded]:
+        return device_views(self, slot, offset)
+
+
+@dataclass
+class PagedPiece:
+    """Elements [lo, hi) of a paged param too large for one chunk (elementwise rules only).
+
+    ``param`` is a flat view of those elements (its ``.grad`` a flat view of the grad's);
+    ``state`` holds block-aligned slices of the param's host states (``Codec.slice``) and
+    the counters the pieces of one param share; ``layout`` places each sliced buffer in
+    the slot, one after another.
+    """
+
+    param: torch.Tensor
+    state: dict[str, Any]
+    layout: list[tuple[str, str, torch.Tensor, int]]  # (state, buffer key, host view, offset)
+    nbytes: int
+
+    def spans(self) -> list[tuple[torch.Tensor, int]]:
+        return [(view.reshape(-1).view(torch.uint8), offset) for _, _, view, offset in self.layout]
+
+    def slot_views(self, slot: torch.Tensor, offset: int) -> dict[str, Encoded]:
+        views = {name: Encoded(enc.codec, enc.kind, enc.shape, {}) for name, enc in self.state.items()
+                 if isinstance(enc, Encoded)}
+        for name, key, host, rel in self.layout:
+            start = offset + rel
+            nbytes = host.numel() * host.element_size()
+            views[name].buffers[key] = slot[start:start + nbytes].view(host.dtype).view(host.shape)
+        return views
+
 
 @dataclass
 class Chunk:
-    members: list[PagedParam] = field(default_factory=list)
+    members: list[PagedParam | PagedPiece] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)  # byte offset of each member in the slot
     nbytes: int = 0
 
@@ -77,7 +112,7 @@ def slot_bytes(sizes: Sequence[int], chunk_bytes: int, slots: int) -> int:
     return min(slots, len(groups)) * max(sum(_aligned(sizes[i]) for i in g) for g in groups)
 
 
-def make_chunks(members: Sequence[PagedParam], chunk_bytes: int) -> list[Chunk]:
+def make_chunks(members: Sequence[PagedParam | PagedPiece], chunk_bytes: int) -> list[Chunk]:
     """Members grouped by ``chunk_groups``, with each member's byte offset in its slot."""
     chunks: list[Chunk] = []
     for group in chunk_groups([m.nbytes for m in members], chunk_bytes):
@@ -108,7 +143,7 @@ def device_views(member: PagedParam, slot: torch.Tensor, offset: int) -> dict[st
 def _update(chunk: Chunk, slot: torch.Tensor, step_fn: StepFn) -> Callable[[], None]:
     """Work for the compute stream: step the chunk's params on device views of their states."""
     def work() -> None:
-        views = [{**m.state, **device_views(m, slot, off)} for m, off in zip(chunk.members, chunk.offsets)]
+        views = [{**m.state, **m.slot_views(slot, off)} for m, off in zip(chunk.members, chunk.offsets)]
         step_fn([m.param for m in chunk.members], views)
         for member, view in zip(chunk.members, views):  # counters an impl replaced rather than updated
             member.state.update({k: v for k, v in view.items() if not isinstance(v, Encoded)})
@@ -143,7 +178,9 @@ def stream_chunks(layer: StreamLayer, chunks: Sequence[Chunk], step_fn: StepFn, 
             buffers.append(layer.device_empty(slot_bytes))
         slot = buffers[j % slots]
         for member, offset in zip(chunks[j].members, chunks[j].offsets):
-            layer.copy(layer.h2d, slot[offset:offset + member.nbytes], member.block, ("copy_in", j))
+            for host, rel in member.spans():
+                start = offset + rel
+                layer.copy(layer.h2d, slot[start:start + host.numel()], host, ("copy_in", j))
         copied_in[j] = layer.record(layer.h2d, ("copied_in", j))
 
     for j in range(min(slots - 1, n)):
@@ -158,7 +195,9 @@ def stream_chunks(layer: StreamLayer, chunks: Sequence[Chunk], step_fn: StepFn, 
         layer.run(layer.compute, _update(chunks[i], slot, step_fn), ("update", i))
         layer.wait(layer.d2h, layer.record(layer.compute, ("updated", i)), ("copy_out_waits", i))
         for member, offset in zip(chunks[i].members, chunks[i].offsets):
-            layer.copy(layer.d2h, member.block, slot[offset:offset + member.nbytes], ("copy_out", i))
+            for host, rel in member.spans():
+                start = offset + rel
+                layer.copy(layer.d2h, host, slot[start:start + host.numel()], ("copy_out", i))
         copied_out[i] = layer.record(layer.d2h, ("copied_out", i))
     layer.wait(layer.compute, copied_out[n - 1], "end")
     layer.finish()

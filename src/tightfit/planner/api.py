@@ -111,7 +111,7 @@ def plan(model: str | ModelFacts, *, gpu: str | None = None, method: str = "full
         if method == "qlora" else 0,
     }
     budget = spec.device_budget()
-    sizes["state_device"], sizes["buffers"] = C.paged_split(state_each, budget)
+    sizes["state_device"], sizes["buffers"] = C.paged_split(state_each, budget, spec.rule.elementwise and not stochastic_rounding)
     timeline = step_timeline(facts, setup, C.gradient_places(facts, trainable, temp_per_elem),
                              grads_at_step=sizes["grads_at_step"], step_temp_largest=sizes["step_temp"],
                              in_backward=in_backward, dequant_temp=sizes["dequant"])

@@ -116,16 +116,17 @@ def optimizer_state_bytes(params: list[Trainable], spec, masters: bool) -> int:
     return sum(optimizer_state_bytes_each(params, spec, masters))
 
 
-def paged_split(state_each: list[int], budget: int | None) -> tuple[int, int]:
+def paged_split(state_each: list[int], budget: int | None, splittable: bool = False) -> tuple[int, int]:
     """(state bytes kept on the device, device bytes of the streaming slots) the way
     placement/paged.py splits them: smallest states stay resident while the budget lasts,
-    the rest streams through its slots (paged_slot_bytes)."""
+    the rest streams through its slots (paged_slot_bytes; ``splittable``: elementwise
+    rules stream large parameters in pieces)."""
     if budget is None:
         return sum(state_each), 0
     indices = list(range(len(state_each)))
     resident = plan_resident(indices, lambda i: state_each[i], budget)
     paged = [state_each[i] for i in indices if i not in resident]
-    return sum(state_each[i] for i in resident), paged_slot_bytes(paged)
+    return sum(state_each[i] for i in resident), paged_slot_bytes(paged, splittable)
 
 
 @dataclass

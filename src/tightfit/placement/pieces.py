@@ -1,0 +1,72 @@
+"""Streaming one paged parameter in pieces, so that no slot must hold a whole parameter.
+
+Without this a slot holds at least the largest paged parameter's states: a 128k x 4096
+embedding under 8-bit AdamW would need three ~1 GiB slots. Elementwise rules (AdamW,
+Adam, Lion, SGD, SophiaG) update every element from its own values only, so a
+parameter can be stepped as block-aligned element ranges [lo, hi), each with the slice
+of its states (``Codec.slice``: views, no copies), like independent small parameters.
+
+What must stay per parameter:
+- the non-finite skip: a NaN/Inf anywhere in the gradient is spread to the whole
+  gradient on the device (one ``masked_fill_``, no host sync), so every piece skips;
+- the counters: each piece steps a private copy of ``step`` / ``nonfinite_skips``
+  (all pieces must see the same step number); one copy is written back afterwards.
+Stochastic rounding keys its random bits by the whole parameter's element index, so
+parameters with it are not split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from ..codecs import Encoded, get_codec
+from .streaming import ALIGN, PagedParam, PagedPiece
+
+SPLIT_ALIGN = 256  # elements per piece: a multiple of every blockwise codec's block (256, 128)
+
+
+def piece_elements(nbytes: int, numel: int, chunk_bytes: int) -> int:
+    """Elements per piece so that a piece's states take about ``chunk_bytes``."""
+    per_element = nbytes / max(1, numel)
+    return max(SPLIT_ALIGN, int(chunk_bytes / per_element) // SPLIT_ALIGN * SPLIT_ALIGN)
+
+
+def split_sizes(nbytes: int, chunk_bytes: int) -> list[int]:
+    """Approximate piece sizes of a member of ``nbytes`` (the planner's estimate)."""
+    if nbytes <= chunk_bytes:
+        return [nbytes]
+    count = math.ceil(nbytes / chunk_bytes)
+    return [math.ceil(nbytes / count)] * count
+
+
+def split_member(member: PagedParam, chunk_bytes: int) -> tuple[list[PagedPiece], Callable[[], None]]:
+    """The member's pieces and the function that writes their counters back (call it
+    after the pieces' updates have been issued)."""
+    param, state = member.param, member.state
+    numel = param.numel()
+    span = piece_elements(member.nbytes, numel, chunk_bytes)
+    flat = param.detach().view(-1)
+    grad = param.grad.view(-1)
+    grad.masked_fill_(~torch.isfinite(grad).all(), float("nan"))  # all pieces skip, or none
+    encoded = [(name, enc) for name, enc in state.items() if isinstance(enc, Encoded)]
+    pieces = []
+    for lo in range(0, numel, span):
+        hi = min(numel, lo + span)
+        piece_state: dict[str, Any] = {"step": state["step"].clone(), "nonfinite_skips": state["nonfinite_skips"].clone()}
+        layout, offset = [], 0
+        for name, enc in encoded:
+            piece_state[name] = get_codec(enc.codec).slice(enc, lo, hi)
+            for key, view in piece_state[name].buffers.items():
+                layout.append((name, key, view, offset))
+                offset += -(-view.numel() * view.element_size() // ALIGN) * ALIGN
+        piece_param = flat[lo:hi]
+        piece_param.grad = grad[lo:hi]
+        pieces.append(PagedPiece(piece_param, piece_state, layout, offset))
+
+    def write_back() -> None:
+        state["step"].copy_(pieces[0].state["step"])
+        state["nonfinite_skips"].copy_(pieces[0].state["nonfinite_skips"])
+    return pieces, write_back
