@@ -24,6 +24,7 @@ import torch
 
 from ..codecs import Encoded
 from .device import Placement, StepFn, encoded_items, moved
+from ..distributed.shards import is_dtensor
 from .pieces import split_member, split_sizes
 from .streaming import ALIGN, PagedParam, make_chunks, slot_bytes, stream_chunks
 from .streams import StreamLayer, stream_layer_for
@@ -178,7 +179,9 @@ class PagedPlacement(Placement):
             return members, []
         out, write_backs = [], []
         for member in members:
-            if member.nbytes <= chunk_bytes or not (member.param.is_contiguous() and member.param.grad.is_contiguous()):
+            whole = (member.nbytes <= chunk_bytes or is_dtensor(member.param)  # FSDP2 shards stream whole
+                     or not (member.param.is_contiguous() and member.param.grad.is_contiguous()))
+            if whole:
                 out.append(member)
                 continue
             pieces, write_back = split_member(member, chunk_bytes)
