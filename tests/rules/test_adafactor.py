@@ -9,6 +9,7 @@ import torch
 import transformers
 
 import tightfit
+from factored_cases import loss_of, make_params, max_rel_err, run
 from tightfit.rules.adafactor import adafactor_hf_update, adafactor_update
 
 # Tolerances, with where each comes from.
@@ -23,42 +24,6 @@ TOL = {
 }
 
 STEPS = 50
-
-
-def make_params(seed=0):
-    """One of each shape class: matrix, vector, 3-D (factored over the last two dims), scalar."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(6, 5), (6,), (2, 3, 4), ()]
-    return [torch.randn(s, generator=g).requires_grad_() for s in shapes]
-
-
-def loss_of(params, step):
-    g = torch.Generator().manual_seed(1000 + step)
-    weight, bias, cube, scale = params
-    x = torch.randn(8, 5, generator=g)
-    target = torch.randn(8, 4, generator=g)
-    hidden = torch.tanh(x @ weight.T + bias)
-    out = scale * (hidden @ cube.reshape(6, 4))
-    return ((out - target) ** 2).mean()
-
-
-def run(opt, params, steps, start=0):
-    """Trajectory of parameter snapshots."""
-    snapshots = []
-    for step in range(start, start + steps):
-        opt.zero_grad()
-        loss_of(params, step).backward()
-        opt.step()
-        snapshots.append([p.detach().clone() for p in params])
-    return snapshots
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm().clamp(min=1e-30))
-
-
-def max_rel_err(ours, theirs):
-    return max(rel_err(a, b) for sa, sb in zip(ours, theirs) for a, b in zip(sa, sb))
 
 
 TORCH_CASES = {
