@@ -33,7 +33,8 @@ from typing import Callable
 import torch
 
 from result_tables import write_results
-from step_gpu import state_bytes, version_of
+from state_sizes import state_bytes
+from step_gpu import version_of
 
 # Llama-3.2 1B / 3B shapes (config.json of meta-llama/Llama-3.2-{1B,3B}).
 MODELS = {

@@ -23,6 +23,8 @@ import torch
 import tightfit
 from tightfit.impl import select_implementation
 
+from state_sizes import state_bytes
+
 RESULTS = Path(__file__).with_name("results")
 
 
@@ -44,23 +46,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of optimizer state: tightfit reports exact codec bytes; for torch / bnb, the
-    unique tensor storages in opt.state except step counters (bnb shares its qmaps)."""
-    if isinstance(opt, tightfit.TightfitOptimizer):
-        return opt.state_nbytes()
-    seen, total = set(), 0
-    for state in opt.state.values():
-        for key, value in state.items():
-            if key == "step" or not isinstance(value, torch.Tensor):
-                continue
-            ptr = value.untyped_storage().data_ptr()
-            if ptr not in seen:
-                seen.add(ptr)
-                total += value.untyped_storage().nbytes()
-    return total
 
 
 def chosen_impl(opt: torch.optim.Optimizer) -> str | None:

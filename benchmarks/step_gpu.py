@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from result_tables import write_results
+from state_sizes import state_bytes
 
 LLAMA_31_8B = {"hidden": 4096, "intermediate": 14336, "kv_dim": 1024, "vocab": 128256}
 FIELDS = ["optimizer", "status", "ms_per_step", "gb_per_s", "copy_fraction", "min_bytes_gb", "state_gb",
@@ -93,28 +94,6 @@ OPTIMIZERS: dict[str, Callable] = {
 
 
 # --- measurement ------------------------------------------------------------------------
-
-def tensor_bytes(value) -> int:
-    """Bytes of a tensor, tensor subclasses (torchao quantized states) through their inner tensors."""
-    if hasattr(value, "__tensor_flatten__"):
-        names, _ = value.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(value, name)) for name in names)
-    return value.numel() * value.element_size()
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    if hasattr(opt, "state_nbytes"):
-        return opt.state_nbytes()
-    seen, total = set(), 0
-    for state in opt.state.values():
-        for key, value in state.items():
-            if key == "step" or not isinstance(value, torch.Tensor):
-                continue
-            if id(value) not in seen:  # bnb shares its quantization maps between params
-                seen.add(id(value))
-                total += tensor_bytes(value)
-    return total
-
 
 def copy_bandwidth_gb_s(nbytes: int = 1 << 30, repeats: int = 10) -> float:
     """Device-to-device copy bandwidth (read + write counted), median of ``repeats``."""
