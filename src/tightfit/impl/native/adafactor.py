@@ -18,16 +18,13 @@ from typing import Any, Mapping
 import torch
 
 from ...codecs import get_codec
+from ...rules.adafactor import adafactor_step_scalars, factored_variance
 from ..base import all_finite
 from ..reference import reference_param_step
 from .jobs import F_MAXIMIZE, R_ADAFACTOR, RuleCall, make_job
 
 # The states the kernel streams (row/col statistics are read through job.row / job.col).
 KERNEL_STATES = ("exp_avg",)
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.norm(2) / math.sqrt(x.numel())
 
 
 def adafactor_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
@@ -40,19 +37,13 @@ def adafactor_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tenso
         state["nonfinite_skips"] += 1
         return
     step = int(state["step"].item()) + 1
-    eps1, eps2 = hyper["eps"]
-    if eps1 is None:
-        eps1 = torch.finfo(torch.float32).eps
-    # The same operations as rules.adafactor.adafactor_update, up to the statistics.
+    # The rule's own functions up to the statistics (rules/adafactor.py).
+    eps1, new_weight, alpha = adafactor_step_scalars(param.detach().float(), step=step, lr=hyper["lr"],
+                                                     beta2_decay=hyper["beta2_decay"], eps=hyper["eps"])
     g = -grad.float() if hyper["maximize"] else grad.float()
-    new_weight = step ** hyper["beta2_decay"]
-    rho = min(hyper["lr"], 1 / step**0.5)
-    alpha = max(eps2, float(_rms(param.detach().float()))) * rho
-    grad_sq = g * g
     row_enc, col_enc = state["row_var"], state["col_var"]
-    row_var = torch.lerp(get_codec(row_enc.codec).decode(row_enc), grad_sq.mean(dim=-1, keepdim=True), new_weight)
-    col_var = torch.lerp(get_codec(col_enc.codec).decode(col_enc), grad_sq.mean(dim=-2, keepdim=True), new_weight)
-    row_mean = row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
+    row_var, col_var, row_mean = factored_variance(g, get_codec(row_enc.codec).decode(row_enc),
+                                                   get_codec(col_enc.codec).decode(col_enc), new_weight, eps1)
     row_var, col_var = row_var.contiguous(), col_var.contiguous()
 
     beta1, weight_decay = hyper["beta1"], hyper["weight_decay"]
