@@ -26,7 +26,7 @@ from ..codecs import Encoded
 from .device import Placement, StepFn, encoded_items, moved
 from ..distributed.shards import is_dtensor
 from .pieces import split_member, split_sizes
-from .streaming import ALIGN, PagedParam, make_chunks, slot_bytes, stream_chunks
+from .streaming import PagedParam, buffer_layout, make_chunks, slot_bytes, stream_chunks
 from .streams import StreamLayer, stream_layer_for
 
 SLOTS = 3  # copy-in of the next chunk, update of this one, copy-out of the previous one
@@ -76,11 +76,7 @@ def host_block(items: list[tuple[str, Encoded]], layer: StreamLayer) -> torch.Te
 
 def pack(items: list[tuple[str, Encoded]], layer: StreamLayer) -> dict[str, Encoded]:
     """Copies of the encoded states as views into one new pinned host block."""
-    layout, total = [], 0
-    for name, enc in items:
-        for key, buf in enc.buffers.items():
-            layout.append((name, key, buf, total))
-            total += -(-buf.numel() * buf.element_size() // ALIGN) * ALIGN
+    layout, total = buffer_layout(items)
     block = layer.host_empty(total)
     packed = {name: Encoded(enc.codec, enc.kind, enc.shape, {}) for name, enc in items}
     for name, key, buf, offset in layout:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from ..codecs import Encoded, get_codec
-from .streaming import ALIGN, PagedParam, PagedPiece
+from .streaming import PagedParam, PagedPiece, buffer_layout
 
 SPLIT_ALIGN = 256  # elements per piece: a multiple of every blockwise codec's block (256, 128)
 
@@ -55,16 +55,13 @@ def split_member(member: PagedParam, chunk_bytes: int) -> tuple[list[PagedPiece]
     pieces = []
     for lo in range(0, numel, span):
         hi = min(numel, lo + span)
-        piece_state: dict[str, Any] = {"step": state["step"].clone(), "nonfinite_skips": state["nonfinite_skips"].clone()}
-        layout, offset = [], 0
-        for name, enc in encoded:
-            piece_state[name] = get_codec(enc.codec).slice(enc, lo, hi)
-            for key, view in piece_state[name].buffers.items():
-                layout.append((name, key, view, offset))
-                offset += -(-view.numel() * view.element_size() // ALIGN) * ALIGN
+        slices = [(name, get_codec(enc.codec).slice(enc, lo, hi)) for name, enc in encoded]
+        layout, nbytes = buffer_layout(slices)
+        piece_state: dict[str, Any] = {"step": state["step"].clone(), "nonfinite_skips": state["nonfinite_skips"].clone(),
+                                       **dict(slices)}
         piece_param = flat[lo:hi]
         piece_param.grad = grad[lo:hi]
-        pieces.append(PagedPiece(piece_param, piece_state, layout, offset))
+        pieces.append(PagedPiece(piece_param, piece_state, layout, nbytes))
 
     def write_back() -> None:
         state["step"].copy_(pieces[0].state["step"])

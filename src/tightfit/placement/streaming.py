@@ -88,6 +88,18 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def buffer_layout(items: Sequence[tuple[str, Encoded]]) -> tuple[list[tuple[str, str, torch.Tensor, int]], int]:
+    """Every buffer of these encoded states placed one after another at ALIGN-ed byte
+    offsets: ([(state name, buffer key, buffer, offset)], total bytes). Host blocks and
+    streamed pieces are laid out this way."""
+    layout, total = [], 0
+    for name, enc in items:
+        for key, buf in enc.buffers.items():
+            layout.append((name, key, buf, total))
+            total += _aligned(buf.numel() * buf.element_size())
+    return layout, total
+
+
 def chunk_groups(sizes: Sequence[int], chunk_bytes: int) -> list[list[int]]:
     """Indices of consecutive members per chunk, up to ``chunk_bytes`` of aligned sizes
     per chunk; a larger member is a chunk alone."""
