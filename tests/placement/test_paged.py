@@ -45,14 +45,20 @@ def saved_and_loaded(sd):
     return torch.load(buf, weights_only=True)
 
 
+def trained_pair(factory, codec):
+    """(model, unpaged optimizer, twin model, paged optimizer) after STEPS identical steps."""
+    model, twin = small_mlp(), small_mlp()
+    unpaged = factory(model.parameters(), state=codec, min_quantized_numel=1000)
+    paged_opt = factory(twin.parameters(), state=codec, min_quantized_numel=1000, paged=True)
+    train(model, unpaged, STEPS)
+    train(twin, paged_opt, STEPS)
+    return model, unpaged, twin, paged_opt
+
+
 @pytest.mark.parametrize("codec", CODEC_NAMES)
 @pytest.mark.parametrize("rule", sorted(PAGED_RULES))
 def test_paged_equals_unpaged_bit_for_bit(fake_streams, rule, codec):
-    model, twin = small_mlp(), small_mlp()
-    unpaged = PAGED_RULES[rule](model.parameters(), state=codec, min_quantized_numel=1000)
-    paged_opt = PAGED_RULES[rule](twin.parameters(), state=codec, min_quantized_numel=1000, paged=True)
-    train(model, unpaged, STEPS)
-    train(twin, paged_opt, STEPS)
+    model, unpaged, twin, paged_opt = trained_pair(PAGED_RULES[rule], codec)
     report = paged_opt.memory_report()
     assert report.device_bytes == 0 and report.host_bytes == unpaged.state_nbytes() > 0
     assert_same(model, unpaged, twin, paged_opt)

@@ -11,7 +11,7 @@ import tightfit
 from cases import CODEC_NAMES, RULE_CLASSES, small_mlp, train
 from tightfit.codecs import get_codec
 from tightfit.placement import paged
-from test_paged import PAGED_RULES, STEPS, assert_same
+from test_paged import PAGED_RULES, STEPS, assert_same, trained_pair
 
 CHUNK = 1024
 
@@ -29,11 +29,7 @@ ELEMENTWISE = {**RULE_CLASSES, "sophiag": PAGED_RULES["sophiag"]}
 @pytest.mark.parametrize("codec", CODEC_NAMES)
 @pytest.mark.parametrize("rule", sorted(ELEMENTWISE))
 def test_pieces_equal_unpaged_bit_for_bit(small_chunks, rule, codec):
-    model, twin = small_mlp(), small_mlp()
-    unpaged = ELEMENTWISE[rule](model.parameters(), state=codec, min_quantized_numel=1000)
-    paged_opt = ELEMENTWISE[rule](twin.parameters(), state=codec, min_quantized_numel=1000, paged=True)
-    train(model, unpaged, STEPS)
-    train(twin, paged_opt, STEPS)
+    model, unpaged, twin, paged_opt = trained_pair(ELEMENTWISE[rule], codec)
     assert_same(model, unpaged, twin, paged_opt)
     # pieces happened: more copy-ins per step than params, and slots stay near the chunk size
     copies = [label for _, label in small_chunks.executed if isinstance(label, tuple) and label[0] == "copy_in"]
@@ -43,11 +39,7 @@ def test_pieces_equal_unpaged_bit_for_bit(small_chunks, rule, codec):
 
 def test_factored_rules_are_not_split(small_chunks):
     """Adafactor needs whole rows and columns: it streams whole params and still matches."""
-    model, twin = small_mlp(), small_mlp()
-    unpaged = PAGED_RULES["adafactor"](model.parameters(), state="8bit", min_quantized_numel=1000)
-    paged_opt = PAGED_RULES["adafactor"](twin.parameters(), state="8bit", min_quantized_numel=1000, paged=True)
-    train(model, unpaged, STEPS)
-    train(twin, paged_opt, STEPS)
+    model, unpaged, twin, paged_opt = trained_pair(PAGED_RULES["adafactor"], "8bit")
     assert_same(model, unpaged, twin, paged_opt)
     assert paged_opt.memory_report().stream_buffer_bytes > paged.SLOTS * 2 * CHUNK
 
