@@ -21,6 +21,14 @@ TOL = {
     # midpoint may land one code over (ties). Codes differ by at most one step, and rarely.
     "code_steps": 1,
     "code_mismatch_fraction": 0.01,
+    # Factored rules (Adafactor, CAME): row/column statistics, RMS(θ) and RMS(U) are
+    # summed in another order (tiles, then atomic adds) than torch's mean and norm, so
+    # statistics, step sizes and updates agree to float32 summation error, not bit for bit.
+    "factored_relative": 1e-5,
+    # ... and with quantized first moments a code that flipped over a tie (above) moves the
+    # next steps' updates of its element by up to about a code step: such elements (at most
+    # code_mismatch_fraction of them) may differ by this fraction of the largest change.
+    "factored_code_flip_relative": 2e-2,
     # absmax: max |state| of a block, the same float32 state up to the fp32 slack above.
     "absmax_relative": 1e-6,
 }
@@ -37,6 +45,15 @@ RULE_FACTORIES = {
     # rho * bs small enough that some coordinates are not clipped once h is refreshed
     "sophiag": lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, weight_decay=0.1, **k),
     "sophiag_maximize": lambda p, **k: tightfit.SophiaG(p, lr=1e-2, rho=0.04, bs=10, maximize=True, **k),
+    # Factored rules, each convention with every term switched on somewhere.
+    "adafactor": lambda p, **k: tightfit.Adafactor(p, lr=1e-2, weight_decay=0.1, **k),
+    "adafactor_momentum": lambda p, **k: tightfit.Adafactor(p, lr=1e-2, beta1=0.9, maximize=True, **k),
+    "adafactor_hf": lambda p, **k: tightfit.Adafactor(p, convention="hf", **k),
+    "adafactor_hf_fixed_lr": lambda p, **k: tightfit.Adafactor(p, lr=1e-3, convention="hf", relative_step=False,
+                                                               scale_parameter=False, beta1=0.9, weight_decay=0.1,
+                                                               **k),
+    "adafactor_hf_warmup": lambda p, **k: tightfit.Adafactor(p, convention="hf", warmup_init=True, beta1=0.5, **k),
+    "came": lambda p, **k: tightfit.CAME(p, lr=1e-3, weight_decay=0.1, **k),
 }
 
 # Odd numel spanning two programs and a partial 4-bit/8-bit block, a small vector, a 0-dim param.
@@ -77,7 +94,9 @@ def raw_codes(enc):
     return (unpack_nibbles(codes, 2 * codes.numel()) if enc.codec == "4bit" else codes).long()
 
 
-def assert_states_match(state_fast, state_slow, float_tol):
+def assert_states_match(state_fast, state_slow, float_tol, loose=()):
+    """States equal within the tolerance table; ``loose`` states (computed from a quantized
+    first moment, e.g. CAME's residual statistics) get TOL["factored_code_flip_relative"]."""
     assert torch.equal(state_fast["step"], state_slow["step"])
     assert torch.equal(state_fast["nonfinite_skips"], state_slow["nonfinite_skips"])
     for name, enc in state_slow.items():
@@ -92,4 +111,7 @@ def assert_states_match(state_fast, state_slow, float_tol):
             assert relative_error(fast.buffers["absmax"], enc.buffers["absmax"]) <= TOL["absmax_relative"], name
         else:
             codec = get_codec(enc.codec)
-            assert relative_error(codec.decode(fast), codec.decode(enc)) <= float_tol, name
+            # bf16 states: inputs within float_tol may still round one bf16 ulp apart.
+            tol = max(float_tol, TOL["bf16_relative"]) if enc.codec == "bf16" else float_tol
+            tol = TOL["factored_code_flip_relative"] if name in loose else tol
+            assert relative_error(codec.decode(fast), codec.decode(enc)) <= tol, name

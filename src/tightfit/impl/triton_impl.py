@@ -20,8 +20,9 @@ PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _kernel_tables():
-    from ..kernels.fused_step import KERNEL_CODECS, KERNEL_RULES  # imports triton
-    return KERNEL_RULES, KERNEL_CODECS
+    from ..kernels.factored_step import FACTORED_RULES  # imports triton
+    from ..kernels.fused_step import KERNEL_CODECS, KERNEL_RULES
+    return KERNEL_RULES, FACTORED_RULES, KERNEL_CODECS
 
 
 def _interpreting() -> bool:
@@ -29,8 +30,9 @@ def _interpreting() -> bool:
 
 
 def _state_codec(state) -> str | None:
-    """The one codec of a param's states (None: no states); ValueError if they differ."""
-    codecs = {enc.codec for enc in encoded_states(state).values()}
+    """The one codec of a param's coded states (None: none); ValueError if they differ.
+    "small" states (factored statistics) are always fp32 and read separately."""
+    codecs = {enc.codec for enc in encoded_states(state).values() if enc.kind != "small"}
     if len(codecs) > 1:
         raise ValueError(f"states use different codecs {sorted(codecs)}")
     return next(iter(codecs), None)
@@ -51,33 +53,43 @@ class TritonImplementation(Implementation):
                 return f"param dtype {param.dtype} is not one of {PARAM_DTYPES}"
             if not param.is_contiguous() or type(param) not in (torch.nn.Parameter, torch.Tensor):
                 return "params must be plain contiguous tensors (not views or tensor subclasses)"
-        rules, codecs = _kernel_tables()
-        if rule.name not in rules:
-            return f"no fused kernel for rule {rule.name!r} (kernels exist for {sorted(rules)})"
-        for state in states:
+        rules, factored_rules, codecs = _kernel_tables()
+        if rule.name not in rules and rule.name not in factored_rules:
+            return f"no fused kernel for rule {rule.name!r} (kernels exist for {sorted([*rules, *factored_rules])})"
+        for param, state in zip(params, states):
             try:
                 codec = _state_codec(state)
             except ValueError as error:
                 return str(error)
             if codec is not None and codec not in codecs:
                 return f"no fused kernel for codec {codec!r} (kernels exist for {sorted(codecs)})"
+            if rule.name in factored_rules:
+                from ..kernels.factored_step import small_state_problem
+                problem = small_state_problem(rule.name, param.shape, state, param.device)
+                if problem is not None:
+                    return problem
         return None
 
     def step_group(self, rule, hyper, params, states, rounding=None) -> None:
-        from ..kernels.fused_step import fused_step  # imports triton
+        from ..kernels.factored_step import FACTORED_RULES, factored_step  # imports triton
+        from ..kernels.fused_step import fused_step
 
         stochastic = rounding is not None
         seed = rounding.seed if rounding is not None else 0
         salts = rounding.salts if rounding is not None else tuple(range(len(params)))
-        state_names = [spec.name for spec in rule.state_specs(params[0].shape, hyper)]
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for index, (param, state) in enumerate(zip(params, states)):
             codec = _state_codec(state) or "fp32"
             buckets[(param.device, param.dtype, param.grad.dtype, codec)].append(index)
         for (_, param_dtype, _, codec), members in buckets.items():
-            fused_step(rule.name, hyper, [params[i] for i in members], [states[i] for i in members],
-                       state_names, codec, stochastic_rounding=stochastic and param_dtype == torch.bfloat16,
-                       seed=seed, salts=[salts[i] for i in members])
+            member_params, member_states = [params[i] for i in members], [states[i] for i in members]
+            options = dict(stochastic_rounding=stochastic and param_dtype == torch.bfloat16, seed=seed,
+                           salts=[salts[i] for i in members])
+            if rule.name in FACTORED_RULES:
+                factored_step(rule.name, hyper, member_params, member_states, codec, **options)
+            else:
+                state_names = [spec.name for spec in rule.state_specs(params[0].shape, hyper)]
+                fused_step(rule.name, hyper, member_params, member_states, state_names, codec, **options)
 
 
 from . import register_implementation  # noqa: E402  (impl/__init__ defines it before importing us)

@@ -75,7 +75,7 @@ def codec_block(codec_name: str) -> int:
 
 
 @lru_cache(maxsize=None)
-def _map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, midpoints padded with +inf to a power of two) on ``device``."""
     qmap = get_map(map_name)
     size = 1 << max(1, math.ceil(math.log2(qmap.size)))
@@ -84,7 +84,7 @@ def _map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torc
     return qmap.values.to(device), padded.to(device)
 
 
-def _host_to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def host_to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small table on ``device`` without a host sync: a pageable host-to-device copy
     waits for the stream to drain, a pinned non_blocking one does not (the caching host
     allocator keeps the pinned buffer alive until the copy is done)."""
@@ -94,14 +94,15 @@ def _host_to_device(values, dtype: torch.dtype, device: torch.device) -> torch.T
     return host.to(device)
 
 
-def _hyper_table(kernel_rule: KernelRule, hyper: Mapping[str, Any], device: torch.device) -> torch.Tensor:
-    lr = hyper["lr"]
-    values = [0.0] * HYPER_SLOTS
+def make_hyper_table(slots: Mapping[int, float], lr, size: int, device: torch.device) -> torch.Tensor:
+    """float64 hyperparameter table: slot 0 is lr, ``slots`` fill the others. A tensor lr
+    is copied on the device (no .item())."""
+    values = [0.0] * size
     values[0] = 0.0 if isinstance(lr, torch.Tensor) else float(lr)
-    for slot, value in kernel_rule.slots(hyper).items():
+    for slot, value in slots.items():
         values[slot] = float(value)
-    table = _host_to_device(values, torch.float64, device)
-    if isinstance(lr, torch.Tensor):  # read on the device: no .item()
+    table = host_to_device(values, torch.float64, device)
+    if isinstance(lr, torch.Tensor):
         table[:1].copy_(lr.detach().reshape(1), non_blocking=True)
     return table
 
@@ -111,16 +112,23 @@ def search_levels(tensor_count: int) -> int:
     return max(1, tensor_count.bit_length())
 
 
-@lru_cache(maxsize=64)
-def _first_program_table(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
-    """(first program of each tensor padded with int64 max, total programs), cached on the
-    device: it depends on sizes only, so steady-state steps copy nothing for it."""
+@lru_cache(maxsize=128)
+def program_table(programs: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, int]:
+    """(first program of each tensor padded with int64 max, total programs) for tensors
+    taking ``programs`` programs each (at least one: a tensor with no work still counts
+    its step), cached on the device: it depends on sizes only, so steady-state steps
+    copy nothing for it."""
     starts, total = [], 0
-    for numel in numels:
+    for count in programs:
         starts.append(total)
-        total += max(1, -(-numel // ELEMENTS_PER_PROGRAM))  # a 0-element tensor still counts its step
-    starts += [torch.iinfo(torch.int64).max] * ((1 << search_levels(len(numels))) - len(numels))
+        total += max(1, count)
+    starts += [torch.iinfo(torch.int64).max] * ((1 << search_levels(len(programs))) - len(programs))
     return torch.tensor(starts, dtype=torch.int64).to(device), total
+
+
+def element_programs(numels: Sequence[int]) -> tuple[int, ...]:
+    """Programs per tensor when each covers ELEMENTS_PER_PROGRAM elements."""
+    return tuple(-(-n // ELEMENTS_PER_PROGRAM) for n in numels)
 
 
 def update_constexprs(rule_name: str, nstates: int, codec_name: str, param_dtype: torch.dtype,
@@ -162,16 +170,16 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
             buffers = state[name].buffers
             tensor_rows += (buffers["values"].data_ptr(), 0) if "values" in buffers else \
                 (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
-    first_program, total_programs = _first_program_table(tuple(p.numel() for p in params), device)
-    tensors = _host_to_device(tensor_rows, torch.int64, device)
-    hyper_table = _hyper_table(kernel_rule, hyper, device)
+    first_program, total_programs = program_table(element_programs([p.numel() for p in params]), device)
+    tensors = host_to_device(tensor_rows, torch.int64, device)
+    hyper_table = make_hyper_table(kernel_rule.slots(hyper), hyper["lr"], HYPER_SLOTS, device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
     nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)
 
     maps = []
     for name in state_names:
         if kernel_codec.bits:
-            maps += _map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
+            maps += map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
         else:
             maps += (hyper_table, hyper_table)  # unused by unquantized codecs
     maps += [hyper_table] * (4 - len(maps))

@@ -1,0 +1,114 @@
+"""The factored rules' kernels (Adafactor in both conventions, CAME) against the reference,
+on CPU under TRITON_INTERPRET=1: statistics, first moments, parameters and counters."""
+
+import pytest
+import torch
+
+from tightfit.kernels import triton_available
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+
+from kernel_cases import TOL, assert_states_match, make_params, relative_error, set_grads, twin_optimizers  # noqa: E402
+
+# A matrix over several stats tiles and two column tiles, a vector, a scalar, a stack of
+# matrices (B = 2).
+SHAPES = [(37, 130), (300,), (), (2, 5, 7)]
+
+# (factory in kernel_cases.RULE_FACTORIES, first-moment codec, param dtype)
+CASES = [
+    ("adafactor", "fp32", torch.float32),
+    ("adafactor", "fp32", torch.bfloat16),
+    ("adafactor_momentum", "fp32", torch.float32),
+    ("adafactor_momentum", "bf16", torch.float32),
+    ("adafactor_momentum", "8bit", torch.float32),
+    ("adafactor_momentum", "4bit", torch.bfloat16),
+    ("adafactor_hf", "fp32", torch.float32),
+    ("adafactor_hf_fixed_lr", "8bit", torch.float32),
+    ("adafactor_hf_fixed_lr", "4bit", torch.float32),
+    ("adafactor_hf_warmup", "bf16", torch.float32),
+    ("came", "fp32", torch.float32),
+    ("came", "bf16", torch.bfloat16),
+    ("came", "8bit", torch.float32),
+    ("came", "4bit", torch.float32),
+]
+
+
+def assert_update_close(fast, slow, start, quantized):
+    """|fast − slow| within TOL["factored_relative"] of the largest change plus two ulps
+    of the param's dtype: the change is what the rule computes, the ulps are the rounding
+    of adding it (relative-step Adafactor moves params by ~1e-6 of their size). With a
+    quantized first moment a few elements (code flips over ties) get the looser bound."""
+    assert fast.dtype == slow.dtype
+    ulp = torch.finfo(slow.dtype).eps
+    fast, slow, start = fast.detach().float(), slow.detach().float(), start.float()
+    if not slow.numel():
+        return
+    change = (slow - start).abs().max()
+    error = (fast - slow).abs()
+    outside = error > TOL["factored_relative"] * change + 2 * ulp * slow.abs()
+    if quantized:
+        assert float(outside.float().mean()) <= TOL["code_mismatch_fraction"]
+        assert float(error.max()) <= TOL["factored_code_flip_relative"] * float(change)
+    else:
+        assert not bool(outside.any()), float(error.max() / change)
+
+
+def run_and_compare(rule, codec, dtype, shapes=SHAPES, steps=3, nonfinite=None, min_quantized_numel=0, **options):
+    params = make_params(shapes, dtype)
+    fast, slow = twin_optimizers(rule, params, state=codec, min_quantized_numel=min_quantized_numel, **options)
+    for step in range(steps):
+        set_grads(fast, slow, seed=step, nonfinite_index=nonfinite.get(step) if nonfinite else None)
+        fast.step()
+        slow.step()
+    for start, a, b in zip(params, fast.param_groups[0]["params"], slow.param_groups[0]["params"]):
+        quantized = codec in ("8bit", "4bit")
+        assert_update_close(a, b, start, quantized)
+        assert_states_match(fast.state[a], slow.state[b], TOL["factored_relative"],
+                            loose=("exp_avg_res_row", "exp_avg_res_col") if quantized else ())
+    return fast, slow
+
+
+@pytest.mark.parametrize("rule,codec,dtype", CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_matches_reference(rule, codec, dtype):
+    run_and_compare(rule, codec, dtype)
+
+
+@pytest.mark.parametrize("rule", ["adafactor_momentum", "came"])
+def test_nonfinite_gradient_skips_only_that_param(rule):
+    fast, slow = run_and_compare(rule, "8bit", torch.float32, nonfinite={1: 0, 2: 3})
+    skips = [int(fast.state[p]["nonfinite_skips"]) for p in fast.param_groups[0]["params"]]
+    steps = [int(fast.state[p]["step"]) for p in fast.param_groups[0]["params"]]
+    assert skips == [1, 0, 0, 1]
+    assert steps == [2, 3, 3, 2]
+
+
+def test_statistics_spanning_several_finish_programs():
+    # 1030 row statistics: two finish programs per pass, each adding its part of Σ rows.
+    run_and_compare("came", "8bit", torch.float32, shapes=[(1030, 2), (4, 300, 3)], steps=2)
+
+
+def test_tensor_lr_is_read_on_the_device():
+    fast, slow = twin_optimizers("adafactor_hf_fixed_lr", make_params([(37, 130), (300,)], torch.float32), state="8bit",
+                                 min_quantized_numel=0)
+    for opt in (fast, slow):
+        opt.param_groups[0]["lr"] = torch.tensor(2e-3)
+    for step in range(2):
+        set_grads(fast, slow, seed=step)
+        fast.step()
+        slow.step()
+    for a, b in zip(fast.param_groups[0]["params"], slow.param_groups[0]["params"]):
+        assert relative_error(a, b) <= TOL["factored_relative"]
+
+
+def test_stochastic_rounding_matches_the_reference_draws():
+    # Same Philox draws; a float32 value a summation-order ulp away from the reference may
+    # round to the neighbouring bf16 value, hence the one-ulp tolerance.
+    run_and_compare("came", "8bit", torch.bfloat16, stochastic_rounding=True, rounding_seed=7)
+
+
+def test_mixed_codecs_step_in_separate_buckets():
+    # Default min_quantized_numel (4096): the 4810-element matrix quantizes its first
+    # moment, the vector keeps fp32 -- two buckets in one group, one launch sequence each.
+    fast, _ = run_and_compare("came", "4bit", torch.float32, shapes=[(37, 130), (300,)], steps=2,
+                              min_quantized_numel=4096)
+    assert [fast.state[p]["exp_avg"].codec for p in fast.param_groups[0]["params"]] == ["4bit", "fp32"]
