@@ -84,6 +84,8 @@ OPTIMIZERS: dict[str, Callable] = {
     "tightfit Lion fp32": _tightfit("Lion", lr=1e-5, state="fp32"),
     "tightfit Lion 8bit": _tightfit("Lion", lr=1e-5, state="8bit"),
     "tightfit Adafactor": _tightfit("Adafactor", lr=1e-4),
+    "tightfit Adafactor + 8bit momentum": _tightfit("Adafactor", lr=1e-4, beta1=0.9, state="8bit"),
+    "tightfit CAME 8bit": _tightfit("CAME", lr=1e-4, state="8bit"),
     "torch AdamW foreach": lambda p: torch.optim.AdamW(p, lr=1e-4, foreach=True),
     "torch AdamW fused": lambda p: torch.optim.AdamW(p, lr=1e-4, fused=True),
     "bnb AdamW8bit": _bnb("AdamW8bit"),

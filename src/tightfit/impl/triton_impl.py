@@ -1,8 +1,9 @@
 """The triton implementation: fused decode -> rule -> encode kernels, many params per launch.
 
 Params of a group are bucketed by (device, param dtype, grad dtype, state codec); each bucket
-takes two launches (kernels/fused_step.py), so the launch count does not grow with the
-number of params. Runs on CUDA tensors, and on CPU tensors under the triton interpreter
+takes two launches for elementwise rules (kernels/fused_step.py) and five (Adafactor) or
+seven (CAME) for the factored rules (kernels/factored_step.py), so the launch count does
+not grow with the number of params. Runs on CUDA tensors, and on CPU tensors under the triton interpreter
 (``TRITON_INTERPRET=1``, for tests). triton is imported on the first step only.
 """
 

@@ -1,8 +1,9 @@
 """Fused Triton kernels: one pass per block does decode -> rule -> encode for many tensors.
 
 Only this package imports triton, and only in ``pieces`` (small @triton.jit pieces),
-``fused_kernels`` (the two kernels built from them) and ``fused_step`` (the host-side
-launcher), which ``impl/triton_impl.py`` imports on first use.
+``fused_kernels`` (the two kernels built from them), ``fused_step`` (the host-side
+launcher), and for the factored rules (Adafactor, CAME) ``factored_kernels`` and
+``factored_step``; ``impl/triton_impl.py`` imports them on first use.
 ``rounding`` is pure PyTorch (the reference of the kernels' stochastic rounding).
 """
 
