@@ -115,3 +115,13 @@ def assert_states_match(state_fast, state_slow, float_tol, loose=()):
             tol = max(float_tol, TOL["bf16_relative"]) if enc.codec == "bf16" else float_tol
             tol = TOL["factored_code_flip_relative"] if name in loose else tol
             assert relative_error(codec.decode(fast), codec.decode(enc)) <= tol, name
+
+
+def step_without_syncs(opt, check: bool) -> None:
+    """opt.step(); with ``check``, any host synchronisation inside it raises (CUDA only)."""
+    if check:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

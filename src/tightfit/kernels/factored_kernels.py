@@ -379,6 +379,22 @@ def _lane_step(RULE: tl.constexpr, HAS_MOMENTUM: tl.constexpr, row, scratch, hyp
 
 
 @triton.jit
+def _apply_lane(RULE: tl.constexpr, HAS_MOMENTUM: tl.constexpr, CODEC: tl.constexpr, VALUE_DTYPE: tl.constexpr,
+                PARAM_DTYPE: tl.constexpr, GRAD_DTYPE: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr,
+                row, scratch, hyper_ptr, map_values, elem, mask, B, R, C, factored, divisor, alpha, step):
+    """Load, step and store the param of one lane; returns the lane's new first moment."""
+    param = tl.load(_address(row, 0, PARAM_DTYPE) + elem, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(_address(row, 1, GRAD_DTYPE) + elem, mask=mask, other=0.0).to(tl.float32)
+    exp_avg = tl.zeros(param.shape, tl.float32)
+    if HAS_MOMENTUM:
+        exp_avg = gather_state(CODEC, VALUE_DTYPE, row, map_values, elem, mask, BLOCK)
+    param, exp_avg = _lane_step(RULE, HAS_MOMENTUM, row, scratch, hyper_ptr, elem, mask, param, grad, exp_avg,
+                                B, R, C, factored, divisor, alpha)
+    _store_param(row, elem, mask, param, step, tl.load(row + 5), tl.load(row + 6), PARAM_DTYPE, STOCHASTIC)
+    return tl.where(mask, exp_avg, 0.0)
+
+
+@triton.jit
 def factored_apply_kernel(first_program, tensors, hyper_ptr, nonfinite, step_snapshot, map_values, midpoints,
                           RULE: tl.constexpr, HAS_MOMENTUM: tl.constexpr, CODEC: tl.constexpr,
                           VALUE_DTYPE: tl.constexpr, PARAM_DTYPE: tl.constexpr, GRAD_DTYPE: tl.constexpr,
@@ -407,32 +423,16 @@ def factored_apply_kernel(first_program, tensors, hyper_ptr, nonfinite, step_sna
     mask0 = elem0 < live_numel
     mask1 = elem1 < live_numel
     block_mask = block * BLOCK < live_numel
-    param_ptr = _address(row, 0, PARAM_DTYPE)
-    grad_ptr = _address(row, 1, GRAD_DTYPE)
-    seed = tl.load(row + 5)
-    salt = tl.load(row + 6)
 
-    param0 = tl.load(param_ptr + elem0, mask=mask0, other=0.0).to(tl.float32)
-    grad0 = tl.load(grad_ptr + elem0, mask=mask0, other=0.0).to(tl.float32)
-    exp_avg0 = tl.zeros(param0.shape, tl.float32)
-    if HAS_MOMENTUM:
-        exp_avg0 = gather_state(CODEC, VALUE_DTYPE, row, map_values, elem0, mask0, BLOCK)
-    param0, exp_avg0 = _lane_step(RULE, HAS_MOMENTUM, row, scratch, hyper_ptr, elem0, mask0, param0, grad0,
-                                  exp_avg0, B, R, C, factored, divisor, alpha)
-    _store_param(row, elem0, mask0, param0, step, seed, salt, PARAM_DTYPE, STOCHASTIC)
+    exp_avg0 = _apply_lane(RULE, HAS_MOMENTUM, CODEC, VALUE_DTYPE, PARAM_DTYPE, GRAD_DTYPE, STOCHASTIC, BLOCK, row,
+                           scratch, hyper_ptr, map_values, elem0, mask0, B, R, C, factored, divisor, alpha, step)
     exp_avg1 = exp_avg0
     if LANES == 2:
-        param1 = tl.load(param_ptr + elem1, mask=mask1, other=0.0).to(tl.float32)
-        grad1 = tl.load(grad_ptr + elem1, mask=mask1, other=0.0).to(tl.float32)
-        exp_avg1 = tl.zeros(param1.shape, tl.float32)
-        if HAS_MOMENTUM:
-            exp_avg1 = gather_state(CODEC, VALUE_DTYPE, row, map_values, elem1, mask1, BLOCK)
-        param1, exp_avg1 = _lane_step(RULE, HAS_MOMENTUM, row, scratch, hyper_ptr, elem1, mask1, param1, grad1,
-                                      exp_avg1, B, R, C, factored, divisor, alpha)
-        _store_param(row, elem1, mask1, param1, step, seed, salt, PARAM_DTYPE, STOCHASTIC)
+        exp_avg1 = _apply_lane(RULE, HAS_MOMENTUM, CODEC, VALUE_DTYPE, PARAM_DTYPE, GRAD_DTYPE, STOCHASTIC, BLOCK,
+                               row, scratch, hyper_ptr, map_values, elem1, mask1, B, R, C, factored, divisor, alpha,
+                               step)
     if HAS_MOMENTUM:
-        _store_state(CODEC, VALUE_DTYPE, row, 0, midpoints, tl.where(mask0, exp_avg0, 0.0),
-                     tl.where(mask1, exp_avg1, 0.0), elem0, elem0 // 2, mask0, mask1, block, block_mask, LANES, BITS)
+        _store_state(CODEC, VALUE_DTYPE, row, 0, midpoints, exp_avg0, exp_avg1, elem0, elem0 // 2, mask0, mask1, block, block_mask, LANES, BITS)
 
     first = start == 0
     tl.store(_address(row, 2, tl.float32), tl.where(flagged == 0, step.to(tl.float32), old_step), mask=first)

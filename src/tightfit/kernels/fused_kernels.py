@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import pieces
-from .pieces import CODEC_4BIT, CODEC_8BIT, CODEC_BF16, CODEC_FP32
+from .pieces import CODEC_4BIT, CODEC_8BIT
 
 FIXED_COLUMNS = 7  # param, grad, step, nonfinite_skips, numel, seed, salt
 _STATE_COLUMN0: tl.constexpr = tl.constexpr(FIXED_COLUMNS)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import triton.language as tl
 
-from ..codecs import Encoded, get_codec
+from ..codecs import get_codec
 from ..codecs.maps import get_map
 from . import fused_kernels, pieces
 
