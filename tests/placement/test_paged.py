@@ -290,3 +290,13 @@ def test_chunk_size_scales_with_the_paged_total(paged_bytes, chunk):
 def test_slots_of_a_small_paged_state_cost_a_fraction_of_it():
     sizes = [1 << 20] * 80  # 80 MiB of states in 1 MiB params (LoRA adapters)
     assert paged.paged_slot_bytes(sizes) <= sum(sizes) // 4
+
+
+@pytest.mark.skipif(not tightfit.kernels.triton_available(), reason="triton is not installed")
+@pytest.mark.parametrize("rule,codec", [("came", "8bit"), ("adafactor", "4bit"), ("adamw", "8bit")])
+def test_paged_triton_steps_equal_unpaged_triton_steps(fake_streams, rule, codec):
+    # The kernels read the states where the placement put them (device slots here).
+    def factory(params, **options):
+        return PAGED_RULES[rule](params, impl="triton", **options)
+    model, unpaged, twin, paged_opt = trained_pair(factory, codec)
+    assert_same(model, unpaged, twin, paged_opt)
