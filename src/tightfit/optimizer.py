@@ -95,16 +95,28 @@ class TightfitOptimizer(torch.optim.Optimizer):
         return codec_for_state(spec.kind, param.numel(), group["state"], group["min_quantized_numel"])
 
     def placement_for(self, group: dict[str, Any]) -> Placement:
-        """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change."""
+        """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change
+        (or those of a group sharing its device budget)."""
         splittable = self.rule.elementwise and not group["stochastic_rounding"]
-        key = (group["paged"], get_codec(group["state"]).name, group["min_quantized_numel"],
-               len(group["params"]), splittable)
+        pool = self._budget_pool(group)
+        key = (group["paged"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
+                                                  len(g["params"])) for g in pool))
         cached = self._placements.get(id(group))
         if cached is None or cached[0] != key or cached[1] is not group:
-            placement = make_placement(group["paged"], group["params"], lambda p: self._planned_bytes(p, group),
-                                       self._warn_once, splittable)
+            owner = {id(p): g for g in pool for p in g["params"]}
+            placement = make_placement(group["paged"], [p for g in pool for p in g["params"]],
+                                       lambda p: self._planned_bytes(p, owner[id(p)]), self._warn_once, splittable)
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
+
+    def _budget_pool(self, group: dict[str, Any]) -> list[dict[str, Any]]:
+        """The groups whose states share ``group``'s device budget: every group asking for
+        the same budget, so ``paged="4GiB"`` bounds the whole optimizer however its params
+        are grouped (e.g. decay / no-decay groups); a group with another budget has its own."""
+        budget = device_budget(group["paged"])
+        if not budget:  # unpaged, or everything paged: nothing to share
+            return [group]
+        return [g for g in self.param_groups if g is group or device_budget(g["paged"]) == budget]
 
     def _planned_bytes(self, param: torch.Tensor, group: dict[str, Any]) -> int:
         return state_bytes(self.rule, group["state"], tuple(param.shape), group, group["min_quantized_numel"])

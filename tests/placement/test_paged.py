@@ -300,3 +300,23 @@ def test_paged_triton_steps_equal_unpaged_triton_steps(fake_streams, rule, codec
         return PAGED_RULES[rule](params, impl="triton", **options)
     model, unpaged, twin, paged_opt = trained_pair(factory, codec)
     assert_same(model, unpaged, twin, paged_opt)
+
+
+def test_a_budget_is_shared_by_the_groups_that_ask_for_it(fake_streams):
+    # Two groups (decay / no-decay, as HF Trainer builds them) with the constructor's budget:
+    # one pool, the same residents as a single group; a group with its own budget plans alone.
+    model = small_mlp()
+    params = list(model.parameters())
+    matrices, vectors = [p for p in params if p.dim() > 1], [p for p in params if p.dim() == 1]
+    single = tightfit.AdamW(params, paged="2100B")
+    split = tightfit.AdamW([{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], paged="2100B")
+    own = tightfit.AdamW([{"params": matrices}, {"params": vectors, "paged": 2 ** 20}], paged="2100B")
+
+    def resident(opt):
+        return sorted(p.numel() for g in opt.param_groups for p in g["params"]
+                      if not opt.placement_for(g).pages(p))
+    # fp32 AdamW: 8 bytes per element; 32 + 512 + 512 = 1056 B fit 2100 B, the 2048 B of the
+    # 256-element matrix would not.
+    assert resident(split) == resident(single) == [4, 64, 64]
+    # Vectors in their own 1 MiB; the matrices alone in 2100 B: the 256-element one fits.
+    assert resident(own) == [4, 64, 64, 256]

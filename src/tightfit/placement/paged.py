@@ -8,7 +8,8 @@ hang a GPU when oversubscribed and is invisible to torch's memory counters).
 
 A device budget (``paged="4GiB"``) keeps the parameters with the smallest states on the
 device until the budget is spent and pages the rest: that leaves the fewest, largest
-transfers, which run closest to PCIe bandwidth. The budget counts this group's states.
+transfers, which run closest to PCIe bandwidth. The budget counts the states of every
+param group that asks for the same budget (the optimizer passes them all as ``params``).
 
 Under an elementwise rule a parameter whose states exceed a chunk streams in pieces
 (pieces.py), so the slots stay at SLOTS x the chunk size whatever the model; otherwise a
