@@ -23,8 +23,6 @@ Exits 2 without CUDA.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import gc
 import statistics
 import sys
@@ -34,7 +32,7 @@ import torch
 
 from result_tables import write_results
 from state_sizes import state_bytes
-from step_gpu import version_of
+from gpu_run import cuda_missing, parse_args, run_facts, selected
 
 # Llama-3.2 1B / 3B shapes (config.json of meta-llama/Llama-3.2-{1B,3B}).
 MODELS = {
@@ -161,31 +159,25 @@ def measure(name: str, mode: str, factory: Callable, model, tokens, args) -> dic
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="1b")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--only", nargs="*", help="substrings of the optimizer names to run")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("paging_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False): paging streams optimizer "
-              "states between pinned host memory and a GPU, so there is nothing to measure on CPU", file=sys.stderr)
+    def add_arguments(parser):
+        parser.add_argument("--model", choices=sorted(MODELS), default="1b")
+        parser.add_argument("--batch", type=int, default=4)
+        parser.add_argument("--seq", type=int, default=512)
+    args = parse_args(__doc__, argv, steps=5, warmup=2, add_arguments=add_arguments)
+    if cuda_missing("paging_gpu.py", "paging streams optimizer states between pinned host memory and a GPU, "
+                    "so there is nothing to measure on CPU"):
         return 2
 
     torch.manual_seed(0)
     model = build_model(args.model)
     tokens = torch.randint(0, COMMON_SHAPE["vocab_size"], (args.batch, args.seq), device="cuda")
     n_params = sum(p.numel() for p in model.parameters())
-    common = {"params_b": f"{n_params / 1e9:.3f}", "batch": args.batch, "seq": args.seq,
-              "device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
-              "torch": torch.__version__, "transformers": version_of("transformers"),
-              "tightfit": version_of("tightfit"), "bitsandbytes": version_of("bitsandbytes")}
+    common = run_facts(["transformers", "tightfit", "bitsandbytes"], params_b=f"{n_params / 1e9:.3f}",
+                       batch=args.batch, seq=args.seq)
     print(f"{n_params / 1e9:.2f}B bf16 params on {common['device']}", flush=True)
     rows = []
     for name, modes, factory in RUNS:
-        if args.only and not any(s.lower() in name.lower() for s in args.only):
+        if not selected(name, args.only):
             continue
         for mode in modes:
             rows.append(measure(name, mode, factory, model, tokens, args))

@@ -20,15 +20,13 @@ benchmarks/results/step_gpu.csv and .md (device, date and versions on every row)
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import importlib
 import statistics
 import sys
 from typing import Callable
 
 import torch
 
+from gpu_run import cuda_missing, parse_args, run_facts, selected
 from result_tables import write_results
 from state_sizes import state_bytes
 
@@ -43,13 +41,6 @@ def llama_shapes(layers: int) -> list[tuple[int, ...]]:
     h, i, kv, v = (LLAMA_31_8B[k] for k in ("hidden", "intermediate", "kv_dim", "vocab"))
     layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i), (h,), (h,)]
     return [(v, h), (v, h), (h,)] + layer * layers
-
-
-def version_of(module: str) -> str:
-    try:
-        return importlib.import_module(module).__version__
-    except Exception as error:  # not installed, or broken: the row says so
-        return f"unavailable ({type(error).__name__})"
 
 
 # --- optimizers -------------------------------------------------------------------------
@@ -163,15 +154,9 @@ def measure(name: str, factory: Callable, params: list[torch.Tensor], args, copy
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=4, help="decoder layers of Llama-3.1-8B (32 = all)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--only", nargs="*", help="substrings of the optimizer names to run")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("step_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-              "for CPU timings run benchmarks/step_cpu.py", file=sys.stderr)
+    args = parse_args(__doc__, argv, steps=20, warmup=5, add_arguments=lambda parser: parser.add_argument(
+        "--layers", type=int, default=4, help="decoder layers of Llama-3.1-8B (32 = all)"))
+    if cuda_missing("step_gpu.py", "for CPU timings run benchmarks/step_cpu.py"):
         return 2
 
     torch.manual_seed(0)
@@ -181,17 +166,14 @@ def main(argv=None) -> int:
         p.grad = torch.randn_like(p) * 1e-3
         params.append(p)
     n_params = sum(p.numel() for p in params)
-    common = {"params_b": f"{n_params / 1e9:.3f}", "device": torch.cuda.get_device_name(),
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "triton": version_of("triton"), "tightfit": version_of("tightfit"),
-              "bitsandbytes": version_of("bitsandbytes"), "torchao": version_of("torchao")}
+    common = run_facts(["triton", "tightfit", "bitsandbytes", "torchao"], params_b=f"{n_params / 1e9:.3f}")
     copy_gb_s = copy_bandwidth_gb_s()
     print(f"{n_params / 1e9:.2f}B bf16 params on {common['device']}; device copy {copy_gb_s:.0f} GB/s", flush=True)
 
     rows = [{"optimizer": "device-to-device copy", "status": "ok", "gb_per_s": f"{copy_gb_s:.0f}",
              "copy_fraction": "1.00"}]
     for name, factory in OPTIMIZERS.items():
-        if args.only and not any(s.lower() in name.lower() for s in args.only):
+        if not selected(name, args.only):
             continue
         try:
             rows.append(measure(name, factory, params, args, copy_gb_s))

@@ -32,3 +32,28 @@ def run(opt, params, steps, start=0):
 def max_rel_err(ours, theirs):
     return max(float((a - b).norm() / b.norm().clamp(min=1e-30)) for sa, sb in zip(ours, theirs)
                for a, b in zip(sa, sb))
+
+
+def assert_round_trip_continues_identically(make_optimizer, steps=5):
+    """Train ``steps``, save state_dict through torch.save, load it into a fresh optimizer
+    over copies of the params; both continue ``steps`` more with equal params and states."""
+    import io
+
+    params_a = make_params()
+    opt_a = make_optimizer(params_a)
+    run(opt_a, params_a, steps)
+    buf = io.BytesIO()
+    torch.save(opt_a.state_dict(), buf)
+    params_b = [p.detach().clone().requires_grad_() for p in params_a]
+    opt_b = make_optimizer(params_b)
+    buf.seek(0)
+    opt_b.load_state_dict(torch.load(buf, weights_only=True))
+    for sa, sb in zip(run(opt_a, params_a, steps, start=steps), run(opt_b, params_b, steps, start=steps)):
+        assert all(torch.equal(x, y) for x, y in zip(sa, sb))
+    for pa, pb in zip(params_a, params_b):
+        for key, value in opt_a.state[pa].items():
+            other = opt_b.state[pb][key]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other)
+            else:
+                assert all(torch.equal(value.buffers[k], other.buffers[k]) for k in value.buffers)

@@ -2,14 +2,13 @@
 transformers.Adafactor, codecs for the first moment, bytes, state_dict, edge cases."""
 
 import copy
-import io
 
 import pytest
 import torch
 import transformers
 
 import tightfit
-from factored_cases import loss_of, make_params, max_rel_err, run
+from factored_cases import assert_round_trip_continues_identically, loss_of, make_params, max_rel_err, run
 from tightfit.rules.adafactor import adafactor_hf_update, adafactor_update
 
 # Tolerances, with where each comes from.
@@ -148,27 +147,8 @@ def test_8bit_first_moment_converges_like_fp32(prefix, kw):
     ("hf", {"beta1": 0.9, "state": "8bit", "min_quantized_numel": 8}),
 ])
 def test_state_dict_round_trip_bit_exact(convention, options):
-    params_a = make_params()
-    opt_a = tightfit.Adafactor(params_a, convention=convention, **options)
-    run(opt_a, params_a, 5)
-    buf = io.BytesIO()
-    torch.save(opt_a.state_dict(), buf)
-    params_b = [p.detach().clone().requires_grad_() for p in params_a]
-    opt_b = tightfit.Adafactor(params_b, convention=convention, **options)
-    buf.seek(0)
-    opt_b.load_state_dict(torch.load(buf, weights_only=True))
-    a = run(opt_a, params_a, 5, start=5)
-    b = run(opt_b, params_b, 5, start=5)
-    for sa, sb in zip(a, b):
-        for x, y in zip(sa, sb):
-            assert torch.equal(x, y)
-    for pa, pb in zip(params_a, params_b):
-        for key, value in opt_a.state[pa].items():
-            other = opt_b.state[pb][key]
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(value, other)
-            else:
-                assert all(torch.equal(value.buffers[k], other.buffers[k]) for k in value.buffers)
+    assert_round_trip_continues_identically(
+        lambda params: tightfit.Adafactor(params, convention=convention, **options))
 
 
 def test_none_grad_param_untouched_and_stateless():

@@ -1,14 +1,13 @@
 """CAME (rules/came.py) against came_pytorch.CAME, codecs for the first moment, bytes,
 state_dict, edge cases."""
 
-import io
 
 import pytest
 import torch
 from came_pytorch import CAME as ReferenceCAME
 
 import tightfit
-from factored_cases import loss_of, make_params, max_rel_err, run
+from factored_cases import assert_round_trip_continues_identically, loss_of, make_params, max_rel_err, run
 
 # Tolerances, with where each comes from.
 TOL = {
@@ -97,24 +96,8 @@ def test_8bit_first_moment_converges_like_fp32():
 
 @pytest.mark.parametrize("codec", ["fp32", "8bit"])
 def test_state_dict_round_trip_bit_exact(codec):
-    params_a = make_params()
-    opt_a = tightfit.CAME(params_a, lr=1e-2, weight_decay=1e-2, state=codec, min_quantized_numel=8)
-    run(opt_a, params_a, 5)
-    buf = io.BytesIO()
-    torch.save(opt_a.state_dict(), buf)
-    params_b = [p.detach().clone().requires_grad_() for p in params_a]
-    opt_b = tightfit.CAME(params_b, lr=1e-2, weight_decay=1e-2, state=codec, min_quantized_numel=8)
-    buf.seek(0)
-    opt_b.load_state_dict(torch.load(buf, weights_only=True))
-    for sa, sb in zip(run(opt_a, params_a, 5, start=5), run(opt_b, params_b, 5, start=5)):
-        assert all(torch.equal(x, y) for x, y in zip(sa, sb))
-    for pa, pb in zip(params_a, params_b):
-        for key, value in opt_a.state[pa].items():
-            other = opt_b.state[pb][key]
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(value, other)
-            else:
-                assert all(torch.equal(value.buffers[k], other.buffers[k]) for k in value.buffers)
+    assert_round_trip_continues_identically(
+        lambda params: tightfit.CAME(params, lr=1e-2, weight_decay=1e-2, state=codec, min_quantized_numel=8))
 
 
 def test_none_grad_and_nonfinite_grad():
