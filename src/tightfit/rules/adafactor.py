@@ -198,6 +198,17 @@ def scaled_by_second_moment(grad, state, beta2, eps1, clip_threshold):
     return update / rms_clip_divisor(_rms(update), clip_threshold), new_states
 
 
+def adafactor_hf_step_scalars(rms_param, *, step, lr, eps, decay_rate, scale_parameter, relative_step, warmup_init):
+    """(αₜ, β̂₂ₜ) of step t (see adafactor_hf_update) from RMS(θ) (a float; None without
+    scale_parameter)."""
+    if relative_step:
+        rho = min(1e-6 * step if warmup_init else 1e-2, 1.0 / math.sqrt(step))
+    else:
+        rho = lr
+    alpha = max(eps[1], rms_param) * rho if scale_parameter else rho
+    return alpha, 1.0 - math.pow(step, decay_rate)
+
+
 def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, decay_rate, beta1, weight_decay,
                         scale_parameter, relative_step, warmup_init):
     """Adafactor with transformers.Adafactor semantics (t = step):
@@ -217,13 +228,10 @@ def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, de
     beta1 None, weight_decay 0, scale_parameter True, relative_step True,
     warmup_init False.
     """
-    eps1, eps2 = eps
-    if relative_step:
-        rho = min(1e-6 * step if warmup_init else 1e-2, 1.0 / math.sqrt(step))
-    else:
-        rho = lr
-    alpha = max(eps2, float(_rms(param))) * rho if scale_parameter else rho
-    beta2t = 1.0 - math.pow(step, decay_rate)
+    eps1 = eps[0]
+    alpha, beta2t = adafactor_hf_step_scalars(float(_rms(param)) if scale_parameter else None, step=step, lr=lr,
+                                              eps=eps, decay_rate=decay_rate, scale_parameter=scale_parameter,
+                                              relative_step=relative_step, warmup_init=warmup_init)
     update, new_states = scaled_by_second_moment(grad, state, beta2t, eps1, clip_threshold)
     update, moment = _first_moment(alpha * update, state, beta1)
     if weight_decay != 0:
