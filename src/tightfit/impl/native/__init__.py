@@ -2,7 +2,8 @@
 
 Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter;
 Adafactor is driven from adafactor.py (statistics in PyTorch, then two kernel passes),
-CAME from came.py (four kernel passes, the small vectors in between in PyTorch).
+CAME from came.py (four kernel passes, the small vectors in between in PyTorch),
+Adafactor's HF convention from adafactor_hf.py (three passes, the same first two as CAME).
 
 Per tile of 1024 elements it loads param and grad, decodes the states, applies the
 rule, stores the param and re-encodes the states, all in L1-resident float buffers,
@@ -24,7 +25,7 @@ from ...codecs import Encoded
 from ...rules import Rule
 from .. import register_implementation
 from ..base import Implementation, plain_hyper
-from . import adafactor, came
+from . import adafactor, adafactor_hf, came
 from .build import load_kernel
 from .codec_passes import NativeCodecImplementation
 from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
@@ -60,6 +61,7 @@ class FactoredStep(NamedTuple):
 
 FACTORED_STEPS = {
     "adafactor": FactoredStep(adafactor.adafactor_param_step, adafactor.KERNEL_STATES),
+    "adafactor_hf": FactoredStep(adafactor_hf.adafactor_hf_param_step, adafactor_hf.KERNEL_STATES),
     "came": FactoredStep(came.came_param_step, came.KERNEL_STATES),
 }
 

@@ -81,7 +81,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tf_step.restype = ctypes.c_int
     lib.tf_adafactor_sumsq.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_adafactor_sumsq.restype = ctypes.c_double
-    lib.tf_factored_stats.argtypes = [ctypes.POINTER(TfJob), ctypes.c_void_p, ctypes.c_void_p]
+    lib.tf_factored_stats.argtypes = [ctypes.POINTER(TfJob), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.tf_factored_stats.restype = ctypes.c_int
     lib.tf_factored_sumsq.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_factored_sumsq.restype = ctypes.c_double

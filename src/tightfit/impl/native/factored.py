@@ -8,7 +8,8 @@ Adafactor's HF convention), whose update starts with rules/adafactor.py
 step_kernel.cpp reduces what is full-size (row/column sums of S and Σu², in double,
 deterministic whatever the thread count); the small vectors in between go through the
 rule's own functions (factored_ema, factored_rsqrt_factors, rms_clip_divisor). The first
-pass also checks the gradient: None means a NaN/Inf and the caller skips the step.
+pass also checks the gradient (None means a NaN/Inf: the caller skips the step) and can
+sum θ² for Adafactor's RMS(θ).
 Sums in double instead of torch's float32 reductions are the only difference from the
 reference: statistics agree to about 1e-7 relative, not bit for bit.
 """
@@ -52,20 +53,34 @@ def factors_into(job: TfJob, row: torch.Tensor, col: torch.Tensor, second: bool 
     return row_factor, col_factor
 
 
-def second_moment(lib, job: TfJob, state: dict, beta2: float, rows: int, cols: int):
-    """None for a non-finite gradient, else (new R, new C, their factors): the factors are
-    in job.row/col, and job.c[1] holds the clip divisor max(1, RMS(u)/clip) once
-    ``clip_divisor`` ran. job.c[0] must hold ε₁."""
-    row_mean, col_mean, finite = row_col_means(lib.tf_factored_stats, job, rows, cols)
+def rms_of_sumsq(sumsq: float, numel: int) -> torch.Tensor:
+    """RMS = ‖x‖ / √n from a kernel's Σx², with the float32 division of the rules' _rms."""
+    return torch.tensor(math.sqrt(sumsq), dtype=torch.float32) / math.sqrt(numel)
+
+
+def grad_sq_means(lib, job: TfJob, rows: int, cols: int, param_rms: bool = False):
+    """Pass 1 (job.c[0] = ε₁): None for a non-finite gradient, else (mean₋₁(S), mean₋₂(S),
+    RMS(θ) as a float or None unless ``param_rms``)."""
+    param_sumsq = torch.zeros((), dtype=torch.float64)
+    target = param_sumsq.data_ptr() if param_rms else None
+    row_mean, col_mean, finite = row_col_means(lambda j, r, c: lib.tf_factored_stats(j, r, c, target), job, rows, cols)
     if not finite:
         return None
+    return row_mean, col_mean, float(rms_of_sumsq(param_sumsq.item(), job.numel)) if param_rms else None
+
+
+def second_moment(job: TfJob, state: dict, row_mean: torch.Tensor, col_mean: torch.Tensor, beta2: float):
+    """(new R, new C, their factors) from pass 1's means; the factors are in job.row/col."""
     row, col = factored_ema(decode_small(state["exp_avg_sq_row"]), decode_small(state["exp_avg_sq_col"]),
                             row_mean, col_mean, beta2)
     return row, col, factors_into(job, row, col)
 
 
 def clip_divisor(lib, job: TfJob, clip_threshold: float) -> float:
-    """max(1, RMS(u)/clip) from the kernel's Σu², through the rule's float32 arithmetic
-    (RMS = ‖u‖ / √n as _rms evaluates it)."""
-    norm = torch.tensor(math.sqrt(lib.tf_factored_sumsq(job)), dtype=torch.float32)
-    return float(rms_clip_divisor(norm / math.sqrt(job.numel), clip_threshold))
+    """Pass 2: max(1, RMS(u)/clip) from the kernel's Σu², for job.c[1]."""
+    return float(rms_clip_divisor(rms_of_sumsq(lib.tf_factored_sumsq(job), job.numel), clip_threshold))
+
+
+def store_second_moment(state: dict, row: torch.Tensor, col: torch.Tensor) -> None:
+    store_small(state["exp_avg_sq_row"], row)
+    store_small(state["exp_avg_sq_col"], col)

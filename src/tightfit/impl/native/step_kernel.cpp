@@ -403,11 +403,14 @@ void adafactor_hf_tile(const TfJob& job, int64_t start, float* __restrict p, con
 // each chunk sums into its own double arrays, and the chunks are added in order
 // afterwards, so the sums do not depend on scheduling or on the number of threads.
 // Column partials cost chunks x cols doubles, kept at most 1/4 of the matrix's floats.
-// tile_fn(start, n, row_acc, col_acc, total) adds a tile's contributions to row_acc[row],
-// col_acc[col] and total (a per-chunk scalar, returned summed in chunk order); row_out,
-// col_out (zeroed by the caller, summed into) may be null, and so then are the accumulators.
+// tile_fn(start, n, row_acc, col_acc, totals) adds a tile's contributions to row_acc[row],
+// col_acc[col] and totals[0..1] (per-chunk scalars, returned summed in chunk order);
+// row_out, col_out (zeroed by the caller, summed into) may be null, and so then are the
+// accumulators.
+struct Totals { double v[2] = {0.0, 0.0}; };
+
 template <class TileFn>
-double reduce_rows_cols(const TfJob& job, double* row_out, double* col_out, TileFn&& tile_fn) {
+Totals reduce_rows_cols(const TfJob& job, double* row_out, double* col_out, TileFn&& tile_fn) {
   const int64_t n = job.numel, cols = job.cols, rows = n / cols;
   const int64_t tiles = (n + TILE - 1) / TILE;
   int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({64, tiles / 8, rows / 4}));
@@ -417,21 +420,20 @@ double reduce_rows_cols(const TfJob& job, double* row_out, double* col_out, Tile
   // chunk c touches rows first(c)..last(c) and keeps them at row_part[c + i]: slots
   // first(c)+c..last(c)+c, disjoint from the next chunk's since first(c+1) >= last(c)
   std::vector<double> row_part(row_out ? rows + chunks : 0), col_part(col_out ? chunks * cols : 0);
-  std::vector<double> totals(chunks);
+  std::vector<Totals> totals(chunks);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(job.n_threads) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t e0 = c * chunk_elems, e1 = std::min(n, e0 + chunk_elems);
     double* row_acc = row_out ? row_part.data() + c : nullptr;  // indexed by the global row
     double* col_acc = col_out ? col_part.data() + c * cols : nullptr;
-    double total = 0.0;
     for (int64_t start = e0; start < e1; start += TILE)
-      tile_fn(start, int(std::min<int64_t>(TILE, e1 - start)), row_acc, col_acc, total);
-    totals[c] = total;
+      tile_fn(start, int(std::min<int64_t>(TILE, e1 - start)), row_acc, col_acc, totals[c].v);
   }
-  double total = 0.0;
+  Totals total;
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t e0 = c * chunk_elems, e1 = std::min(n, e0 + chunk_elems);
-    total += totals[c];
+    total.v[0] += totals[c].v[0];
+    total.v[1] += totals[c].v[1];
     if (row_out) {
       const int64_t first = e0 / cols, last = (e1 - 1) / cols;
       const double* part = row_part.data() + first + c;
@@ -525,19 +527,28 @@ double tf_adafactor_sumsq(const TfJob* job) {
 
 // Factored rules' first pass (CAME, Adafactor HF): row and column sums of S = g^2 + eps1
 // (c[0]) over the matrix, in double (see reduce_rows_cols), into zeroed row_sum[rows],
-// col_sum[cols]. The same read of g checks it: returns 0 (sums unusable) when any
-// element is NaN or +-Inf. A finite g whose square overflows is not a skip: the sums
-// are then inf, as the reference's.
-int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum) {
+// col_sum[cols]; with param_sumsq also the sum of theta^2 (Adafactor HF's RMS(theta)).
+// The same read of g checks it: returns 0 (sums unusable) when any element is NaN or
+// +-Inf. A finite g whose square overflows is not a skip: the sums are then inf, as the
+// reference's.
+int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum, double* param_sumsq) {
   const float eps1 = job->c[0];
   const int64_t cols = job->cols;
-  const double bad = reduce_rows_cols(*job, row_sum, col_sum,
-      [&](int64_t start, int n, double* row_acc, double* col_acc, double& total) {
+  const Totals totals = reduce_rows_cols(*job, row_sum, col_sum,
+      [&](int64_t start, int n, double* row_acc, double* col_acc, double* total) {
         alignas(64) float g[TILE];
         load_floats(job->grad_dtype, job->grad, start, n, g);
         int nonfinite = 0;
         for (int k = 0; k < n; ++k) nonfinite |= (bits_of(g[k]) & 0x7F800000u) == 0x7F800000u;
-        total += nonfinite;
+        total[0] += nonfinite;
+        if (param_sumsq) {
+          alignas(64) float p[TILE];
+          load_floats(job->param_dtype, job->param, start, n, p);
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int k = 0; k < n; ++k) sum += double(p[k]) * double(p[k]);
+          total[1] += sum;
+        }
         for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
           double row = 0.0;
           double* col = col_acc + j0;
@@ -551,7 +562,8 @@ int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum) {
           row_acc[i] += row;
         });
       });
-  return bad == 0.0;
+  if (param_sumsq) *param_sumsq = totals.v[1];
+  return totals.v[0] == 0.0;
 }
 
 // Second pass: sum of u^2, u = (row factor * col factor) * g (for RMS(u) clipping), in
@@ -559,7 +571,7 @@ int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum) {
 double tf_factored_sumsq(const TfJob* job) {
   const int64_t cols = job->cols;
   return reduce_rows_cols(*job, nullptr, nullptr,
-      [&](int64_t start, int n, double*, double*, double& total) {
+      [&](int64_t start, int n, double*, double*, double* total) {
         alignas(64) float g[TILE];
         load_floats(job->grad_dtype, job->grad, start, n, g);
         for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
@@ -572,9 +584,9 @@ double tf_factored_sumsq(const TfJob* job) {
             const float u = factored_u(ri, cj[k], gk[k]);
             sum += double(u) * double(u);
           }
-          total += sum;
+          total[0] += sum;
         });
-      });
+      }).v[0];
 }
 
 // CAME's third pass: row and column sums of the instability U = (û - m')^2 + eps2 (c[4]),
@@ -585,7 +597,7 @@ void tf_came_instability(const TfJob* job, double* row_sum, double* col_sum) {
   const float eps2 = job->c[4];
   const int64_t cols = job->cols;
   reduce_rows_cols(*job, row_sum, col_sum,
-      [&](int64_t start, int n, double* row_acc, double* col_acc, double&) {
+      [&](int64_t start, int n, double* row_acc, double* col_acc, double*) {
         alignas(64) float g[TILE];
         alignas(64) float m[TILE];
         load_floats(job->grad_dtype, job->grad, start, n, g);
