@@ -15,10 +15,14 @@ temporaries (see came_update for the math):
 The reference takes Δ from the unquantized m', which pass 3 cannot keep unless it writes
 a full-size float32 scratch (4 bytes per element of the largest matrix, more memory than
 an 8-bit m itself). Recomputing m' in pass 4 from the still-stored old m costs one more
-decode of m per step and no memory, and gives the identical float m' (same operations).
+decode of m per step and no memory, and gives the identical float m' (same operations);
+it was also no slower: passes 3 + 4 on 8000 x 1024, 2-thread Xeon, 2026-11-22 (min of 7):
+8-bit 11.2 ms recomputing vs 11.4 ms with a scratch, 4-bit 10.8 vs 11.0, fp32 6.6 vs 7.7.
 Sums are in double where torch reduces in float32, so params and states agree with the
-reference to about 1e-7 relative; an 8/4-bit code of m' can land on the neighbouring
-code where m' sits at a rounding midpoint.
+reference to about 1e-7 relative on small matrices; on large ones (3e5 elements) the
+reference's own float32 norm and means drift ~1e-6 from the exact values, these sums do
+not. An 8/4-bit code (or bf16 value) of m' can land on the neighbouring one where m' sits
+at a rounding midpoint.
 
 Parameters that are not matrices (vectors, scalars, stacks of matrices ≥ 3-D) take the
 reference step with native codec passes (impl "native_codec").
