@@ -79,11 +79,20 @@ def test_step_equals_reference_bit_for_bit(rule, codec):
                     assert torch.equal(sa[name].buffers[key], enc.buffers[key]), (name, key)
 
 
-def test_auto_picks_fused_native_then_native_codec():
-    p = torch.nn.Parameter(torch.randn(64, 80))
+AUTO_PICKS = {  # case: (param, optimizer factory, what impl="auto" picks on CPU)
+    "adamw": (lambda: torch.randn(64, 80), lambda p: tightfit.AdamW(p, state="8bit"), "native"),
+    "came": (lambda: torch.randn(64, 80), lambda p: tightfit.CAME(p, lr=1e-3, state="8bit"), "native"),
+    # the fused kernel needs contiguous tensors; the codec passes do not
+    "adamw, transposed param": (lambda: torch.randn(80, 64).t(), lambda p: tightfit.AdamW(p, state="8bit"),
+                                "native_codec"),
+}
+
+
+@pytest.mark.parametrize("case", list(AUTO_PICKS))
+def test_auto_picks_fused_native_then_native_codec(case):
+    make, factory, expected = AUTO_PICKS[case]
+    p = torch.nn.Parameter(make())
     p.grad = torch.randn_like(p)
-    picks = {}
-    for name, opt in {"adamw": tightfit.AdamW([p], state="8bit"), "came": tightfit.CAME([p], lr=1e-3, state="8bit")}.items():
-        state = opt._ensure_state(p, opt.param_groups[0])
-        picks[name] = select_implementation("auto", opt.rule, [p], [state]).name
-    assert picks == {"adamw": "native", "came": "native_codec"}
+    opt = factory([p])
+    state = opt._ensure_state(p, opt.param_groups[0])
+    assert select_implementation("auto", opt.rule, [p], [state]).name == expected

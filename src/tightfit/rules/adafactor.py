@@ -150,13 +150,31 @@ ADAFACTOR = register_rule(Rule(
 
 # --- transformers.Adafactor convention ------------------------------------------------
 
+def factored_ema(row, col, row_mean, col_mean, beta):
+    """(β·R + (1 − β)·row_mean, β·C + (1 − β)·col_mean): EMAs of a matrix's row means
+    (mean₋₁) and column means (mean₋₂), as both the second moment and CAME's instability keep."""
+    return row * beta + (1 - beta) * row_mean, col * beta + (1 - beta) * col_mean
+
+
+def factored_rsqrt_factors(row: torch.Tensor, col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """((R/mean R)^-½ with a trailing unit dim, C^-½ with a unit dim before the last):
+    the two factors whose product is factored_rsqrt(R, C)."""
+    row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
+    return row_factor, col.unsqueeze(-2).rsqrt()
+
+
 def factored_rsqrt(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
     """V̂^-½ for V̂ = R Cᵀ / mean(R), as (R/mean R)^-½ ⊗ C^-½ (fairseq's arithmetic).
 
     ``row`` has the param shape without its last dim, ``col`` without its second last.
     """
-    row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-    return row_factor * col.unsqueeze(-2).rsqrt()
+    row_factor, col_factor = factored_rsqrt_factors(row, col)
+    return row_factor * col_factor
+
+
+def rms_clip_divisor(rms: torch.Tensor, clip_threshold: float) -> torch.Tensor:
+    """max(1, RMS(u)/d) as a float32 tensor: the clipped update is û = u / this."""
+    return (rms / clip_threshold).clamp(min=1.0)
 
 
 def scaled_by_second_moment(grad, state, beta2, eps1, clip_threshold):
@@ -169,15 +187,26 @@ def scaled_by_second_moment(grad, state, beta2, eps1, clip_threshold):
     """
     grad_sq = grad * grad + eps1
     if grad.dim() > 1:
-        row = state["exp_avg_sq_row"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-1)
-        col = state["exp_avg_sq_col"] * beta2 + (1 - beta2) * grad_sq.mean(dim=-2)
+        row, col = factored_ema(state["exp_avg_sq_row"], state["exp_avg_sq_col"], grad_sq.mean(dim=-1),
+                                grad_sq.mean(dim=-2), beta2)
         update = factored_rsqrt(row, col) * grad
         new_states = {"exp_avg_sq_row": row, "exp_avg_sq_col": col}
     else:
         exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad_sq
         update = exp_avg_sq.rsqrt() * grad
         new_states = {"exp_avg_sq": exp_avg_sq}
-    return update / (_rms(update) / clip_threshold).clamp(min=1.0), new_states
+    return update / rms_clip_divisor(_rms(update), clip_threshold), new_states
+
+
+def adafactor_hf_step_scalars(rms_param, *, step, lr, eps, decay_rate, scale_parameter, relative_step, warmup_init):
+    """(αₜ, β̂₂ₜ) of step t (see adafactor_hf_update) from RMS(θ) (a float; None without
+    scale_parameter)."""
+    if relative_step:
+        rho = min(1e-6 * step if warmup_init else 1e-2, 1.0 / math.sqrt(step))
+    else:
+        rho = lr
+    alpha = max(eps[1], rms_param) * rho if scale_parameter else rho
+    return alpha, 1.0 - math.pow(step, decay_rate)
 
 
 def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, decay_rate, beta1, weight_decay,
@@ -199,13 +228,10 @@ def adafactor_hf_update(param, grad, state, *, step, lr, eps, clip_threshold, de
     beta1 None, weight_decay 0, scale_parameter True, relative_step True,
     warmup_init False.
     """
-    eps1, eps2 = eps
-    if relative_step:
-        rho = min(1e-6 * step if warmup_init else 1e-2, 1.0 / math.sqrt(step))
-    else:
-        rho = lr
-    alpha = max(eps2, float(_rms(param))) * rho if scale_parameter else rho
-    beta2t = 1.0 - math.pow(step, decay_rate)
+    eps1 = eps[0]
+    alpha, beta2t = adafactor_hf_step_scalars(float(_rms(param)) if scale_parameter else None, step=step, lr=lr,
+                                              eps=eps, decay_rate=decay_rate, scale_parameter=scale_parameter,
+                                              relative_step=relative_step, warmup_init=warmup_init)
     update, new_states = scaled_by_second_moment(grad, state, beta2t, eps1, clip_threshold)
     update, moment = _first_moment(alpha * update, state, beta1)
     if weight_decay != 0:

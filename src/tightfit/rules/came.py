@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .adafactor import factored_rsqrt, scaled_by_second_moment
+from .adafactor import factored_ema, factored_rsqrt, scaled_by_second_moment
 from .base import Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
 
 
@@ -46,8 +46,8 @@ def came_update(param, grad, state, *, step, lr, eps, clip_threshold, betas, wei
     exp_avg = state["exp_avg"] * beta1 + (1 - beta1) * update
     if grad.dim() > 1:
         instability = (update - exp_avg) ** 2 + eps2
-        res_row = state["exp_avg_res_row"] * beta3 + (1 - beta3) * instability.mean(dim=-1)
-        res_col = state["exp_avg_res_col"] * beta3 + (1 - beta3) * instability.mean(dim=-2)
+        res_row, res_col = factored_ema(state["exp_avg_res_row"], state["exp_avg_res_col"],
+                                        instability.mean(dim=-1), instability.mean(dim=-2), beta3)
         direction = factored_rsqrt(res_row, res_col) * exp_avg
         new_states.update(exp_avg_res_row=res_row, exp_avg_res_col=res_col)
     else:

@@ -1,7 +1,9 @@
 """The native CPU implementation: one fused C++ pass per parameter (step_kernel.cpp).
 
 Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter;
-Adafactor is driven from adafactor.py (statistics in PyTorch, then two kernel passes).
+Adafactor is driven from adafactor.py (statistics in PyTorch, then two kernel passes),
+CAME from came.py (four kernel passes, the small vectors in between in PyTorch),
+Adafactor's HF convention from adafactor_hf.py (three passes, the same first two as CAME).
 
 Per tile of 1024 elements it loads param and grad, decodes the states, applies the
 rule, stores the param and re-encodes the states, all in L1-resident float buffers,
@@ -15,7 +17,7 @@ falls back to the reference and ``impl="native"`` raises with the reason.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -23,7 +25,7 @@ from ...codecs import Encoded
 from ...rules import Rule
 from .. import register_implementation
 from ..base import Implementation, plain_hyper
-from .adafactor import KERNEL_STATES as FACTORED_KERNEL_STATES, adafactor_param_step
+from . import adafactor, adafactor_hf, came
 from .build import load_kernel
 from .codec_passes import NativeCodecImplementation
 from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
@@ -50,8 +52,18 @@ def _state_problem(name: str, enc: Encoded) -> str | None:
     return None
 
 
-# Rules whose step is a per-parameter Python driver around the kernel (statistics first).
-FACTORED_STEPS = {"adafactor": adafactor_param_step}
+class FactoredStep(NamedTuple):
+    """A rule whose step is a per-parameter Python driver around the kernel passes."""
+
+    step: Callable[..., None]
+    kernel_states: tuple[str, ...]  # the states the kernel streams; the rest (statistics) it gets as arrays
+
+
+FACTORED_STEPS = {
+    "adafactor": FactoredStep(adafactor.adafactor_param_step, adafactor.KERNEL_STATES),
+    "adafactor_hf": FactoredStep(adafactor_hf.adafactor_hf_param_step, adafactor_hf.KERNEL_STATES),
+    "came": FactoredStep(came.came_param_step, came.KERNEL_STATES),
+}
 
 
 class NativeCpuImplementation(Implementation):
@@ -75,7 +87,7 @@ class NativeCpuImplementation(Implementation):
                 problem = f"param {i}: step / nonfinite_skips counters are not CPU float32 / int64"
             encoded = [(k, v) for k, v in state.items() if isinstance(v, Encoded)]
             if rule.name in FACTORED_STEPS:  # statistics reach the kernel as plain arrays
-                encoded = [(k, v) for k, v in encoded if k in FACTORED_KERNEL_STATES]
+                encoded = [(k, v) for k, v in encoded if k in FACTORED_STEPS[rule.name].kernel_states]
             if problem is None and len(encoded) > MAX_STATES:
                 problem = f"param {i} has {len(encoded)} states; native handles at most {MAX_STATES}"
             for name, enc in encoded:
@@ -94,7 +106,7 @@ class NativeCpuImplementation(Implementation):
         n_threads = torch.get_num_threads()
         if rule.name in FACTORED_STEPS:
             for param, state in zip(params, states):
-                FACTORED_STEPS[rule.name](lib, rule, hyper, param, state, n_threads)
+                FACTORED_STEPS[rule.name].step(lib, rule, hyper, param, state, n_threads)
             return
         make_call = RULE_CALLS[rule.name]
         for param, state in zip(params, states):

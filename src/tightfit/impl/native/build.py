@@ -25,7 +25,7 @@ SOURCE = Path(__file__).with_name("step_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
          "-std=c++17", "-shared", "-fPIC"]
 COMPILERS = ("c++", "g++", "clang++")
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 def cache_dir() -> Path:
@@ -81,6 +81,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tf_step.restype = ctypes.c_int
     lib.tf_adafactor_sumsq.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_adafactor_sumsq.restype = ctypes.c_double
+    lib.tf_factored_stats.argtypes = [ctypes.POINTER(TfJob), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.tf_factored_stats.restype = ctypes.c_int
+    lib.tf_factored_sumsq.argtypes = [ctypes.POINTER(TfJob)]
+    lib.tf_factored_sumsq.restype = ctypes.c_double
+    lib.tf_came_instability.argtypes = [ctypes.POINTER(TfJob), ctypes.c_void_p, ctypes.c_void_p]
+    lib.tf_came_instability.restype = None
     for codec_pass in (lib.tf_decode, lib.tf_encode):
         codec_pass.argtypes = [ctypes.POINTER(TfState), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
         codec_pass.restype = None

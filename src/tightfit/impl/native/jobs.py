@@ -23,9 +23,9 @@ MAX_STATES = 2
 N_COEFFS = 8
 
 # Flags (must match step_kernel.cpp).
-F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM = 1, 2, 4, 8, 16
+F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM, F_GRAD_CHECKED = 1, 2, 4, 8, 16, 32
 # Rule kernels (must match RuleId in step_kernel.cpp).
-R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR = 0, 1, 2, 3, 4
+R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF = 0, 1, 2, 3, 4, 5, 6
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -46,7 +46,8 @@ class TfJob(ctypes.Structure):
                 ("numel", ctypes.c_int64), ("param", ctypes.c_void_p), ("grad", ctypes.c_void_p),
                 ("step", ctypes.c_void_p), ("skips", ctypes.c_void_p),
                 ("c", ctypes.c_float * N_COEFFS), ("states", TfState * MAX_STATES),
-                ("row", ctypes.c_void_p), ("col", ctypes.c_void_p), ("cols", ctypes.c_int64)]
+                ("row", ctypes.c_void_p), ("col", ctypes.c_void_p), ("cols", ctypes.c_int64),
+                ("row2", ctypes.c_void_p), ("col2", ctypes.c_void_p)]
 
 
 # ---- rules: name -> (hyper, step) -> (kernel id, flags, coefficients) ---------------

@@ -13,9 +13,11 @@
 //
 // Plain C ABI, no torch headers: builds in about a second.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -24,9 +26,12 @@ constexpr int MAX_STATES = 2;
 
 enum DType : int32_t { F32 = 0, BF16 = 1, F16 = 2 };
 enum CodecId : int32_t { C_FP32 = 0, C_BF16 = 1, C_Q8 = 2, C_Q4 = 3 };
-enum RuleId : int32_t { R_ADAMW = 0, R_LION = 1, R_SGD = 2, R_SOPHIAG = 3, R_ADAFACTOR = 4 };
+enum RuleId : int32_t {
+  R_ADAMW = 0, R_LION = 1, R_SGD = 2, R_SOPHIAG = 3, R_ADAFACTOR = 4, R_CAME = 5, R_ADAFACTOR_HF = 6,
+};
 enum Flags : int32_t {
   F_MAXIMIZE = 1, F_COUPLED_WD = 2, F_NESTEROV = 4, F_FIRST_STEP = 8, F_MOMENTUM = 16,
+  F_GRAD_CHECKED = 32,  // the caller already found the gradient finite: tf_step skips its scan
 };
 
 }  // namespace
@@ -63,10 +68,15 @@ struct TfJob {
   int64_t* skips;        // 0-d int64: +1 when the gradient is not finite
   float c[8];            // rule coefficients (see jobs.py RULE_CALLS)
   TfState states[MAX_STATES];
-  // Factored rules (Adafactor): the row and column statistics of a (rows x cols) matrix.
-  const float* row;      // rows floats (already updated for this step)
+  // Factored rules on a (rows x cols) matrix. R_ADAFACTOR: the row and column statistics
+  // (already updated for this step). R_CAME, R_ADAFACTOR_HF: the factors (R/mean R)^-1/2
+  // and C^-1/2 of the second moment (rules/adafactor.py factored_rsqrt_factors).
+  const float* row;      // rows floats
   const float* col;      // cols floats
   int64_t cols;
+  // R_CAME: the same factors of the instability statistics (the confidence).
+  const float* row2;
+  const float* col2;
 };
 
 }  // extern "C"
@@ -318,6 +328,125 @@ void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, float*
   }
 }
 
+// ---- factored rules with rsqrt factors (CAME, Adafactor HF convention) -------------
+// A tile [start, start+n) of a row-major matrix is a few runs that each lie in one row;
+// f(i, j0, k0, len) gets row i and tile elements k0..k0+len-1 = columns j0..j0+len-1, so
+// inner loops run over contiguous columns with the row factor hoisted (they vectorize).
+template <class F>
+inline void for_row_runs(int64_t start, int n, int64_t cols, F&& f) {
+  int64_t i = start / cols, j = start - i * cols;
+  for (int k = 0; k < n; ++i, j = 0) {
+    const int len = int(std::min<int64_t>(cols - j, n - k));
+    f(i, j, k, len);
+    k += len;
+  }
+}
+
+// u = factored_rsqrt(R, C) * g, as PyTorch evaluates it: (row factor * col factor) * g.
+inline float factored_u(float row_factor, float col_factor, float g) { return (row_factor * col_factor) * g; }
+
+// CAME: c = [eps1, clip divisor max(1, RMS(u)/clip), b1, 1-b1, eps2, wd*lr, lr, has_wd].
+// û = u / divisor and m' = b1 m + (1-b1) û, as rules/came.py came_update; the
+// instability pass and the update pass both call these, so they agree bit for bit.
+inline float came_u_hat(const TfJob& job, float u) { return u / job.c[1]; }
+inline float came_moment(const TfJob& job, float u_hat, float m) { return m * job.c[2] + job.c[3] * u_hat; }
+
+// CAME's update pass: θ ← θ − (wd·lr)·θ − lr · (R'^-1/2 ⊗ C'^-1/2) · m', m ← m'.
+void came_tile(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g,
+               float* __restrict m, int n) {
+  const float wd_lr = job.c[5], lr = job.c[6];
+  const bool decay = job.c[7] != 0.0f;
+  for_row_runs(start, n, job.cols, [&](int64_t i, int64_t j0, int k0, int len) {
+    const float ri = job.row[i], ri2 = job.row2[i];
+    const float* cj = job.col + j0;
+    const float* cj2 = job.col2 + j0;
+    float* pk = p + k0;
+    float* mk = m + k0;
+    const float* gk = g + k0;
+    for (int k = 0; k < len; ++k) {
+      const float mn = came_moment(job, came_u_hat(job, factored_u(ri, cj[k], gk[k])), mk[k]);
+      const float direction = (ri2 * cj2[k]) * mn;
+      const float pv = decay ? pk[k] - wd_lr * pk[k] : pk[k];
+      pk[k] = pv - lr * direction;
+      mk[k] = mn;
+    }
+  });
+}
+
+// Adafactor, HF convention: c = [eps1, clip divisor, alpha, b1, 1-b1, wd*alpha, has_wd,
+// has_momentum]: u = alpha (û); with momentum m ← b1 m + (1-b1) u, u = m;
+// θ ← θ − (wd·alpha)·θ − u (rules/adafactor.py adafactor_hf_update).
+void adafactor_hf_tile(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g,
+                       float* __restrict m, int n) {
+  const float divisor = job.c[1], alpha = job.c[2], b1 = job.c[3], one_m_b1 = job.c[4], wd_alpha = job.c[5];
+  const bool decay = job.c[6] != 0.0f, momentum = job.c[7] != 0.0f;
+  for_row_runs(start, n, job.cols, [&](int64_t i, int64_t j0, int k0, int len) {
+    const float ri = job.row[i];
+    const float* cj = job.col + j0;
+    float* pk = p + k0;
+    float* mk = m + k0;
+    const float* gk = g + k0;
+    for (int k = 0; k < len; ++k) {
+      float u = alpha * (factored_u(ri, cj[k], gk[k]) / divisor);
+      if (momentum) {
+        u = mk[k] * b1 + one_m_b1 * u;
+        mk[k] = u;
+      }
+      const float pv = decay ? pk[k] - wd_alpha * pk[k] : pk[k];
+      pk[k] = pv - u;
+    }
+  });
+}
+
+// Deterministic row and column sums over a rows x cols matrix. The elements are cut into
+// at most 64 chunks of whole tiles, chosen from the shape alone (never the thread count);
+// each chunk sums into its own double arrays, and the chunks are added in order
+// afterwards, so the sums do not depend on scheduling or on the number of threads.
+// Column partials cost chunks x cols doubles, kept at most 1/4 of the matrix's floats.
+// tile_fn(start, n, row_acc, col_acc, totals) adds a tile's contributions to row_acc[row],
+// col_acc[col] and totals[0..1] (per-chunk scalars, returned summed in chunk order);
+// row_out, col_out (zeroed by the caller, summed into) may be null, and so then are the
+// accumulators.
+struct Totals { double v[2] = {0.0, 0.0}; };
+
+template <class TileFn>
+Totals reduce_rows_cols(const TfJob& job, double* row_out, double* col_out, TileFn&& tile_fn) {
+  const int64_t n = job.numel, cols = job.cols, rows = n / cols;
+  const int64_t tiles = (n + TILE - 1) / TILE;
+  int64_t chunks = std::max<int64_t>(1, std::min<int64_t>({64, tiles / 8, rows / 4}));
+  const int64_t tiles_per_chunk = (tiles + chunks - 1) / chunks;
+  chunks = (tiles + tiles_per_chunk - 1) / tiles_per_chunk;
+  const int64_t chunk_elems = tiles_per_chunk * TILE;
+  // chunk c touches rows first(c)..last(c) and keeps them at row_part[c + i]: slots
+  // first(c)+c..last(c)+c, disjoint from the next chunk's since first(c+1) >= last(c)
+  std::vector<double> row_part(row_out ? rows + chunks : 0), col_part(col_out ? chunks * cols : 0);
+  std::vector<Totals> totals(chunks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(job.n_threads) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t e0 = c * chunk_elems, e1 = std::min(n, e0 + chunk_elems);
+    double* row_acc = row_out ? row_part.data() + c : nullptr;  // indexed by the global row
+    double* col_acc = col_out ? col_part.data() + c * cols : nullptr;
+    for (int64_t start = e0; start < e1; start += TILE)
+      tile_fn(start, int(std::min<int64_t>(TILE, e1 - start)), row_acc, col_acc, totals[c].v);
+  }
+  Totals total;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t e0 = c * chunk_elems, e1 = std::min(n, e0 + chunk_elems);
+    total.v[0] += totals[c].v[0];
+    total.v[1] += totals[c].v[1];
+    if (row_out) {
+      const int64_t first = e0 / cols, last = (e1 - 1) / cols;
+      const double* part = row_part.data() + first + c;
+      for (int64_t i = first; i <= last; ++i) row_out[i] += part[i - first];
+    }
+    if (col_out) {
+      const double* part = col_part.data() + c * cols;
+      for (int64_t j = 0; j < cols; ++j) col_out[j] += part[j];
+    }
+  }
+  return total;
+}
+
 void apply_rule(const TfJob& job, float* p, float* g, float (*s)[TILE], int n) {
   switch (job.rule) {
     case R_ADAMW: adamw_tile(job, p, g, s[0], s[1], n); break;
@@ -334,10 +463,12 @@ void process_tile(const TfJob& job, int64_t start, int n) {
   load_floats(job.param_dtype, job.param, start, n, p);
   load_floats(job.grad_dtype, job.grad, start, n, g);
   for (int k = 0; k < job.n_states; ++k) decode_state(job.states[k], start, n, s[k]);
-  if (job.rule == R_ADAFACTOR)
-    adafactor_tile(job, start, p, g, s[0], n);  // needs element indices for its row/col factors
-  else
-    apply_rule(job, p, g, s, n);
+  switch (job.rule) {  // the factored rules need element indices for their row/col factors
+    case R_ADAFACTOR: adafactor_tile(job, start, p, g, s[0], n); break;
+    case R_CAME: came_tile(job, start, p, g, s[0], n); break;
+    case R_ADAFACTOR_HF: adafactor_hf_tile(job, start, p, g, s[0], n); break;
+    default: apply_rule(job, p, g, s, n);
+  }
   store_floats(job.param_dtype, job.param, start, n, p);
   for (int k = 0; k < job.n_states; ++k) encode_state(job.states[k], start, n, s[k]);
 }
@@ -346,16 +477,17 @@ void process_tile(const TfJob& job, int64_t start, int n) {
 
 extern "C" {
 
-int tf_abi_version() { return 3; }
+int tf_abi_version() { return 4; }
 int tf_tile_size() { return TILE; }
 int tf_job_size() { return int(sizeof(TfJob)); }
 
 // One parameter's step. Non-finite gradient: a first pass over the gradient finds it
-// and the step is skipped entirely (param and states untouched, *skips += 1).
+// and the step is skipped entirely (param and states untouched, *skips += 1), unless
+// F_GRAD_CHECKED says the caller's own earlier pass found it finite.
 // Returns 1 when the update happened, 0 when skipped.
 int tf_step(const TfJob* job) {
   const int64_t n = job->numel;
-  if (any_nonfinite(job->grad_dtype, job->grad, n, job->n_threads)) {
+  if (!(job->flags & F_GRAD_CHECKED) && any_nonfinite(job->grad_dtype, job->grad, n, job->n_threads)) {
     *job->skips += 1;
     return 0;
   }
@@ -391,6 +523,103 @@ double tf_adafactor_sumsq(const TfJob* job) {
     total += partial;
   }
   return total;
+}
+
+// Factored rules' first pass (CAME, Adafactor HF): row and column sums of S = g^2 + eps1
+// (c[0]) over the matrix, in double (see reduce_rows_cols), into zeroed row_sum[rows],
+// col_sum[cols]; with param_sumsq also the sum of theta^2 (Adafactor HF's RMS(theta)).
+// The same read of g checks it: returns 0 (sums unusable) when any element is NaN or
+// +-Inf. A finite g whose square overflows is not a skip: the sums are then inf, as the
+// reference's.
+int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum, double* param_sumsq) {
+  const float eps1 = job->c[0];
+  const int64_t cols = job->cols;
+  const Totals totals = reduce_rows_cols(*job, row_sum, col_sum,
+      [&](int64_t start, int n, double* row_acc, double* col_acc, double* total) {
+        alignas(64) float g[TILE];
+        load_floats(job->grad_dtype, job->grad, start, n, g);
+        int nonfinite = 0;
+        for (int k = 0; k < n; ++k) nonfinite |= (bits_of(g[k]) & 0x7F800000u) == 0x7F800000u;
+        total[0] += nonfinite;
+        if (param_sumsq) {
+          alignas(64) float p[TILE];
+          load_floats(job->param_dtype, job->param, start, n, p);
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int k = 0; k < n; ++k) sum += double(p[k]) * double(p[k]);
+          total[1] += sum;
+        }
+        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
+          double row = 0.0;
+          double* col = col_acc + j0;
+          const float* gk = g + k0;
+#pragma omp simd reduction(+ : row)
+          for (int k = 0; k < len; ++k) {
+            const float s = gk[k] * gk[k] + eps1;  // grad * grad + eps1, in float32 as the rule
+            row += s;
+            col[k] += s;
+          }
+          row_acc[i] += row;
+        });
+      });
+  if (param_sumsq) *param_sumsq = totals.v[1];
+  return totals.v[0] == 0.0;
+}
+
+// Second pass: sum of u^2, u = (row factor * col factor) * g (for RMS(u) clipping), in
+// double, deterministic (chunked as reduce_rows_cols). The gradient is known finite.
+double tf_factored_sumsq(const TfJob* job) {
+  const int64_t cols = job->cols;
+  return reduce_rows_cols(*job, nullptr, nullptr,
+      [&](int64_t start, int n, double*, double*, double* total) {
+        alignas(64) float g[TILE];
+        load_floats(job->grad_dtype, job->grad, start, n, g);
+        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
+          const float ri = job->row[i];
+          const float* cj = job->col + j0;
+          const float* gk = g + k0;
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int k = 0; k < len; ++k) {
+            const float u = factored_u(ri, cj[k], gk[k]);
+            sum += double(u) * double(u);
+          }
+          total[0] += sum;
+        });
+      }).v[0];
+}
+
+// CAME's third pass: row and column sums of the instability U = (û - m')^2 + eps2 (c[4]),
+// with m' the new first moment from the decoded old one (states[0]); nothing is written:
+// the update pass (tf_step, R_CAME) recomputes m' bit for bit and only then encodes it,
+// so the old m is still there to decode and no full-size float scratch is needed.
+void tf_came_instability(const TfJob* job, double* row_sum, double* col_sum) {
+  const float eps2 = job->c[4];
+  const int64_t cols = job->cols;
+  reduce_rows_cols(*job, row_sum, col_sum,
+      [&](int64_t start, int n, double* row_acc, double* col_acc, double*) {
+        alignas(64) float g[TILE];
+        alignas(64) float m[TILE];
+        load_floats(job->grad_dtype, job->grad, start, n, g);
+        decode_state(job->states[0], start, n, m);
+        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
+          const float ri = job->row[i];
+          const float* cj = job->col + j0;
+          const float* gk = g + k0;
+          const float* mk = m + k0;
+          double* col = col_acc + j0;
+          double row = 0.0;
+#pragma omp simd reduction(+ : row)
+          for (int k = 0; k < len; ++k) {
+            const float u_hat = came_u_hat(*job, factored_u(ri, cj[k], gk[k]));
+            const float d = u_hat - came_moment(*job, u_hat, mk[k]);
+            const float instability = d * d + eps2;  // (update - exp_avg) ** 2 + eps2
+            row += instability;
+            col[k] += instability;
+          }
+          row_acc[i] += row;
+        });
+      });
 }
 
 // Whole-tensor codec passes, for rules without a fused kernel (impl "native_codec"):
