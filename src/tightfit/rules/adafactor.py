@@ -39,22 +39,29 @@ def _first_moment(update, state, beta1):
 
 # --- torch.optim.Adafactor convention -------------------------------------------------
 
-def adafactor_step_scalars(param, *, step, lr, beta2_decay, eps):
-    """(ε₁, wₜ, αₜ) of step t (see adafactor_update): ε₁ resolved, the new statistic's
-    weight wₜ = t^τ and the step size αₜ = max(ε₂, RMS(θ)) · min(η, 1/√t)."""
+def adafactor_step_scalars(rms_param, *, step, lr, beta2_decay, eps):
+    """(ε₁, wₜ, αₜ) of step t (see adafactor_update) from RMS(θ) (a float): ε₁ resolved,
+    the new statistic's weight wₜ = t^τ and the step size αₜ = max(ε₂, RMS(θ)) · min(η, 1/√t)."""
     eps1, eps2 = eps
     if eps1 is None:
         eps1 = torch.finfo(torch.float32).eps
     rho = min(lr, 1 / step**0.5)
-    return eps1, step**beta2_decay, max(eps2, float(_rms(param))) * rho
+    return eps1, step**beta2_decay, max(eps2, rms_param) * rho
+
+
+def factored_lerp(row_var, col_var, row_mean, col_mean, new_weight, eps1):
+    """(R, C, max(mean₋₂(R), ε₁)) from the new mean₋₁(g²), mean₋₂(g²) (keepdim shapes,
+    as R and C), so that V̂ = R Cᵀ / the last one."""
+    row_var = torch.lerp(row_var, row_mean, new_weight)
+    col_var = torch.lerp(col_var, col_mean, new_weight)
+    return row_var, col_var, row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
 
 
 def factored_variance(grad, row_var, col_var, new_weight, eps1):
     """(R, C, max(mean₋₂(R), ε₁)) after ``grad``, so that V̂ = R Cᵀ / the last one."""
     grad_sq = grad * grad
-    row_var = torch.lerp(row_var, grad_sq.mean(dim=-1, keepdim=True), new_weight)
-    col_var = torch.lerp(col_var, grad_sq.mean(dim=-2, keepdim=True), new_weight)
-    return row_var, col_var, row_var.mean(dim=-2, keepdim=True).clamp(min=eps1)
+    return factored_lerp(row_var, col_var, grad_sq.mean(dim=-1, keepdim=True), grad_sq.mean(dim=-2, keepdim=True),
+                         new_weight, eps1)
 
 
 def adafactor_update(param, grad, state, *, step, lr, beta2_decay, eps, d, weight_decay, beta1, maximize):
@@ -79,7 +86,8 @@ def adafactor_update(param, grad, state, *, step, lr, beta2_decay, eps, d, weigh
     """
     if maximize:
         grad = -grad
-    eps1, new_weight, alpha = adafactor_step_scalars(param, step=step, lr=lr, beta2_decay=beta2_decay, eps=eps)
+    eps1, new_weight, alpha = adafactor_step_scalars(float(_rms(param)), step=step, lr=lr,
+                                                     beta2_decay=beta2_decay, eps=eps)
     if weight_decay != 0:
         param = param * (1 - lr * weight_decay)
     if grad.dim() > 1:
