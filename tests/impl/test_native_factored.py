@@ -1,4 +1,5 @@
-"""Native CAME and HF-convention Adafactor (impl/native/came.py, adafactor_hf.py) against
+"""Native CAME and Adafactor in both conventions (impl/native/came.py, adafactor_hf.py,
+adafactor.py) against
 the reference, rule x codec x shape x hyperparameters.
 
 Every step of a comparison starts both optimizers from the reference's state (params,
@@ -45,6 +46,7 @@ TOL = {
 FACTORIES = {  # rule: factory over params and hyperparameters
     "came": tightfit.CAME,
     "adafactor_hf": lambda params, **k: tightfit.Adafactor(params, convention="hf", **k),
+    "adafactor": lambda params, **k: tightfit.Adafactor(params, convention="torch", **k),
 }
 RULES = {  # case: (rule, hyperparameters, has a first moment through the codec)
     "came": ("came", {"lr": 1e-2, "weight_decay": 0.1}, True),
@@ -55,6 +57,10 @@ RULES = {  # case: (rule, hyperparameters, has a first moment through the codec)
                                            "clip_threshold": 0.5}, True),
     "hf_warmup_unscaled": ("adafactor_hf", {"warmup_init": True, "scale_parameter": False, "beta1": 0.8,
                                             "decay_rate": -0.5, "eps": (1e-20, 1e-3)}, True),
+    # torch convention: no ε₁ in g², wₜ = t^τ lerp, V̂ = R Cᵀ / max(mean R, ε₁), αₜ from RMS(θ).
+    "torch_decay": ("adafactor", {"lr": 1e-2, "weight_decay": 0.1}, False),
+    "torch_momentum_maximize": ("adafactor", {"lr": 1e-2, "beta1": 0.9, "maximize": True, "d": 1.5,
+                                              "beta2_decay": -0.5, "eps": (1e-6, 1e-3)}, True),
 }
 
 
@@ -69,7 +75,8 @@ def make_optimizer(case, params, **options):
 SHAPES = [(37, 53), (67, 263), (300,), (), (2, 5, 40)]
 CASES = [(case, codec, torch.float32) for case, (_, _, moment) in RULES.items()
          for codec in (("fp32", "bf16", "8bit", "4bit") if moment else ("fp32",))]
-CASES += [(case, codec, torch.bfloat16) for case in ("came", "hf_momentum_decay") for codec in ("8bit", "4bit")]
+CASES += [(case, codec, torch.bfloat16) for case in ("came", "hf_momentum_decay", "torch_momentum_maximize")
+          for codec in ("8bit", "4bit")]
 STEPS = 4
 
 
@@ -120,7 +127,7 @@ def _compare_step(nat_params, nat_states, ref_params, ref_states, dtype, state_t
 @pytest.mark.parametrize("case, codec, dtype", CASES, ids=[f"{r}-{c}-{str(d)[6:]}" for r, c, d in CASES])
 def test_native_step_matches_reference(case, codec, dtype):
     rule, hyper, _ = RULES[case]
-    scaled_by_rms = rule == "adafactor_hf" and hyper.get("scale_parameter", True)
+    scaled_by_rms = rule == "adafactor" or (rule == "adafactor_hf" and hyper.get("scale_parameter", True))
     state_tol = TOL["hf_bf16_alpha"] if scaled_by_rms and dtype == torch.bfloat16 else TOL["close"]
     starts = [torch.randn(s).to(dtype) for s in SHAPES]
     grads = [[torch.randn(s).to(dtype) for s in SHAPES] for _ in range(STEPS)]
@@ -142,7 +149,8 @@ def test_native_step_matches_reference(case, codec, dtype):
                       ref_params, [ref_opt.state[p] for p in ref_params], dtype, state_tol)
 
 
-@pytest.mark.parametrize("case", ["came", "hf_defaults", "hf_momentum_decay"])
+@pytest.mark.parametrize("case", ["came", "hf_defaults", "hf_momentum_decay", "torch_decay",
+                                  "torch_momentum_maximize"])
 def test_free_running_matches_float64_rule(case):
     """4 steps on a 300 x 1000 matrix (fp32 states) against the rule's update in float64."""
     shape = (300, 1000)
@@ -168,7 +176,7 @@ def test_free_running_matches_float64_rule(case):
 BAD_GRADS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
 
-@pytest.mark.parametrize("case", ["came", "hf_momentum_decay"])
+@pytest.mark.parametrize("case", ["came", "hf_momentum_decay", "torch_momentum_maximize"])
 @pytest.mark.parametrize("bad", list(BAD_GRADS))
 def test_nonfinite_grad_skips_only_that_param(bad, case):
     shapes = [(37, 53), (300,)]
@@ -190,7 +198,7 @@ def test_nonfinite_grad_skips_only_that_param(bad, case):
     _compare_step(*out["native"], *out["reference"], torch.float32)
 
 
-@pytest.mark.parametrize("case", ["came", "hf_defaults"])
+@pytest.mark.parametrize("case", ["came", "hf_defaults", "torch_decay"])
 def test_huge_finite_grad_is_not_a_skip(case):
     """g² overflows float32 (as in the reference), but g is finite: the step counts."""
     param = torch.randn(37, 53, requires_grad=True)
@@ -201,7 +209,7 @@ def test_huge_finite_grad_is_not_a_skip(case):
     assert (opt.state[param]["step"].item(), opt.state[param]["nonfinite_skips"].item()) == (1, 0)
 
 
-@pytest.mark.parametrize("case", ["came", "hf_momentum_decay"])
+@pytest.mark.parametrize("case", ["came", "hf_momentum_decay", "torch_momentum_maximize"])
 def test_thread_count_does_not_change_the_result(case):
     """The kernel's row/column sums are chunked by shape, not by thread: bit-identical."""
     start, grads = torch.randn(300, 1000), [torch.randn(300, 1000) for _ in range(2)]
