@@ -306,27 +306,7 @@ void sophiag_tile(const TfJob& job, float* __restrict p, float* __restrict g, fl
 // Adafactor (torch convention), applied from updated row/col statistics:
 // U = g / sqrt(max(r_i c_j / mean(r), eps1^2)), then c = [mean(r) clamped, eps1^2,
 // clip divisor max(1, RMS(U)/d), alpha, 1-lr*wd (1: none), beta1, 1-beta1, has_momentum].
-inline float adafactor_u(const TfJob& job, float g, int64_t index) {
-  const float v = job.row[index / job.cols] * job.col[index % job.cols] / job.c[0];
-  const float clamped = v < job.c[1] ? job.c[1] : v;  // clamp(min=eps1^2); NaN stays NaN
-  return (1.0f / std::sqrt(clamped)) * g;            // torch's rsqrt is 1 / sqrt
-}
-
-void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
-                    float* __restrict m, int n) {
-  const float clip = job.c[2], alpha = job.c[3], decay = job.c[4], b1 = job.c[5], one_m_b1 = job.c[6];
-  const bool momentum = job.c[7] != 0.0f;
-  if (job.flags & F_MAXIMIZE)
-    for (int i = 0; i < n; ++i) g[i] = -g[i];
-  for (int i = 0; i < n; ++i) {
-    float u = alpha * (adafactor_u(job, g[i], start + i) / clip);
-    if (momentum) {
-      u = m[i] * b1 + one_m_b1 * u;
-      m[i] = u;
-    }
-    p[i] = (decay != 1.0f ? p[i] * decay : p[i]) - u;
-  }
-}
+// (Defined after for_row_runs, which both of its passes use.)
 
 // ---- factored rules with rsqrt factors (CAME, Adafactor HF convention) -------------
 // A tile [start, start+n) of a row-major matrix is a few runs that each lie in one row;
@@ -340,6 +320,38 @@ inline void for_row_runs(int64_t start, int n, int64_t cols, F&& f) {
     f(i, j, k, len);
     k += len;
   }
+}
+
+// Adafactor (torch convention), see above: U from the row statistic r_i, the column
+// statistic c_j and g, in rules/adafactor.py's order ((r_i c_j) / mean(r), clamp, rsqrt).
+inline float adafactor_u(float row_mean, float eps1_sq, float ri, float cj, float g) {
+  const float v = ri * cj / row_mean;
+  const float clamped = v < eps1_sq ? eps1_sq : v;  // clamp(min=eps1^2); NaN stays NaN
+  return (1.0f / std::sqrt(clamped)) * g;           // torch's rsqrt is 1 / sqrt
+}
+
+void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
+                    float* __restrict m, int n) {
+  const float row_mean = job.c[0], eps1_sq = job.c[1];
+  const float clip = job.c[2], alpha = job.c[3], decay = job.c[4], b1 = job.c[5], one_m_b1 = job.c[6];
+  const bool momentum = job.c[7] != 0.0f, decayed = decay != 1.0f;
+  if (job.flags & F_MAXIMIZE)
+    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  for_row_runs(start, n, job.cols, [&](int64_t i, int64_t j0, int k0, int len) {
+    const float ri = job.row[i];
+    const float* cj = job.col + j0;
+    float* pk = p + k0;
+    float* mk = m + k0;
+    const float* gk = g + k0;
+    for (int k = 0; k < len; ++k) {
+      float u = alpha * (adafactor_u(row_mean, eps1_sq, ri, cj[k], gk[k]) / clip);
+      if (momentum) {
+        u = mk[k] * b1 + one_m_b1 * u;
+        mk[k] = u;
+      }
+      pk[k] = (decayed ? pk[k] * decay : pk[k]) - u;
+    }
+  });
 }
 
 // u = factored_rsqrt(R, C) * g, as PyTorch evaluates it: (row factor * col factor) * g.
@@ -502,27 +514,29 @@ int tf_step(const TfJob* job) {
   return 1;
 }
 
-// Adafactor's first pass: sum of U^2 (for RMS(U) clipping), in double, over the whole
-// matrix. Same U as adafactor_tile; the caller has checked the gradient is finite.
+// Adafactor's (torch convention) sum of U^2 (for RMS(U) clipping), in double,
+// deterministic (chunked as reduce_rows_cols). Same U as adafactor_tile (U is odd in g,
+// so maximize does not change its square); the caller has checked the gradient is finite.
 double tf_adafactor_sumsq(const TfJob* job) {
-  const int64_t n = job->numel;
-  const int64_t tiles = (n + TILE - 1) / TILE;
-  const bool negate = job->flags & F_MAXIMIZE;  // U is odd in g: its square is not, kept for clarity
-  double total = 0.0;
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) num_threads(job->n_threads) if (tiles > 8)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t start = t * TILE;
-    const int m = int(n - start < TILE ? n - start : TILE);
-    alignas(64) float g[TILE];
-    load_floats(job->grad_dtype, job->grad, start, m, g);
-    double partial = 0.0;
-    for (int i = 0; i < m; ++i) {
-      const float u = adafactor_u(*job, negate ? -g[i] : g[i], start + i);
-      partial += double(u) * double(u);
-    }
-    total += partial;
-  }
-  return total;
+  const int64_t cols = job->cols;
+  const float row_mean = job->c[0], eps1_sq = job->c[1];
+  return reduce_rows_cols(*job, nullptr, nullptr,
+      [&](int64_t start, int n, double*, double*, double* total) {
+        alignas(64) float g[TILE];
+        load_floats(job->grad_dtype, job->grad, start, n, g);
+        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
+          const float ri = job->row[i];
+          const float* cj = job->col + j0;
+          const float* gk = g + k0;
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int k = 0; k < len; ++k) {
+            const float u = adafactor_u(row_mean, eps1_sq, ri, cj[k], gk[k]);
+            sum += double(u) * double(u);
+          }
+          total[0] += sum;
+        });
+      }).v[0];
 }
 
 // Factored rules' first pass (CAME, Adafactor HF): row and column sums of S = g^2 + eps1
