@@ -64,8 +64,8 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
         "tightfit AdamW 8bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit")),
         "tightfit AdamW 4bit": ("native", lambda ps: tightfit.AdamW(ps, lr=lr, state="4bit")),
         "tightfit Lion 8bit": ("native", lambda ps: tightfit.Lion(ps, lr=lr, state="8bit")),
-        # Adafactor: statistics in PyTorch, the rest fused; Adafactor HF and CAME: row/col
-        # sums and the update in kernel passes, the small vectors in PyTorch; SophiaG: fused
+        # Adafactor (both conventions) and CAME: row/col sums and the update in kernel
+        # passes, the small vectors in PyTorch; SophiaG: fused
         "tightfit Adafactor (no momentum)": ("native", lambda ps: tightfit.Adafactor(ps, lr=1e-2)),
         "tightfit Adafactor 8bit momentum": ("native",
                                              lambda ps: tightfit.Adafactor(ps, lr=1e-2, beta1=0.9, state="8bit")),

@@ -48,7 +48,7 @@ RULES = {  # name: (factory, param tolerance key for fp32 params, states exact?)
                                "exact", True),
     "sgd_nesterov_maximize": (lambda p, **k: tightfit.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3,
                                                           maximize=True, **k), "exact", True),
-    # Adafactor: RMS(U) is summed in double by the kernel, in float32 by torch's norm.
+    # Adafactor: means of g², RMS(θ), RMS(U) are summed in double by the kernel, in float32 by torch.
     "adafactor": (lambda p, **k: tightfit.Adafactor(p, lr=1e-2, weight_decay=0.1, **k), "adam_param", False),
     "adafactor_momentum_maximize": (lambda p, **k: tightfit.Adafactor(p, lr=1e-2, beta1=0.9, maximize=True, **k),
                                     "adam_param", False),

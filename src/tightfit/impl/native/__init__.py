@@ -1,7 +1,7 @@
 """The native CPU implementation: one fused C++ pass per parameter (step_kernel.cpp).
 
 Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter;
-Adafactor is driven from adafactor.py (statistics in PyTorch, then two kernel passes),
+Adafactor is driven from adafactor.py (three kernel passes, the first the same as CAME's),
 CAME from came.py (four kernel passes, the small vectors in between in PyTorch),
 Adafactor's HF convention from adafactor_hf.py (three passes, the same first two as CAME).
 

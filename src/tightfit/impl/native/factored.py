@@ -1,5 +1,6 @@
 """Passes shared by the native drivers of the fairseq-style factored rules (CAME and
-Adafactor's HF convention), whose update starts with rules/adafactor.py
+Adafactor's HF convention; grad_sq_means also serves the torch convention, with ε₁ = 0),
+whose update starts with rules/adafactor.py
 ``scaled_by_second_moment`` on a (rows x cols) matrix:
 
     S = g² + ε₁;  R, C ← EMAs (β₂) of mean₋₁(S), mean₋₂(S)
@@ -59,7 +60,7 @@ def rms_of_sumsq(sumsq: float, numel: int) -> torch.Tensor:
 
 
 def grad_sq_means(lib, job: TfJob, rows: int, cols: int, param_rms: bool = False):
-    """Pass 1 (job.c[0] = ε₁): None for a non-finite gradient, else (mean₋₁(S), mean₋₂(S),
+    """Pass 1 (job.c[0] = ε₁, 0 for S = g²): None for a non-finite gradient, else (mean₋₁(S), mean₋₂(S),
     RMS(θ) as a float or None unless ``param_rms``)."""
     param_sumsq = torch.zeros((), dtype=torch.float64)
     target = param_sumsq.data_ptr() if param_rms else None

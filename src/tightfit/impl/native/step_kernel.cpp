@@ -539,9 +539,9 @@ double tf_adafactor_sumsq(const TfJob* job) {
       }).v[0];
 }
 
-// Factored rules' first pass (CAME, Adafactor HF): row and column sums of S = g^2 + eps1
-// (c[0]) over the matrix, in double (see reduce_rows_cols), into zeroed row_sum[rows],
-// col_sum[cols]; with param_sumsq also the sum of theta^2 (Adafactor HF's RMS(theta)).
+// Factored rules' first pass (CAME, Adafactor both conventions): row and column sums of
+// S = g^2 + eps1 (c[0]; 0 for the torch convention, which adds none) over the matrix, in double (see reduce_rows_cols), into zeroed row_sum[rows],
+// col_sum[cols]; with param_sumsq also the sum of theta^2 (Adafactor's RMS(theta)).
 // The same read of g checks it: returns 0 (sums unusable) when any element is NaN or
 // +-Inf. A finite g whose square overflows is not a skip: the sums are then inf, as the
 // reference's.
