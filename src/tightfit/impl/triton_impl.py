@@ -26,6 +26,11 @@ def _kernel_tables():
     return KERNEL_RULES, FACTORED_RULES, KERNEL_CODECS
 
 
+def _small_state_problem(*args):
+    from ..kernels.factored_step import small_state_problem  # imports triton
+    return small_state_problem(*args)
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -65,8 +70,7 @@ class TritonImplementation(Implementation):
             if codec is not None and codec not in codecs:
                 return f"no fused kernel for codec {codec!r} (kernels exist for {sorted(codecs)})"
             if rule.name in factored_rules:
-                from ..kernels.factored_step import small_state_problem
-                problem = small_state_problem(rule.name, param.shape, state, param.device)
+                problem = _small_state_problem(rule.name, param.shape, state, param.device)
                 if problem is not None:
                     return problem
         return None

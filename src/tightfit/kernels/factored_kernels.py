@@ -142,18 +142,17 @@ def clip_divisor(RULE: tl.constexpr, sum_sq_update, numel, hyper_ptr):
 
 @triton.jit
 def step_size(RULE: tl.constexpr, sum_sq_param, numel, hyper_ptr, step):
-    """αₜ in float64 (rules/adafactor.py): max(ε₂, RMS(θ))·ρₜ, ρₜ per convention; CAME: lr."""
+    """αₜ in float64 (rules/adafactor.py): max(ε₂, RMS(θ))·ρₜ, ρₜ per convention (CAME
+    steps by lr and does not call this)."""
     lr = _hyper(hyper_ptr, 0)
     inv_sqrt_step = 1.0 / tl.sqrt(step)
     scaled = tl.maximum(_hyper(hyper_ptr, 2), rms_fp32(sum_sq_param, numel).to(tl.float64))
     if RULE == RULE_ADAFACTOR:
         alpha = scaled * tl.minimum(lr, inv_sqrt_step)
-    elif RULE == RULE_ADAFACTOR_HF:
+    else:
         relative = tl.minimum(tl.where(_hyper(hyper_ptr, 9) != 0.0, 1e-6 * step, 1e-2), inv_sqrt_step)
         rho = tl.where(_hyper(hyper_ptr, 8) != 0.0, relative, lr)
         alpha = tl.where(_hyper(hyper_ptr, 10) != 0.0, scaled * rho, rho)
-    else:
-        alpha = lr + 0.0 * scaled
     return alpha
 
 
@@ -414,7 +413,9 @@ def factored_apply_kernel(first_program, tensors, hyper_ptr, nonfinite, step_sna
     step = old_step.to(tl.float64) + 1.0
     live_numel = tl.where(flagged == 0, numel, 0)
     divisor = clip_divisor(RULE, tl.load(scratch + 1), numel, hyper_ptr)
-    alpha = step_size(RULE, tl.load(scratch), numel, hyper_ptr, step)
+    alpha = _hyper(hyper_ptr, 0)  # unused by CAME, which steps by lr
+    if RULE != RULE_CAME:
+        alpha = step_size(RULE, tl.load(scratch), numel, hyper_ptr, step)
 
     rows = tl.arange(0, ROWS)
     block = start // BLOCK + rows

@@ -485,6 +485,31 @@ void process_tile(const TfJob& job, int64_t start, int n) {
   for (int k = 0; k < job.n_states; ++k) encode_state(job.states[k], start, n, s[k]);
 }
 
+// Sum of u^2 over a matrix for RMS(u) clipping, u = u_of(row stat, col stat, g) per
+// element, in double, deterministic (chunked as reduce_rows_cols). The caller has checked
+// the gradient is finite.
+template <class U>
+double sum_of_u_squared(const TfJob* job, U u_of) {
+  const int64_t cols = job->cols;
+  return reduce_rows_cols(*job, nullptr, nullptr,
+      [&](int64_t start, int n, double*, double*, double* total) {
+        alignas(64) float g[TILE];
+        load_floats(job->grad_dtype, job->grad, start, n, g);
+        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
+          const float ri = job->row[i];
+          const float* cj = job->col + j0;
+          const float* gk = g + k0;
+          double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+          for (int k = 0; k < len; ++k) {
+            const float u = u_of(ri, cj[k], gk[k]);
+            sum += double(u) * double(u);
+          }
+          total[0] += sum;
+        });
+      }).v[0];
+}
+
 }  // namespace
 
 extern "C" {
@@ -514,29 +539,11 @@ int tf_step(const TfJob* job) {
   return 1;
 }
 
-// Adafactor's (torch convention) sum of U^2 (for RMS(U) clipping), in double,
-// deterministic (chunked as reduce_rows_cols). Same U as adafactor_tile (U is odd in g,
-// so maximize does not change its square); the caller has checked the gradient is finite.
+// Adafactor's (torch convention) sum of U^2: the same U as adafactor_tile (U is odd in g,
+// so maximize does not change its square).
 double tf_adafactor_sumsq(const TfJob* job) {
-  const int64_t cols = job->cols;
   const float row_mean = job->c[0], eps1_sq = job->c[1];
-  return reduce_rows_cols(*job, nullptr, nullptr,
-      [&](int64_t start, int n, double*, double*, double* total) {
-        alignas(64) float g[TILE];
-        load_floats(job->grad_dtype, job->grad, start, n, g);
-        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
-          const float ri = job->row[i];
-          const float* cj = job->col + j0;
-          const float* gk = g + k0;
-          double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-          for (int k = 0; k < len; ++k) {
-            const float u = adafactor_u(row_mean, eps1_sq, ri, cj[k], gk[k]);
-            sum += double(u) * double(u);
-          }
-          total[0] += sum;
-        });
-      }).v[0];
+  return sum_of_u_squared(job, [=](float ri, float cj, float g) { return adafactor_u(row_mean, eps1_sq, ri, cj, g); });
 }
 
 // Factored rules' first pass (CAME, Adafactor both conventions): row and column sums of
@@ -580,27 +587,9 @@ int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum, double
   return totals.v[0] == 0.0;
 }
 
-// Second pass: sum of u^2, u = (row factor * col factor) * g (for RMS(u) clipping), in
-// double, deterministic (chunked as reduce_rows_cols). The gradient is known finite.
+// Second pass of CAME / HF Adafactor: sum of u^2, u = (row factor * col factor) * g.
 double tf_factored_sumsq(const TfJob* job) {
-  const int64_t cols = job->cols;
-  return reduce_rows_cols(*job, nullptr, nullptr,
-      [&](int64_t start, int n, double*, double*, double* total) {
-        alignas(64) float g[TILE];
-        load_floats(job->grad_dtype, job->grad, start, n, g);
-        for_row_runs(start, n, cols, [&](int64_t i, int64_t j0, int k0, int len) {
-          const float ri = job->row[i];
-          const float* cj = job->col + j0;
-          const float* gk = g + k0;
-          double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-          for (int k = 0; k < len; ++k) {
-            const float u = factored_u(ri, cj[k], gk[k]);
-            sum += double(u) * double(u);
-          }
-          total[0] += sum;
-        });
-      }).v[0];
+  return sum_of_u_squared(job, [](float ri, float cj, float g) { return factored_u(ri, cj, g); });
 }
 
 // CAME's third pass: row and column sums of the instability U = (û - m')^2 + eps2 (c[4]),
