@@ -17,6 +17,7 @@ from tightfit.codecs import Encoded, get_codec
 from tightfit.impl import select_implementation
 from tightfit.impl.native import build
 from tightfit.rules import get_rule
+from tightfit.rules.base import GRAD_LIMIT_REDUCING
 
 NATIVE_REASON = build.load_kernel()[1]
 pytestmark = pytest.mark.skipif(NATIVE_REASON is not None, reason=str(NATIVE_REASON))
@@ -199,14 +200,21 @@ def test_nonfinite_grad_skips_only_that_param(bad, case):
 
 
 @pytest.mark.parametrize("case", ["came", "hf_defaults", "torch_decay"])
-def test_huge_finite_grad_is_not_a_skip(case):
-    """g² overflows float32 (as in the reference), but g is finite: the step counts."""
+@pytest.mark.parametrize("impl", ["native", "reference"])
+@pytest.mark.parametrize("huge, skipped", [(1e30, True), (GRAD_LIMIT_REDUCING, True),
+                                           (GRAD_LIMIT_REDUCING * (1 - 2**-24), False)])
+def test_a_grad_at_the_limit_is_a_skip(case, impl, huge, skipped):
+    """A finite element at or above the rule's limit (2^47 for factored rules: sums of
+    squares could overflow) skips and counts, as NaN does; just below it steps, finite."""
     param = torch.randn(37, 53, requires_grad=True)
     param.grad = torch.randn(37, 53)
-    param.grad[0, 0] = 1e30
-    opt = make_optimizer(case, [param], impl="native")
+    param.grad[0, 0] = huge
+    opt = make_optimizer(case, [param], impl=impl)
     opt.step()
-    assert (opt.state[param]["step"].item(), opt.state[param]["nonfinite_skips"].item()) == (1, 0)
+    state = opt.state[param]
+    assert (state["step"].item(), state["nonfinite_skips"].item()) == ((0, 1) if skipped else (1, 0))
+    assert torch.isfinite(param).all()
+    assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor))
 
 
 @pytest.mark.parametrize("case", ["came", "hf_momentum_decay", "torch_momentum_maximize"])

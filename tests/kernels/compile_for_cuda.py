@@ -19,6 +19,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from tightfit.kernels import factored_kernels, fused_kernels  # noqa: E402
 from tightfit.kernels.factored_step import FACTORED_RULES, TILE_COLS, TILE_ROWS  # noqa: E402
+from tightfit.rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING  # noqa: E402
 from tightfit.kernels.fused_step import ELEMENTS_PER_PROGRAM, KERNEL_CODECS, KERNEL_RULES, update_constexprs  # noqa: E402
 
 POINTER_TYPES = {"first_program": "*i64", "tensors": "*i64", "hyper_ptr": "*fp64", "nonfinite": "*i32",
@@ -38,10 +39,11 @@ def compile_kernel(kernel, constexprs, target):
 
 def main(capability: int) -> None:
     target = GPUTarget("cuda", capability, 32)
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for dtype, limit in itertools.product((torch.float32, torch.bfloat16, torch.float16),
+                                          (GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING)):
         compile_kernel(fused_kernels.finite_check_kernel,
                        {"GRAD_DTYPE": update_constexprs("lion", 1, "fp32", dtype, dtype, False, 1)["GRAD_DTYPE"],
-                        "COLUMNS": 9, "SPAN": ELEMENTS_PER_PROGRAM, "SEARCH_LEVELS": 9}, target)
+                        "GRAD_LIMIT": limit, "COLUMNS": 9, "SPAN": ELEMENTS_PER_PROGRAM, "SEARCH_LEVELS": 9}, target)
     for rule, codec, (dtype, stochastic) in itertools.product(KERNEL_RULES, KERNEL_CODECS, PARAM_DTYPES):
         for nstates in STATE_COUNTS[rule]:
             compile_kernel(fused_kernels.fused_update_kernel,

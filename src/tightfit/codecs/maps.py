@@ -18,6 +18,15 @@ arXiv 2110.02861, Li et al. 2023 arXiv 2309.01507):
 * ``dynamic4_signed`` -- 4-bit dynamic-exponent map for first moments.
 * ``linear4_unsigned`` -- {k/16 : k = 1..16}, zero-point free, for second moments
   (a second moment rounded to 0 would blow up 1/sqrt(v)).
+
+``dynamic8_unsigned`` stores second moments too, and it has a 0 entry (bitsandbytes'
+and torchao's map). It rounds with ``exact_zero``: only an exact 0 takes code 0, and a
+positive value below the smallest positive entry (3.25e-7 of its block's absmax) rounds
+up to that entry instead of down to 0, so a second moment that was ever positive never
+decodes to 0 while its first moment is still alive (the zero-point problem, Li et al.
+2023). Such tiny values are stored too large: the update of that element is smaller than
+fp32 Adam's, never larger. Codes are unchanged for every other value, so the map and
+the stored format are the same as before.
 """
 
 from __future__ import annotations
@@ -71,6 +80,8 @@ class QuantMap:
 
     name: str
     values: torch.Tensor  # float32, sorted ascending
+    # Only an exact 0 encodes to the 0 entry (which must be values[0]); see the module doc.
+    exact_zero: bool = False
     midpoints: torch.Tensor = field(init=False)  # float32, len(values) - 1
     _padded_midpoints: torch.Tensor = field(init=False)  # + [inf], indexed by bucket_low
     _bucket_low: torch.Tensor = field(init=False)  # uint8 code of each bucket's lowest float
@@ -83,6 +94,10 @@ class QuantMap:
         if len(v) > 256:
             raise ValueError(f"map {self.name!r} has {len(v)} values; codes are uint8 (at most 256)")
         mids = (v[:-1] + v[1:]) / 2
+        if self.exact_zero:
+            if float(v[0]) != 0.0:
+                raise ValueError(f"map {self.name!r}: exact_zero needs 0 as its smallest value")
+            mids[0] = 0.0  # x > 0 lies above the first midpoint: code >= 1
         object.__setattr__(self, "midpoints", mids)
         object.__setattr__(self, "_padded_midpoints", torch.cat([mids, mids.new_tensor([float("inf")])]))
         shift, low = self._build_buckets(mids)
@@ -128,12 +143,13 @@ class QuantMap:
 @lru_cache(maxsize=None)
 def get_map(name: str) -> QuantMap:
     """The named map (built once)."""
-    builders = {
-        "dynamic8_signed": lambda: dynamic_exponent_values(True, 7, 8),
-        "dynamic8_unsigned": lambda: dynamic_exponent_values(False, 7, 8),
-        "dynamic4_signed": lambda: dynamic_exponent_values(True, 3, 4),
-        "linear4_unsigned": lambda: [k / 16 for k in range(1, 17)],
+    builders = {  # name -> (values, exact_zero)
+        "dynamic8_signed": lambda: (dynamic_exponent_values(True, 7, 8), False),
+        "dynamic8_unsigned": lambda: (dynamic_exponent_values(False, 7, 8), True),
+        "dynamic4_signed": lambda: (dynamic_exponent_values(True, 3, 4), False),
+        "linear4_unsigned": lambda: ([k / 16 for k in range(1, 17)], False),
     }
     if name not in builders:
         raise ValueError(f"unknown quantization map {name!r}; known: {sorted(builders)}")
-    return QuantMap(name, torch.tensor(builders[name](), dtype=torch.float32))
+    values, exact_zero = builders[name]()
+    return QuantMap(name, torch.tensor(values, dtype=torch.float32), exact_zero=exact_zero)

@@ -21,13 +21,13 @@ import torch.distributed as dist
 
 from ..codecs import get_codec
 from ..impl import select_implementation
-from ..impl.base import encoded_states, plain_hyper
+from ..impl.base import encoded_states, grad_usable_flag, plain_hyper
 from ..kernels.rounding import stochastic_round_to_bf16
 from .shards import as_dtensor, local_tensor, to_local_value
 
 
-def _global_nonfinite(params: list[torch.Tensor]) -> list[bool]:
-    flags = torch.stack([(~torch.isfinite(local_tensor(p.grad))).any() for p in params]).to(torch.int32)
+def _global_nonfinite(params: list[torch.Tensor], limit: float) -> list[bool]:
+    flags = torch.stack([~grad_usable_flag(local_tensor(p.grad), limit) for p in params]).to(torch.int32)
     mesh = params[0].device_mesh
     for dim in range(mesh.ndim):
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=mesh.get_group(dim))
@@ -40,7 +40,7 @@ def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) 
         raise ValueError(f"a param group holds DTensor params on {len(meshes)} device meshes; "
                          "put params of different meshes in different param groups")
     live = []
-    for p, bad in zip(params, _global_nonfinite(params)):
+    for p, bad in zip(params, _global_nonfinite(params, opt.rule.grad_limit)):
         if bad:
             opt._ensure_state(p, group)["nonfinite_skips"] += 1
         else:

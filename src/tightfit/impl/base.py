@@ -47,16 +47,18 @@ class Implementation:
         raise NotImplementedError
 
 
-def all_finite(t: torch.Tensor) -> bool:
-    """True when no element is NaN or +-Inf, in one read of ``t`` where it can be.
+def grad_usable(grad: torch.Tensor, limit: float) -> bool:
+    """True when no element is NaN, +-Inf, or has |g| >= ``limit`` (``Rule.grad_limit``).
 
-    A finite float32 sum proves every element finite (NaN and Inf propagate through a
-    sum); a non-finite sum may also be overflow of large finite values, so only then is
-    each element checked (torch.isfinite makes four passes over the tensor).
+    One read of ``grad``: the largest |g| (an inf-norm reduction, no temporary);
+    NaN propagates through it and fails the comparison.
     """
-    if bool(torch.isfinite(torch.sum(t, dtype=torch.float32))):
-        return True
-    return bool(torch.isfinite(t).all())
+    return bool(torch.linalg.vector_norm(grad, ord=float("inf"), dtype=torch.float32) < limit)
+
+
+def grad_usable_flag(grad: torch.Tensor, limit: float) -> torch.Tensor:
+    """``grad_usable`` as a 0-d bool tensor on the gradient's device (no host sync)."""
+    return torch.linalg.vector_norm(grad, ord=float("inf"), dtype=torch.float32) < limit
 
 
 def encoded_states(state: Mapping[str, Any]) -> dict[str, Encoded]:

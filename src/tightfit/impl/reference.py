@@ -1,8 +1,8 @@
 """The reference implementation: decode -> rule -> encode in plain PyTorch, per parameter.
 
 It runs on every device and is the specification every faster path is tested against.
-It reads a flag per parameter (finite gradient or not) back to the host; faster paths
-avoid that.
+It reads a flag per parameter (usable gradient or not: no NaN/Inf, no element at or
+above the rule's ``grad_limit``) back to the host; faster paths avoid that.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from ..codecs import Encoded, get_codec
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
-from .base import Implementation, StochasticRounding, all_finite, encoded_states, plain_hyper
+from .base import Implementation, StochasticRounding, encoded_states, grad_usable, plain_hyper
 
 
 def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple[int, int] | None]:
@@ -39,7 +39,7 @@ def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
     for faster codec passes that give identical results (impl "native_codec").
     ``rounding_key`` (seed, salt): write a bf16 param with stochastic rounding."""
     grad = param.grad
-    if not all_finite(grad):
+    if not grad_usable(grad, rule.grad_limit):
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were
         return
     step = int(state["step"].item()) + 1

@@ -186,7 +186,8 @@ def factored_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[tor
                                                  SEARCH_LEVELS=levels)
 
     fused_kernels.finite_check_kernel[(element_grid,)](
-        element_table, tensors, nonfinite, step_snapshot, GRAD_DTYPE=dtypes["GRAD_DTYPE"], COLUMNS=K.COLUMNS.value,
+        element_table, tensors, nonfinite, step_snapshot, GRAD_DTYPE=dtypes["GRAD_DTYPE"],
+        GRAD_LIMIT=rule.grad_limit, COLUMNS=K.COLUMNS.value,
         SPAN=ELEMENTS_PER_PROGRAM, SEARCH_LEVELS=levels)
     stats_and_finish(K.SOURCE_GRAD_SQ.value, [g.row_entries + g.col_entries for g in geometries])
     K.factored_rms_kernel[(element_grid,)](element_table, tensors, hyper_table, nonfinite, RULE=rule.selector,

@@ -13,7 +13,8 @@ A program covers a tile of ROWS codec blocks of BLOCK elements. Packed 4-bit cod
 split the tile into two lanes (even and odd elements: the low and high nibbles of the
 same bytes), so no reshape is needed to pack.
 
-Pass 1 (``finite_check_kernel``) flags tensors whose gradient holds NaN/Inf and
+Pass 1 (``finite_check_kernel``) flags tensors whose gradient holds NaN/Inf or an
+element at or above the rule's ``GRAD_LIMIT`` (rules/base.py: squares must not overflow) and
 snapshots their step counters; pass 2 (``fused_update_kernel``) reads the flag, so a
 flagged tensor is left untouched, and the first program of each tensor bumps its step
 (or its skip count). No value crosses back to the host.
@@ -49,13 +50,15 @@ def locate(first_program, SEARCH_LEVELS: tl.constexpr, SPAN: tl.constexpr):
 
 @triton.jit
 def finite_check_kernel(first_program, tensors, nonfinite, step_snapshot, GRAD_DTYPE: tl.constexpr,
-                        COLUMNS: tl.constexpr, SPAN: tl.constexpr, SEARCH_LEVELS: tl.constexpr):
+                        GRAD_LIMIT: tl.constexpr, COLUMNS: tl.constexpr, SPAN: tl.constexpr,
+                        SEARCH_LEVELS: tl.constexpr):
     tensor, start = locate(first_program, SEARCH_LEVELS, SPAN)
     row = tensors + tensor * COLUMNS
     numel = tl.load(row + 4)
     elem = start + tl.arange(0, SPAN)
     grad = tl.load(_address(row, 1, GRAD_DTYPE) + elem, mask=elem < numel, other=0.0).to(tl.float32)
-    bad = tl.sum(((grad - grad) != 0.0).to(tl.int32), axis=0)  # inf - inf and NaN - NaN are NaN
+    usable = tl.abs(grad) < GRAD_LIMIT  # NaN compares false; inf is over any limit
+    bad = tl.sum((~usable).to(tl.int32), axis=0)
     tl.atomic_max(nonfinite + tensor, tl.minimum(bad, 1))
     step = tl.load(_address(row, 2, tl.float32))
     tl.store(step_snapshot + tensor, step, mask=start == 0)

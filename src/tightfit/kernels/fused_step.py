@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ..codecs import get_codec
 from ..codecs.maps import get_map
+from ..rules import get_rule
 from . import fused_kernels, pieces
 
 ELEMENTS_PER_PROGRAM = 1024  # ROWS * BLOCK: few programs under the interpreter, full tiles on a GPU
@@ -189,6 +190,7 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
     grid = (total_programs,)
     fused_kernels.finite_check_kernel[grid](
         first_program, tensors, nonfinite, step_snapshot, GRAD_DTYPE=constexprs["GRAD_DTYPE"],
-        COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM, SEARCH_LEVELS=constexprs["SEARCH_LEVELS"])
+        GRAD_LIMIT=get_rule(rule_name).grad_limit, COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM,
+        SEARCH_LEVELS=constexprs["SEARCH_LEVELS"])
     fused_kernels.fused_update_kernel[grid](first_program, tensors, hyper_table, nonfinite, step_snapshot, *maps,
                                             **constexprs)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..rules.adamw import MOMENT_BOUND_SLACK as _SLACK
+
+MOMENT_BOUND_SLACK: tl.constexpr = tl.constexpr(_SLACK)
+
 # Codec selectors (see KERNEL_CODECS in fused_step.py).
 CODEC_FP32: tl.constexpr = tl.constexpr(0)
 CODEC_BF16: tl.constexpr = tl.constexpr(1)
@@ -96,6 +100,15 @@ def nearest_code(x, absmax_rows, midpoints_ptr, BITS: tl.constexpr):
 # ``step`` is the float64 step count this update makes (1 at the first update).
 
 @triton.jit
+def adam_moment_bound(beta1, beta2, step_int, step):
+    """rules.adamw.adam_moment_bound in float64: κₜ with |m| ≤ κₜ√v for exact moments."""
+    gamma = beta1 * beta1 / tl.where(beta2 == 0.0, 1.0, beta2)
+    series = tl.where(gamma == 1.0, step, (1.0 - power_fp64(gamma, step_int)) / (1.0 - gamma))
+    bound = (1.0 - beta1) * tl.sqrt(series / (1.0 - beta2)) * MOMENT_BOUND_SLACK
+    return tl.where(beta2 == 0.0, float("inf"), bound)
+
+
+@triton.jit
 def adam_update(param, grad, exp_avg, exp_avg_sq, hyper_ptr, step):
     """Adam/AdamW (rules/adamw.py). Slots: 0 lr, 1 beta1, 2 beta2, 3 eps,
     4 decoupled weight decay, 5 coupled (L2) weight decay, 6 maximize (0/1)."""
@@ -110,8 +123,12 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, hyper_ptr, step):
     bias1 = 1.0 - power_fp64(beta1, step_int)
     bias2_sqrt = tl.sqrt(1.0 - power_fp64(beta2, step_int))  # float64: IEEE sqrt
     param = param * (1.0 - lr * hyper(hyper_ptr, 4)).to(tl.float32)
-    denom = tl.div_rn(tl.sqrt_rn(exp_avg_sq), bias2_sqrt.to(tl.float32)) + hyper(hyper_ptr, 3).to(tl.float32)
-    param = param - (lr / bias1).to(tl.float32) * tl.div_rn(exp_avg, denom)
+    root = tl.sqrt_rn(exp_avg_sq)
+    # m held to ±κₜ√v (rules/adamw.py clamp_moment); κₜ inf: inf*0 = NaN compares false
+    limit = root * adam_moment_bound(beta1, beta2, step_int, step).to(tl.float32)
+    held = tl.where(tl.abs(exp_avg) > limit, tl.where(exp_avg < 0.0, -limit, limit), exp_avg)
+    denom = tl.div_rn(root, bias2_sqrt.to(tl.float32)) + hyper(hyper_ptr, 3).to(tl.float32)
+    param = param - (lr / bias1).to(tl.float32) * tl.div_rn(held, denom)
     return param, exp_avg, exp_avg_sq
 
 

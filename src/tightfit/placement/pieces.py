@@ -7,7 +7,7 @@ parameter can be stepped as block-aligned element ranges [lo, hi), each with the
 of its states (``Codec.slice``: views, no copies), like independent small parameters.
 
 What must stay per parameter:
-- the non-finite skip: a NaN/Inf anywhere in the gradient is spread to the whole
+- the non-finite skip: a NaN/Inf (or |g| over the limit) anywhere in the gradient is spread to the whole
   gradient on the device (one ``masked_fill_``, no host sync), so every piece skips;
 - the counters: each piece steps a private copy of ``step`` / ``nonfinite_skips``
   (all pieces must see the same step number); one copy is written back afterwards.
@@ -23,6 +23,8 @@ from typing import Any, Callable
 import torch
 
 from ..codecs import Encoded, get_codec
+from ..impl.base import grad_usable_flag
+from ..rules.base import GRAD_LIMIT_ELEMENTWISE
 from .streaming import PagedParam, PagedPiece, buffer_layout
 
 SPLIT_ALIGN = 256  # elements per piece: a multiple of every blockwise codec's block (256, 128)
@@ -50,7 +52,8 @@ def split_member(member: PagedParam, chunk_bytes: int) -> tuple[list[PagedPiece]
     span = piece_elements(member.nbytes, numel, chunk_bytes)
     flat = param.detach().view(-1)
     grad = param.grad.view(-1)
-    grad.masked_fill_(~torch.isfinite(grad).all(), float("nan"))  # all pieces skip, or none
+    # all pieces skip, or none (pieces exist only under elementwise rules: their limit)
+    grad.masked_fill_(~grad_usable_flag(grad, GRAD_LIMIT_ELEMENTWISE), float("nan"))
     encoded = [(name, enc) for name, enc in state.items() if isinstance(enc, Encoded)]
     pieces = []
     for lo in range(0, numel, span):

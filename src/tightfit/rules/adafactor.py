@@ -121,7 +121,7 @@ def _validate_torch(h) -> None:
     if not isinstance(h["beta2_decay"], (int, float)) or isinstance(h["beta2_decay"], bool) or h["beta2_decay"] > 0:
         raise ValueError(f"invalid beta2_decay: {h['beta2_decay']!r} (allowed: a number <= 0)")
     _check_eps(h["eps"], first_may_be_none=True)
-    check_positive("d", h["d"])
+    check_positive("d", h["d"], allow_inf=True)
     if h["d"] < 1:
         raise ValueError(f"invalid d: {h['d']!r} (allowed: a clipping threshold >= 1)")
     check_nonnegative("weight_decay", h["weight_decay"])
@@ -258,7 +258,7 @@ def _validate_hf(h) -> None:
     if h["warmup_init"] and not h["relative_step"]:
         raise ValueError("warmup_init=True needs relative_step=True (allowed: warmup_init=False)")
     _check_eps(h["eps"], first_may_be_none=False)
-    check_positive("clip_threshold", h["clip_threshold"])
+    check_positive("clip_threshold", h["clip_threshold"], allow_inf=True)
     if not isinstance(h["decay_rate"], (int, float)) or isinstance(h["decay_rate"], bool) or h["decay_rate"] > 0:
         raise ValueError(f"invalid decay_rate: {h['decay_rate']!r} (allowed: a number <= 0)")
     _check_beta1(h["beta1"])

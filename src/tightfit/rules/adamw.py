@@ -3,10 +3,44 @@ arXiv 1711.05101), with torch.optim semantics."""
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from .base import Rule, StateSpec, check_betas, check_bool, check_nonnegative, register_rule
 
 MOMENTS = (StateSpec("exp_avg", "signed"), StateSpec("exp_avg_sq", "unsigned"))
 _TORCH_EXTRAS = {"amsgrad": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None}
+
+
+# The clamp below sits this far above Adam's exact bound, so that float32 rounding of
+# exact EMAs (fp32 states) never triggers it; quantized states that break the bound by
+# more are held to it.
+MOMENT_BOUND_SLACK = 1.01
+
+
+def adam_moment_bound(beta1: float, beta2: float, step: int) -> float:
+    """κₜ with |mₜ| ≤ κₜ·√vₜ for any gradients, when m and v are exact EMAs of them.
+
+    By Cauchy–Schwarz over mₜ = (1−β₁)Σ β₁^(t−i) gᵢ and vₜ = (1−β₂)Σ β₂^(t−i) gᵢ²:
+
+        mₜ² ≤ (1−β₁)²/(1−β₂) · Sₜ · vₜ,   Sₜ = Σ_{k<t} γᵏ,  γ = β₁²/β₂
+
+    (Sₜ ≤ 1/(1−γ) when β₁² < β₂, e.g. ≈ 5.3 for the defaults; Kingma & Ba 2015, §2.1,
+    state the same limit on |m̂/√v̂|.) Returned with MOMENT_BOUND_SLACK; inf when there
+    is no bound (β₂ = 0, or Sₜ overflows).
+    """
+    if beta2 == 0.0:
+        return math.inf
+    gamma = beta1 * beta1 / beta2
+    if gamma == 1.0:
+        series = float(step)
+    else:
+        try:
+            series = (1.0 - gamma**step) / (1.0 - gamma)
+        except OverflowError:
+            return math.inf
+    return (1.0 - beta1) * math.sqrt(series / (1.0 - beta2)) * MOMENT_BOUND_SLACK
 
 
 def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False):
@@ -15,9 +49,14 @@ def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxi
         θ ← θ · (1 − η·λ)
         m ← β₁·m + (1 − β₁)·g
         v ← β₂·v + (1 − β₂)·g²
-        θ ← θ − η/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+        m̃ ← clamp(m, −κₜ√v, κₜ√v)                      (κₜ: adam_moment_bound)
+        θ ← θ − η/(1 − β₁ᵗ) · m̃ / (√v / √(1 − β₂ᵗ) + ε)
 
-    ε is added after bias-correcting √v, as torch.optim.AdamW does.
+    ε is added after bias-correcting √v, as torch.optim.AdamW does. The clamp is a no-op
+    for exact moments (|m| ≤ κₜ√v always holds; fp32 states match torch.optim.AdamW) and
+    keeps quantized ones from stepping further than fp32 Adam ever could: a second moment
+    rounded to 0 next to a first moment that is not would otherwise step η·m/ε (the
+    zero-point problem, Li et al. 2023, arXiv 2309.01507). The stored m is not clamped.
     Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
     """
     beta1, beta2 = betas
@@ -28,9 +67,19 @@ def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxi
     bias1 = 1 - beta1**step
     bias2_sqrt = (1 - beta2**step) ** 0.5
     param = param * (1 - lr * weight_decay)
-    denom = exp_avg_sq.sqrt() / bias2_sqrt + eps
-    param = param - (lr / bias1) * (exp_avg / denom)
+    root = exp_avg_sq.sqrt()
+    limited = clamp_moment(exp_avg, root, adam_moment_bound(beta1, beta2, step))
+    denom = root / bias2_sqrt + eps
+    param = param - (lr / bias1) * (limited / denom)
     return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def clamp_moment(moment, root, bound: float):
+    """moment held to [−bound·root, bound·root] (bound inf: unchanged)."""
+    if bound == math.inf:
+        return moment
+    limit = root * bound
+    return torch.where(moment.abs() > limit, limit.copysign(moment), moment)
 
 
 def adam_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False,

@@ -11,12 +11,22 @@ moments), or ``small`` (factored statistics and scalars: always fp32, never quan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
 STATE_KINDS_ALL = ("signed", "unsigned", "small")
+
+# A gradient element at or above a rule's limit makes the step skip that parameter, as a
+# NaN/Inf does (counted in ``nonfinite_skips``): its square, or a sum of squares, would
+# overflow float32 and poison the states (one inf absmax turns a whole 8-bit block NaN).
+# Elementwise rules square single elements: |g| < 2^64 keeps g² < 2^128, finite.
+# Rules that reduce (factored row/column sums, RMS) sum up to 2^32 squares: |g| < 2^47
+# keeps every such sum below 2^126. Every implementation applies the same predicate.
+GRAD_LIMIT_ELEMENTWISE = 2.0**64
+GRAD_LIMIT_REDUCING = 2.0**47
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ class Rule:
     # False when the update reduces across elements (factored statistics, RMS clipping):
     # on sharded params such a rule must see the whole tensor (distributed/step.py).
     elementwise: bool = True
+
+    @property
+    def grad_limit(self) -> float:
+        """Largest usable |g| element (exclusive); see GRAD_LIMIT_ELEMENTWISE."""
+        return GRAD_LIMIT_ELEMENTWISE if self.elementwise else GRAD_LIMIT_REDUCING
 
     @property
     def doc(self) -> str:
@@ -88,14 +103,16 @@ def _number(name: str, value: Any) -> float:
 
 def check_nonnegative(name: str, value: Any) -> None:
     v = _number(name, value)
-    if not v >= 0.0:  # also rejects NaN
-        raise ValueError(f"invalid {name}: {value!r} (allowed: a number >= 0)")
+    if not 0.0 <= v < math.inf:  # also rejects NaN
+        raise ValueError(f"invalid {name}: {value!r} (allowed: a finite number >= 0)")
 
 
-def check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any, allow_inf: bool = False) -> None:
+    """value > 0 and finite; ``allow_inf`` for thresholds where inf means "off"."""
     v = _number(name, value)
-    if not v > 0.0:
-        raise ValueError(f"invalid {name}: {value!r} (allowed: a number > 0)")
+    if not 0.0 < v < math.inf and not (allow_inf and v == math.inf):
+        allowed = "a number > 0 (inf: no clipping)" if allow_inf else "a finite number > 0"
+        raise ValueError(f"invalid {name}: {value!r} (allowed: {allowed})")
 
 
 def check_unit_interval(name: str, value: Any) -> None:

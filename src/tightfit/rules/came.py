@@ -67,7 +67,7 @@ def _validate(h) -> None:
         raise ValueError(f"invalid eps: {eps!r} (allowed: a tuple (eps1, eps2) of numbers >= 0)")
     check_nonnegative("eps[0]", eps[0])
     check_nonnegative("eps[1]", eps[1])
-    check_positive("clip_threshold", h["clip_threshold"])
+    check_positive("clip_threshold", h["clip_threshold"], allow_inf=True)
     check_betas(h["betas"], 3)
     check_nonnegative("weight_decay", h["weight_decay"])
 

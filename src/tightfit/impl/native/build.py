@@ -25,7 +25,7 @@ SOURCE = Path(__file__).with_name("step_kernel.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
          "-std=c++17", "-shared", "-fPIC"]
 COMPILERS = ("c++", "g++", "clang++")
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 
 def cache_dir() -> Path:

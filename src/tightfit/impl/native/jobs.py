@@ -18,14 +18,19 @@ import torch
 
 from ...codecs import Encoded, get_codec
 from ...codecs.maps import QuantMap
+from ...rules.adamw import adam_moment_bound
+from ...rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING
 
 MAX_STATES = 2
-N_COEFFS = 8
+N_COEFFS = 10
 
 # Flags (must match step_kernel.cpp).
 F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM, F_GRAD_CHECKED = 1, 2, 4, 8, 16, 32
 # Rule kernels (must match RuleId in step_kernel.cpp).
 R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF = 0, 1, 2, 3, 4, 5, 6
+# Kernels of rules that reduce over the tensor (Rule.elementwise False): their gradient
+# limit is GRAD_LIMIT_REDUCING (tests/impl check this against each rule's grad_limit).
+REDUCING_KERNELS = frozenset({R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF})
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -43,6 +48,7 @@ class TfJob(ctypes.Structure):
     _fields_ = [("rule", ctypes.c_int32), ("flags", ctypes.c_int32),
                 ("param_dtype", ctypes.c_int32), ("grad_dtype", ctypes.c_int32),
                 ("n_states", ctypes.c_int32), ("n_threads", ctypes.c_int32),
+                ("grad_limit_bits", ctypes.c_uint32), ("pad_", ctypes.c_int32),
                 ("numel", ctypes.c_int64), ("param", ctypes.c_void_p), ("grad", ctypes.c_void_p),
                 ("step", ctypes.c_void_p), ("skips", ctypes.c_void_p),
                 ("c", ctypes.c_float * N_COEFFS), ("states", TfState * MAX_STATES),
@@ -66,7 +72,8 @@ def _adamw(h: Mapping[str, Any], step: int, coupled_wd: float = 0.0) -> RuleCall
     bias2_sqrt = (1 - beta2**step) ** 0.5
     flags = (F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if coupled_wd else 0)
     return RuleCall(R_ADAMW, flags, (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
-                                     bias2_sqrt, h["eps"], lr / bias1, coupled_wd))
+                                     bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
+                                     adam_moment_bound(beta1, beta2, step)))
 
 
 def _adam(h: Mapping[str, Any], step: int) -> RuleCall:
@@ -153,12 +160,19 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
 }
 
 
+def grad_limit_bits(kernel: int) -> int:
+    """float32 bit pattern of the gradient limit of a rule kernel (a power of two)."""
+    limit = GRAD_LIMIT_REDUCING if kernel in REDUCING_KERNELS else GRAD_LIMIT_ELEMENTWISE
+    return int(torch.tensor(limit, dtype=torch.float32).view(torch.int32))
+
+
 def make_job(call: RuleCall, param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
              step: torch.Tensor, skips: torch.Tensor, n_threads: int) -> TfJob:
     job = TfJob()
     job.rule, job.flags = call.kernel, call.flags
     job.param_dtype, job.grad_dtype = DTYPE_IDS[param.dtype], DTYPE_IDS[grad.dtype]
     job.n_states, job.n_threads = len(states), n_threads
+    job.grad_limit_bits = grad_limit_bits(call.kernel)
     job.numel = param.numel()
     job.param, job.grad = param.data_ptr(), grad.data_ptr()
     job.step, job.skips = step.data_ptr(), skips.data_ptr()

@@ -61,12 +61,14 @@ struct TfJob {
   int32_t grad_dtype;
   int32_t n_states;
   int32_t n_threads;
+  uint32_t grad_limit_bits;  // float32 bits of the rule's gradient limit: |g| at or above it skips
+  int32_t pad_;
   int64_t numel;
   void* param;
   const void* grad;
   float* step;           // 0-d float32: +1 when the update happens
-  int64_t* skips;        // 0-d int64: +1 when the gradient is not finite
-  float c[8];            // rule coefficients (see jobs.py RULE_CALLS)
+  int64_t* skips;        // 0-d int64: +1 when the gradient is not usable (NaN/Inf/over the limit)
+  float c[10];           // rule coefficients (see jobs.py RULE_CALLS)
   TfState states[MAX_STATES];
   // Factored rules on a (rows x cols) matrix. R_ADAFACTOR: the row and column statistics
   // (already updated for this step). R_CAME, R_ADAFACTOR_HF: the factors (R/mean R)^-1/2
@@ -123,20 +125,24 @@ void store_floats(int32_t dtype, void* dst, int64_t start, int n, const float* i
   }
 }
 
-// True when any element is NaN or +-Inf (exponent bits all ones).
-bool any_nonfinite(int32_t dtype, const void* src, int64_t n, int threads) {
+// True when any element is NaN, +-Inf or has |g| >= the limit (a power of two, given as
+// float32 bits). On the magnitude bits one unsigned comparison does all three: NaN and
+// Inf have the largest exponent. bf16 is float32's upper half; fp16's largest finite
+// value (65504) is below every limit, so only its NaN/Inf pattern counts.
+bool any_beyond_limit(int32_t dtype, const void* src, int64_t n, uint32_t limit_bits, int threads) {
   int bad = 0;
   switch (dtype) {
     case F32: {
       const uint32_t* s = static_cast<const uint32_t*>(src);
 #pragma omp parallel for simd reduction(| : bad) num_threads(threads) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7F800000u) == 0x7F800000u;
+      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7FFFFFFFu) >= limit_bits;
       break;
     }
     case BF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
+      const uint16_t limit16 = uint16_t(limit_bits >> 16);
 #pragma omp parallel for simd reduction(| : bad) num_threads(threads) if (n > 65536)
-      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7F80u) == 0x7F80u;
+      for (int64_t i = 0; i < n; ++i) bad |= (s[i] & 0x7FFFu) >= limit16;
       break;
     }
     case F16: {
@@ -235,11 +241,14 @@ void encode_state(const TfState& st, int64_t start, int n, const float* x) {
 }
 
 // ---- rules (mirror tightfit/rules/*.py; c[] = coefficients from RULE_SCALARS) ------
-// AdamW: c = [1-b1, b2, 1-b2, 1-lr*wd, bias2_sqrt, eps, lr/bias1, wd]
+// AdamW: c = [1-b1, b2, 1-b2, 1-lr*wd, bias2_sqrt, eps, lr/bias1, wd, moment bound kappa]
+// m is held to [-kappa sqrt(v), kappa sqrt(v)] for the update (rules/adamw.py clamp_moment;
+// kappa = inf: no clamp, and inf * 0 = NaN compares false, as in the rule).
 void adamw_tile(const TfJob& job, float* __restrict p, float* __restrict g, float* __restrict m,
                 float* __restrict v, int n) {
   const float one_m_b1 = job.c[0], b2 = job.c[1], one_m_b2 = job.c[2], decay = job.c[3];
   const float bias2_sqrt = job.c[4], eps = job.c[5], step_size = job.c[6], wd = job.c[7];
+  const float kappa = job.c[8];
   if (job.flags & F_MAXIMIZE)
     for (int i = 0; i < n; ++i) g[i] = -g[i];
   if (job.flags & F_COUPLED_WD)  // Adam: g <- g + wd * theta (decay is then 1)
@@ -247,8 +256,11 @@ void adamw_tile(const TfJob& job, float* __restrict p, float* __restrict g, floa
   for (int i = 0; i < n; ++i) {
     const float mi = m[i] + one_m_b1 * (g[i] - m[i]);
     const float vi = v[i] * b2 + one_m_b2 * (g[i] * g[i]);
-    const float denom = std::sqrt(vi) / bias2_sqrt + eps;
-    p[i] = p[i] * decay - step_size * (mi / denom);
+    const float root = std::sqrt(vi);
+    const float limit = root * kappa;
+    const float held = std::fabs(mi) > limit ? std::copysign(limit, mi) : mi;
+    const float denom = root / bias2_sqrt + eps;
+    p[i] = p[i] * decay - step_size * (held / denom);
     m[i] = mi;
     v[i] = vi;
   }
@@ -514,17 +526,19 @@ double sum_of_u_squared(const TfJob* job, U u_of) {
 
 extern "C" {
 
-int tf_abi_version() { return 4; }
+int tf_abi_version() { return 5; }
 int tf_tile_size() { return TILE; }
 int tf_job_size() { return int(sizeof(TfJob)); }
 
-// One parameter's step. Non-finite gradient: a first pass over the gradient finds it
-// and the step is skipped entirely (param and states untouched, *skips += 1), unless
-// F_GRAD_CHECKED says the caller's own earlier pass found it finite.
+// One parameter's step. Unusable gradient (NaN/Inf, or an element at or above the
+// rule's limit): a first pass over the gradient finds it and the step is skipped
+// entirely (param and states untouched, *skips += 1), unless F_GRAD_CHECKED says the
+// caller's own earlier pass found it usable.
 // Returns 1 when the update happened, 0 when skipped.
 int tf_step(const TfJob* job) {
   const int64_t n = job->numel;
-  if (!(job->flags & F_GRAD_CHECKED) && any_nonfinite(job->grad_dtype, job->grad, n, job->n_threads)) {
+  if (!(job->flags & F_GRAD_CHECKED) &&
+      any_beyond_limit(job->grad_dtype, job->grad, n, job->grad_limit_bits, job->n_threads)) {
     *job->skips += 1;
     return 0;
   }
@@ -549,9 +563,8 @@ double tf_adafactor_sumsq(const TfJob* job) {
 // Factored rules' first pass (CAME, Adafactor both conventions): row and column sums of
 // S = g^2 + eps1 (c[0]; 0 for the torch convention, which adds none) over the matrix, in double (see reduce_rows_cols), into zeroed row_sum[rows],
 // col_sum[cols]; with param_sumsq also the sum of theta^2 (Adafactor's RMS(theta)).
-// The same read of g checks it: returns 0 (sums unusable) when any element is NaN or
-// +-Inf. A finite g whose square overflows is not a skip: the sums are then inf, as the
-// reference's.
+// The same read of g checks it: returns 0 (skip the step) when any element is NaN,
+// +-Inf or at or above the rule's limit (as any_beyond_limit), so no sum can overflow.
 int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum, double* param_sumsq) {
   const float eps1 = job->c[0];
   const int64_t cols = job->cols;
@@ -559,9 +572,9 @@ int tf_factored_stats(const TfJob* job, double* row_sum, double* col_sum, double
       [&](int64_t start, int n, double* row_acc, double* col_acc, double* total) {
         alignas(64) float g[TILE];
         load_floats(job->grad_dtype, job->grad, start, n, g);
-        int nonfinite = 0;
-        for (int k = 0; k < n; ++k) nonfinite |= (bits_of(g[k]) & 0x7F800000u) == 0x7F800000u;
-        total[0] += nonfinite;
+        int beyond = 0;
+        for (int k = 0; k < n; ++k) beyond |= (bits_of(g[k]) & 0x7FFFFFFFu) >= job->grad_limit_bits;
+        total[0] += beyond;
         if (param_sumsq) {
           alignas(64) float p[TILE];
           load_floats(job->param_dtype, job->param, start, n, p);
