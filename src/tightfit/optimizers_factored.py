@@ -9,6 +9,7 @@ import torch
 
 from .codecs import CODECS, Codec, get_codec
 from .distributed.shards import local_tensor
+from .impl.base import grad_usable
 from .names import CODEC_SUFFIX, register_name
 from .optimizer import TightfitOptimizer
 from .rules import Rule
@@ -121,8 +122,9 @@ class SophiaG(TightfitOptimizer):
     def update_hessian(self) -> None:
         """h ← β₂h + (1 − β₂)·g⊙g from each param's current ``.grad`` (decode → EMA → encode).
 
-        Params without a gradient are left alone; a non-finite gradient leaves h as it
-        was and is counted in ``skipped_steps``. The step counter does not move.
+        Params without a gradient are left alone; a gradient with NaN/Inf or an element
+        at or above the rule's limit (g² would overflow) leaves h as it was and is counted
+        in ``skipped_steps``. The step counter does not move.
         """
         for group in self.param_groups:
             beta2 = group["betas"][1]
@@ -138,7 +140,7 @@ class SophiaG(TightfitOptimizer):
 def _hessian_ema(params: list[torch.Tensor], states: list[dict[str, Any]], beta2: float) -> None:
     """update_hessian's work on states reachable on the params' device (paged ones streamed in)."""
     for param, state in zip(params, states):
-        if not bool(torch.isfinite(param.grad).all()):  # a DTensor reduces over all shards
+        if not grad_usable(param.grad, SOPHIAG.grad_limit):  # a DTensor reduces over all shards
             state["nonfinite_skips"] += 1
             continue
         stored = state["hessian"]

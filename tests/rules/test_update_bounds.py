@@ -163,3 +163,18 @@ def test_the_zero_point_example_moves_no_further_than_fp32():
         for impl in IMPLS:
             moved = final(lambda ps: tightfit.AdamW(ps, lr=1e-3, weight_decay=0, state=codec, impl=impl))
             assert fp32 <= moved < 0, (codec, impl, moved, fp32)  # same direction, never further
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_sophia_hessian_refresh_skips_a_gradient_whose_square_overflows(codec):
+    param = torch.nn.Parameter(torch.randn(N))
+    opt = tightfit.SophiaG([param], state=codec, min_quantized_numel=1)
+    param.grad = torch.randn(N)
+    param.grad[7] = 2.0**64  # finite, but its square is not
+    opt.update_hessian()
+    assert opt.skipped_steps == 1
+    param.grad[7] = 2.0**63
+    opt.update_hessian()
+    assert opt.skipped_steps == 1
+    hessian = _decoded_states(opt.state[param])["hessian"]
+    assert torch.isfinite(hessian).all() and float(hessian[7]) > 0
