@@ -35,7 +35,7 @@ import gpu_targets
 ROOT = Path(__file__).resolve().parents[1]
 # Seconds for all phases together: with the wheel install and the packing around them, a
 # quick run ends within 6 minutes and a full one within 9 (one device command may run 10).
-RUN_BUDGET_S = {"quick": 330, "full": 510}
+RUN_BUDGET_S = {"quick": 315, "full": 495}
 GRACE_S = 10  # from SIGINT to SIGKILL
 LOG_LIMIT = 2 * 2**20  # a longer log keeps its head and tail
 # What comes back from the device: at most 8 files of at most 16 MiB, named in [A-Za-z0-9._-].
@@ -66,10 +66,10 @@ def benchmark(name: str, quick: tuple[str, ...], full: tuple[str, ...], budget: 
 PHASES = [
     Phase("gpu_tests", ("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu", "tests",
                         "--junitxml={results}/gpu_tests.xml"),
-          {"quick": 90, "full": 110, "dry": 300}, {"dry": ("--collect-only",)}, requires="tests"),
+          {"quick": 85, "full": 105, "dry": 300}, {"dry": ("--collect-only",)}, requires="tests"),
     benchmark("step_gpu", ("--layers", "1", "--steps", "5", "--warmup", "2"),
-              ("--layers", "4", "--steps", "20", "--warmup", "5"), (75, 130)),
-    benchmark("paging_gpu", ("--steps", "3", "--warmup", "1"), ("--steps", "5", "--warmup", "2"), (75, 110)),
+              ("--layers", "4", "--steps", "20", "--warmup", "5"), (70, 125)),
+    benchmark("paging_gpu", ("--steps", "3", "--warmup", "1"), ("--steps", "5", "--warmup", "2"), (70, 105)),
     benchmark("planner_gpu", ("--quick",), (), (60, 70)),
     benchmark("offload_gpu", ("--quick",), (), (30, 45)),  # issue 19: runs once the script exists
     benchmark("moonshot_gpu", (), (), (0, 45)),  # 8B in 24 GiB: once the script exists
