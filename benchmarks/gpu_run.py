@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).with_name("results")
+from result_tables import RESULTS
 
 
 def version_of(module: str) -> str:

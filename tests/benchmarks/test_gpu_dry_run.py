@@ -3,7 +3,6 @@ configs under this transformers' API, every optimizer built and stepped on the C
 the packing into files the device can return."""
 
 import csv
-import io
 import json
 import subprocess
 import tarfile
