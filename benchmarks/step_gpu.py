@@ -48,7 +48,7 @@ def llama_shapes(layers: int) -> list[tuple[int, ...]]:
 
 
 # --- optimizers -------------------------------------------------------------------------
-# name -> factory(params) -> optimizer; a factory raising ImportError/AttributeError skips the row.
+# name -> factory(params) -> optimizer; a factory raising one of SKIP_ERRORS skips the row.
 
 def _tightfit(cls_name: str, **options) -> Callable:
     def make(params):
