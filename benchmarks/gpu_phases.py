@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # quick run ends within 6 minutes and a full one within 9 (one device command may run 10).
 RUN_BUDGET_S = {"quick": 315, "full": 495}
 GRACE_S = 10  # from SIGINT to SIGKILL
+MIN_PHASE_S = 5  # less is not enough to start Python and import torch
 LOG_LIMIT = 2 * 2**20  # a longer log keeps its head and tail
 # What comes back from the device: at most 8 files of at most 16 MiB, named in [A-Za-z0-9._-].
 OUT_FILES_MAX, OUT_FILE_BYTES_MAX = 8, 16 * 2**20
@@ -87,7 +88,7 @@ def run_phase(phase: Phase, mode: str, folder: Path, limit_s: float) -> dict:
         return {"status": f"not built ({phase.requires} does not exist yet)", "seconds": 0}
     if mode not in phase.budget_s:
         return {"status": f"skipped in {mode} mode", "seconds": 0}
-    if limit_s < 5:
+    if limit_s < MIN_PHASE_S:
         return {"status": "skipped: no time left in the run's budget", "seconds": 0}
     command = command_for(phase, mode, folder / "results")
     start = time.monotonic()

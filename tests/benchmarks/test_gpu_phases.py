@@ -10,7 +10,8 @@ from gpu_phases import Phase, check_returnable, run_phase, run_phases
 
 
 @pytest.fixture
-def run_folder(tmp_path):
+def run_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_phases, "MIN_PHASE_S", 0.5)  # these phases start no torch
     (tmp_path / "results").mkdir()
     (tmp_path / "logs").mkdir()
     return tmp_path
@@ -24,9 +25,9 @@ def test_a_phase_past_its_limit_is_interrupted_and_keeps_what_it_wrote(run_folde
     code = ("import sys, time\nprint('first row', flush=True)\n"
             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('kept', flush=True); sys.exit(130)")
     start = time.monotonic()
-    result = run_phase(python_phase("slow", code), "quick", run_folder, limit_s=5)
-    assert time.monotonic() - start < 5 + gpu_phases.GRACE_S
-    assert result["status"].startswith("timed out after 5 s")
+    result = run_phase(python_phase("slow", code), "quick", run_folder, limit_s=3)
+    assert time.monotonic() - start < 3 + gpu_phases.GRACE_S
+    assert result["status"].startswith("timed out after 3 s")
     log = (run_folder / "logs" / "slow.log").read_text()
     assert "first row" in log and "kept" in log  # SIGINT first: the script could still write
 
@@ -35,8 +36,8 @@ def test_a_phase_that_ignores_the_interrupt_is_killed(run_folder, monkeypatch):
     monkeypatch.setattr(gpu_phases, "GRACE_S", 1)
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)"
     start = time.monotonic()
-    result = run_phase(python_phase("stubborn", code), "quick", run_folder, limit_s=5)
-    assert time.monotonic() - start < 5 + 1 + 5 and result["status"].startswith("timed out")
+    result = run_phase(python_phase("stubborn", code), "quick", run_folder, limit_s=2)
+    assert time.monotonic() - start < 2 + 1 + 5 and result["status"].startswith("timed out")
 
 
 @pytest.mark.parametrize("phase,mode,status", [
@@ -63,9 +64,10 @@ def test_unused_budget_carries_over_and_the_run_budget_caps_every_phase(run_fold
 
 
 def test_a_phase_with_no_time_left_is_skipped(run_folder, monkeypatch):
-    monkeypatch.setattr(gpu_phases, "PHASES", [python_phase("eats_all", "import time; time.sleep(4)", budget=30),
+    monkeypatch.setattr(gpu_phases, "MIN_PHASE_S", 2)
+    monkeypatch.setattr(gpu_phases, "PHASES", [python_phase("eats_all", "import time; time.sleep(1.5)", budget=30),
                                                python_phase("starved", "pass", budget=30)])
-    monkeypatch.setattr(gpu_phases, "RUN_BUDGET_S", {"quick": 8})
+    monkeypatch.setattr(gpu_phases, "RUN_BUDGET_S", {"quick": 3})
     statuses = run_phases("quick", run_folder)
     assert statuses["eats_all"]["status"] == "ok"
     assert statuses["starved"]["status"] == "skipped: no time left in the run's budget"
