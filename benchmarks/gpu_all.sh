@@ -14,15 +14,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 args=()
-dry_run=0
+measuring=1
 for arg in "$@"; do
     case "$arg" in
         quick) args+=(--quick) ;;  # the old spelling
-        --dry-run) dry_run=1; args+=("$arg") ;;
+        --dry-run|-h|--help) measuring=0; args+=("$arg") ;;
         *) args+=("$arg") ;;
     esac
 done
-if [ "$dry_run" = 0 ]; then
+if [ "$measuring" = 1 ]; then
     export TRITON_INTERPRET=0  # real kernels (tests/conftest.py only sets it when unset)
     if compgen -G ".whl/*.whl" >/dev/null; then
         # wheels for CPython 3.12 (the device's image): never installed by a dry run elsewhere

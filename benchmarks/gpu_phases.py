@@ -1,5 +1,7 @@
-"""One GPU run, time-boxed: the phases in order of value, each under its own budget, and
-every result packed into two files (run by ``gpu_all.sh``; see docs/benchmarks.md).
+"""One GPU run, time-boxed, with every result packed into two files that come back.
+
+The phases run in order of value, each under its own budget (run by ``gpu_all.sh``; see
+docs/benchmarks.md).
 
 A phase is a command run from the repo root that writes its tables into ``--results DIR``
 and its output to a log; a benchmark script also takes ``--dry-run`` (build everything on
