@@ -12,14 +12,18 @@ after the other, states freed in between. For each row:
 * peak memory above params + grads, and the state bytes;
 * whether a step (after warm-up) synchronised with the host (torch sync debug mode).
 
-Peers that cannot be imported are skipped with the reason printed and recorded. Writes
-benchmarks/results/step_gpu.csv and .md (device, date and versions on every row).
+Rows run in order of value. Peers that cannot be imported are skipped with the reason
+printed and recorded; an optimizer that fails is recorded as failed and the run goes on.
+Writes step_gpu.csv and .md under --results (default benchmarks/results/; device, date and
+versions on every row), after every row.
 
-    python benchmarks/step_gpu.py [--layers 4] [--steps 20] [--warmup 5]
+    python benchmarks/step_gpu.py [--layers 4] [--steps 20] [--warmup 5] [--results DIR] [--dry-run]
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import statistics
 import sys
 from typing import Callable
@@ -44,7 +48,7 @@ def llama_shapes(layers: int) -> list[tuple[int, ...]]:
 
 
 # --- optimizers -------------------------------------------------------------------------
-# name -> factory(params) -> optimizer; a factory raising ImportError/AttributeError skips the row.
+# name -> factory(params) -> optimizer; a factory raising one of SKIP_ERRORS skips the row.
 
 def _tightfit(cls_name: str, **options) -> Callable:
     def make(params):
@@ -67,23 +71,26 @@ def _torchao(cls_name: str) -> Callable:
     return make
 
 
+# In order of value, so that a run cut short by its time budget has the targets' rows first
+# (8/4-bit AdamW against the copy bandwidth, bitsandbytes and torchao).
 OPTIMIZERS: dict[str, Callable] = {
-    "tightfit AdamW fp32": _tightfit("AdamW", lr=1e-4, state="fp32"),
     "tightfit AdamW 8bit": _tightfit("AdamW", lr=1e-4, state="8bit"),
-    "tightfit AdamW 4bit": _tightfit("AdamW", lr=1e-4, state="4bit"),
-    "tightfit AdamW 8bit + SR": _tightfit("AdamW", lr=1e-4, state="8bit", stochastic_rounding=True),
-    "tightfit Lion fp32": _tightfit("Lion", lr=1e-5, state="fp32"),
-    "tightfit Lion 8bit": _tightfit("Lion", lr=1e-5, state="8bit"),
-    "tightfit Adafactor": _tightfit("Adafactor", lr=1e-4),
-    "tightfit Adafactor + 8bit momentum": _tightfit("Adafactor", lr=1e-4, beta1=0.9, state="8bit"),
-    "tightfit CAME 8bit": _tightfit("CAME", lr=1e-4, state="8bit"),
-    "torch AdamW foreach": lambda p: torch.optim.AdamW(p, lr=1e-4, foreach=True),
-    "torch AdamW fused": lambda p: torch.optim.AdamW(p, lr=1e-4, fused=True),
     "bnb AdamW8bit": _bnb("AdamW8bit"),
-    "bnb PagedAdamW8bit": _bnb("PagedAdamW8bit"),
     "torchao AdamW8bit": _torchao("AdamW8bit"),
+    "tightfit AdamW 4bit": _tightfit("AdamW", lr=1e-4, state="4bit"),
     "torchao AdamW4bit": _torchao("AdamW4bit"),
+    "torch AdamW fused": lambda p: torch.optim.AdamW(p, lr=1e-4, fused=True),
+    "tightfit AdamW fp32": _tightfit("AdamW", lr=1e-4, state="fp32"),
+    "tightfit AdamW 8bit + SR": _tightfit("AdamW", lr=1e-4, state="8bit", stochastic_rounding=True),
+    "bnb PagedAdamW8bit": _bnb("PagedAdamW8bit"),
+    "tightfit Lion 8bit": _tightfit("Lion", lr=1e-5, state="8bit"),
+    "tightfit CAME 8bit": _tightfit("CAME", lr=1e-4, state="8bit"),
+    "tightfit Adafactor + 8bit momentum": _tightfit("Adafactor", lr=1e-4, beta1=0.9, state="8bit"),
+    "tightfit Adafactor": _tightfit("Adafactor", lr=1e-4),
+    "tightfit Lion fp32": _tightfit("Lion", lr=1e-5, state="fp32"),
+    "torch AdamW foreach": lambda p: torch.optim.AdamW(p, lr=1e-4, foreach=True),
 }
+SKIP_ERRORS = (ImportError, AttributeError, TypeError, ValueError)  # a peer missing or refusing this setup
 
 
 # --- measurement ------------------------------------------------------------------------
@@ -124,7 +131,7 @@ def measure(name: str, factory: Callable, params: list[torch.Tensor], args, copy
     torch.cuda.reset_peak_memory_stats()
     try:
         opt = factory(params)
-    except (ImportError, AttributeError, TypeError, ValueError) as error:
+    except SKIP_ERRORS as error:
         print(f"skip {name}: {type(error).__name__}: {error}", flush=True)
         return {"optimizer": name, "status": f"skipped: {type(error).__name__}: {str(error)[:100]}"}
     for _ in range(args.warmup):
@@ -146,6 +153,7 @@ def measure(name: str, factory: Callable, params: list[torch.Tensor], args, copy
     gb_s = minimum / (ms / 1e3) / 1e9
     peak = torch.cuda.max_memory_allocated() - base
     del opt
+    gc.collect()
     row = {"optimizer": name, "status": "ok", "ms_per_step": f"{ms:.2f}", "gb_per_s": f"{gb_s:.0f}",
            "copy_fraction": f"{gb_s / copy_gb_s:.2f}", "min_bytes_gb": f"{minimum / 1e9:.2f}",
            "state_gb": f"{states / 1e9:.2f}", "peak_over_params_gb": f"{peak / 1e9:.2f}", "host_sync": sync}
@@ -153,9 +161,35 @@ def measure(name: str, factory: Callable, params: list[torch.Tensor], args, copy
     return row
 
 
+def dry_run(args) -> list[dict]:
+    """Every optimizer built on small bf16 CPU params and stepped once: the rows' setup."""
+    rows = []
+    for name, factory in OPTIMIZERS.items():
+        if not selected(name, args.only):
+            continue
+        params = [torch.randn(shape, dtype=torch.bfloat16) for shape in ((64, 96), (96,))]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        try:
+            factory(params).step()
+            rows.append({"optimizer": name, "status": "dry run: built and stepped on cpu"})
+        except Exception as error:  # recorded, as a measured run records a failing peer
+            rows.append({"optimizer": name, "status": f"skipped: {type(error).__name__}: {str(error)[:100]}"})
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(__doc__, argv, steps=20, warmup=5, add_arguments=lambda parser: parser.add_argument(
         "--layers", type=int, default=4, help="decoder layers of Llama-3.1-8B (32 = all)"))
+    n_params = sum(math.prod(shape) for shape in llama_shapes(args.layers))
+    if args.dry_run:
+        common = run_facts(["triton", "tightfit", "bitsandbytes", "torchao"], dry_run=True,
+                           params_b=f"{n_params / 1e9:.3f}")
+        rows = dry_run(args)
+        for row in rows:
+            print(row, flush=True)
+        write_results("step_gpu", FIELDS, rows, common, args.results)
+        return 0
     if cuda_missing("step_gpu.py", "for CPU timings run benchmarks/step_cpu.py"):
         return 2
 
@@ -165,13 +199,13 @@ def main(argv=None) -> int:
         p = torch.randn(shape, device="cuda", dtype=torch.bfloat16) * 0.02
         p.grad = torch.randn_like(p) * 1e-3
         params.append(p)
-    n_params = sum(p.numel() for p in params)
     common = run_facts(["triton", "tightfit", "bitsandbytes", "torchao"], params_b=f"{n_params / 1e9:.3f}")
     copy_gb_s = copy_bandwidth_gb_s()
     print(f"{n_params / 1e9:.2f}B bf16 params on {common['device']}; device copy {copy_gb_s:.0f} GB/s", flush=True)
 
     rows = [{"optimizer": "device-to-device copy", "status": "ok", "gb_per_s": f"{copy_gb_s:.0f}",
              "copy_fraction": "1.00"}]
+    write_results("step_gpu", FIELDS, rows, common, args.results, quiet=True)
     for name, factory in OPTIMIZERS.items():
         if not selected(name, args.only):
             continue
@@ -180,7 +214,11 @@ def main(argv=None) -> int:
         except torch.cuda.OutOfMemoryError as error:
             print(f"skip {name}: out of memory", flush=True)
             rows.append({"optimizer": name, "status": f"out of memory: {str(error)[:80]}"})
-    write_results("step_gpu", FIELDS, rows, common)
+        except Exception as error:  # one failing optimizer must not lose the other rows
+            print(f"failed {name}: {type(error).__name__}: {error}", flush=True)
+            rows.append({"optimizer": name, "status": f"failed: {type(error).__name__}: {str(error)[:100]}"})
+        write_results("step_gpu", FIELDS, rows, common, args.results, quiet=True)  # kept if the budget runs out
+    write_results("step_gpu", FIELDS, rows, common, args.results)
     return 0
 
 

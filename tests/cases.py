@@ -1,9 +1,26 @@
 """The test matrix as data: rules with their external references, codecs, tolerances."""
 
+import pytest
 import torch
-from lion_pytorch import Lion as LucidrainsLion
 
 import tightfit
+
+# External references a test machine may lack (the GPU image has none of these): module ->
+# the pip name that brings it. They are imported when a test calls one, so a missing
+# package skips that test with the reason instead of breaking collection.
+PEERS = {"lion_pytorch": "lion-pytorch", "came_pytorch": "came-pytorch", "bitsandbytes": "bitsandbytes",
+         "torchao": "torchao", "peft": "peft"}
+
+
+def peer(module: str, attribute: str):
+    """``module.attribute``, or skip the calling test naming the package to install."""
+    found = pytest.importorskip(module, reason=f"needs {module} (pip install {PEERS[module]})")
+    return getattr(found, attribute)
+
+
+def lucidrains_lion(params, **options):
+    return peer("lion_pytorch", "Lion")(params, **options)
+
 
 # Tolerances, with where each comes from.
 TOL = {
@@ -37,7 +54,7 @@ RULE_CASES = {
     "sgd_nesterov": (lambda p, **k: tightfit.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3, **k),
                      lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3)),
     "lion": (lambda p, **k: tightfit.Lion(p, lr=1e-4, weight_decay=0.1, **k),
-             lambda p: LucidrainsLion(p, lr=1e-4, weight_decay=0.1)),
+             lambda p: lucidrains_lion(p, lr=1e-4, weight_decay=0.1)),
 }
 
 # One tightfit class per rule name for the codec matrix (rule x codec).

@@ -1,12 +1,11 @@
 """CAME (rules/came.py) against came_pytorch.CAME, codecs for the first moment, bytes,
 state_dict, edge cases."""
 
-
 import pytest
 import torch
-from came_pytorch import CAME as ReferenceCAME
 
 import tightfit
+from cases import peer
 from factored_cases import assert_round_trip_continues_identically, loss_of, make_params, max_rel_err, run
 
 # Tolerances, with where each comes from.
@@ -33,7 +32,7 @@ CASES = {
 def test_matches_came_pytorch(case):
     ours_params, ref_params = make_params(), make_params()
     ours = run(tightfit.CAME(ours_params, **CASES[case]), ours_params, STEPS)
-    ref = run(ReferenceCAME(ref_params, **CASES[case]), ref_params, STEPS)
+    ref = run(peer("came_pytorch", "CAME")(ref_params, **CASES[case]), ref_params, STEPS)
     assert max_rel_err(ours, ref) <= TOL["vs_external"]
 
 
