@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..codecs import get_codec
+from ..rules import get_rule
 from . import factored_kernels as K
 from . import fused_kernels
 from .fused_step import (ELEMENTS_PER_PROGRAM, KERNEL_CODECS, TL_DTYPES, codec_block, element_programs,
@@ -187,7 +188,7 @@ def factored_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[tor
 
     fused_kernels.finite_check_kernel[(element_grid,)](
         element_table, tensors, nonfinite, step_snapshot, GRAD_DTYPE=dtypes["GRAD_DTYPE"],
-        GRAD_LIMIT=rule.grad_limit, COLUMNS=K.COLUMNS.value,
+        GRAD_LIMIT=get_rule(rule_name).grad_limit, COLUMNS=K.COLUMNS.value,
         SPAN=ELEMENTS_PER_PROGRAM, SEARCH_LEVELS=levels)
     stats_and_finish(K.SOURCE_GRAD_SQ.value, [g.row_entries + g.col_entries for g in geometries])
     K.factored_rms_kernel[(element_grid,)](element_table, tensors, hyper_table, nonfinite, RULE=rule.selector,
