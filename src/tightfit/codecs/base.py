@@ -14,7 +14,9 @@ from typing import ClassVar
 import torch
 
 STATE_KINDS = ("signed", "unsigned", "small")  # small: fp32 only (see rules/base.py)
-FORMAT_VERSION = 1  # bump when the stored layout of any codec changes
+# Bump when the stored layout or meaning of any codec changes. 2: 8-bit second moments on
+# the squared dynamic map (format 1 kept them on the dynamic map; converted on load).
+FORMAT_VERSION = 2
 
 
 @dataclass(eq=False)

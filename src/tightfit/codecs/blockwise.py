@@ -90,7 +90,9 @@ class Blockwise8Codec(BlockwiseCodec):
     name = "8bit"
     bits = 8
     block_size = 256
-    map_names = {"signed": "dynamic8_signed", "unsigned": "dynamic8_unsigned"}
+    map_names = {"signed": "dynamic8_signed", "unsigned": "dynamic8_squared"}
+    # maps of earlier stored formats (state_io converts them on load)
+    legacy_map_names = {1: {"signed": "dynamic8_signed", "unsigned": "dynamic8_unsigned"}}
 
 
 @register_codec

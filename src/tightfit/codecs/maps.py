@@ -15,18 +15,26 @@ Maps (REFERENCE.md §1.2, §1.5; Dettmers 2015 arXiv 1511.04561, Dettmers et al.
 arXiv 2110.02861, Li et al. 2023 arXiv 2309.01507):
 
 * ``dynamic8_signed`` / ``dynamic8_unsigned`` -- 8-bit dynamic-exponent maps.
+* ``dynamic8_squared`` -- the squares of ``dynamic8_unsigned``, for second moments: a
+  second moment v stored on it is √v stored on the dynamic map (see below).
 * ``dynamic4_signed`` -- 4-bit dynamic-exponent map for first moments.
 * ``linear4_unsigned`` -- {k/16 : k = 1..16}, zero-point free, for second moments
   (a second moment rounded to 0 would blow up 1/sqrt(v)).
 
-``dynamic8_unsigned`` stores second moments too, and it has a 0 entry (bitsandbytes'
-and torchao's map). It rounds with ``exact_zero``: only an exact 0 takes code 0, and a
-positive value below the smallest positive entry (3.25e-7 of its block's absmax) rounds
-up to that entry instead of down to 0, so a second moment that was ever positive never
-decodes to 0 while its first moment is still alive (the zero-point problem, Li et al.
-2023). Such tiny values are stored too large: the update of that element is smaller than
-fp32 Adam's, never larger. Codes are unchanged for every other value, so the map and
-the stored format are the same as before.
+8-bit second moments use ``dynamic8_squared``. The update divides by √v, so what must be
+precise is √v: quantizing v on the dynamic map spends codes on 7 decades of v (3.5 of
+√v) and leaves 1-2 codes per decade at the bottom, where an element whose gradient is
+1e-3 of its block's largest lives; the squared map gives 13 decades of v with the
+dynamic map's resolution applied to √v. On a quadratic whose curvatures span 12 decades
+inside every block, 8-bit AdamW ends at 0.45x fp32's loss with it and 43x with the
+plain map (benchmarks/quality_stress.py; docs/numerics.md). bitsandbytes and torchao
+keep v on ``dynamic8_unsigned``; states stored so (format 1) are converted on load.
+
+Second-moment maps with a 0 entry round with ``exact_zero``: only an exact 0 takes code
+0, and a positive value below the smallest positive entry rounds up to it instead of
+down to 0, so a second moment that was ever positive never decodes to 0 while its first
+moment is still alive (the zero-point problem, Li et al. 2023). Such tiny values are
+stored too large: that element steps less than fp32 Adam would, never more.
 """
 
 from __future__ import annotations
@@ -146,6 +154,7 @@ def get_map(name: str) -> QuantMap:
     builders = {  # name -> (values, exact_zero)
         "dynamic8_signed": lambda: (dynamic_exponent_values(True, 7, 8), False),
         "dynamic8_unsigned": lambda: (dynamic_exponent_values(False, 7, 8), True),
+        "dynamic8_squared": lambda: ([v * v for v in dynamic_exponent_values(False, 7, 8)], True),
         "dynamic4_signed": lambda: (dynamic_exponent_values(True, 3, 4), False),
         "linear4_unsigned": lambda: ([k / 16 for k in range(1, 17)], False),
     }
