@@ -64,11 +64,15 @@ class BlockwiseCodec(Codec):
         return Encoded(self.name, kind, x.shape, {"codes": codes, "absmax": absmax})
 
     def decode(self, enc: Encoded) -> torch.Tensor:
+        return self.decode_on(enc, self.quant_map(enc.kind))
+
+    def decode_on(self, enc: Encoded, qmap: QuantMap) -> torch.Tensor:
+        """``enc`` decoded as if its codes index ``qmap`` (earlier formats' maps)."""
         n = numel_of(enc.shape)
         codes = enc.buffers["codes"]
         if self.bits == 4:
             codes = unpack_nibbles(codes, n)
-        values = self.quant_map(enc.kind).decode(codes)
+        values = qmap.decode(codes)
         scale = enc.buffers["absmax"].repeat_interleave(self.block_size)[:n]
         return (values * scale).view(enc.shape)
 
