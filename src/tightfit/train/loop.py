@@ -124,6 +124,7 @@ def check_resume_point(out: Path, config: TrainConfig) -> Path | None:
     if step >= stop and step < config.steps:
         raise NothingToDo(f"the run in {out} is at step {step} already (--max-steps {config.max_steps}); "
                           f"resume with a larger --max-steps, or without it to finish all {config.steps} steps")
+    note(f"resuming from {ckpt} (step {step} of {config.steps})")
     return ckpt
 
 

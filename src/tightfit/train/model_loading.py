@@ -163,10 +163,10 @@ def _first_line(err: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def folder_model(folder: str | Path, quantization: Any, hub: bool = False, offline: bool = False) -> torch.nn.Module:
+def folder_model(folder: str | Path, quantization: Any, hub: bool = False) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "local_files_only": offline}
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
     if quantization is not None:
         kwargs.update(quantization_config=quantization, device_map="cpu" if not torch.cuda.is_available() else "auto")
     try:
@@ -176,14 +176,14 @@ def folder_model(folder: str | Path, quantization: Any, hub: bool = False, offli
         raise TrainInputError(f"could not load model {str(folder)!r} from {where}: {_first_line(err)}") from None
 
 
-def folder_tokenizer(folder: str | Path, offline: bool = False) -> ByteTokenizer | HFTokenizer:
+def folder_tokenizer(folder: str | Path) -> ByteTokenizer | HFTokenizer:
     """The tokenizer saved with a model: tightfit's byte tokenizer, or a transformers one."""
     if ByteTokenizer.saved_in(folder):
         return ByteTokenizer()
     from transformers import AutoTokenizer
 
     try:
-        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=offline))
+        return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)))
     except (OSError, ValueError, TypeError) as err:
         raise TrainInputError(f"model {str(folder)!r} has no usable tokenizer (needs tokenizer.json or "
                               f"tokenizer_config.json next to config.json; copy them from the base model): "
@@ -195,12 +195,16 @@ def hub_model(ref: str, quantization: Any) -> LoadedModel:
     from ..planner.model_facts import network_allowed
 
     online, reason = network_allowed()
-    try:
-        model = folder_model(ref, quantization, hub=True, offline=not online)
-        return LoadedModel(model, folder_tokenizer(ref, offline=not online), f"hub {ref}")
-    except TrainInputError:
-        if online:
-            raise
+    if online:
+        return LoadedModel(folder_model(ref, quantization, hub=True), folder_tokenizer(ref), f"hub {ref}")
+    from huggingface_hub import snapshot_download
+
+    try:  # a local folder path: transformers then makes no request at all (it retries for ~50 s)
+        cached = snapshot_download(ref, local_files_only=True)
+    except Exception:  # noqa: BLE001 -- not cached (huggingface_hub raises several types for it)
+        cached = None
+    if cached is not None and (Path(cached) / "config.json").exists():
+        return LoadedModel(folder_model(cached, quantization), folder_tokenizer(cached), f"hub {ref} (local cache)")
     raise TrainInputError(f"model {ref!r}: no such local folder, and as a hub id it is not in the local cache "
                           f"and the hub is not reachable ({reason}); pass a model folder, a .gguf file, "
                           f"or a bundled model ({', '.join([*BUNDLED_CONFIGS, *PACKAGED_GGUF])})")
