@@ -92,8 +92,12 @@ def check_writable(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise TrainInputError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TrainInputError(f"--out {out}: {parent} is not writable (read-only or not yours); choose another --out")
+    import tempfile
+
+    try:  # a probe, removed at once: catches read-only mounts, permissions, /proc, ... before anything loads
+        os.rmdir(tempfile.mkdtemp(prefix=".tightfit-probe-", dir=parent))
+    except OSError as err:
+        raise TrainInputError(f"cannot write --out {out}: {err.strerror or err} in {parent}; choose another --out") from None
 
 
 def check_fresh_output(out: Path) -> None:
