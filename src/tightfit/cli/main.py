@@ -81,7 +81,10 @@ def quiet_third_party() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "pip install kernels" hint for a CPU fast path
+    # optional-kernel hints ("pip install kernels", torchao's CUDA-only .so files) and torch.compile
+    # deprecations that torchao triggers on import (transformers imports it to list quantizers)
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|accelerate)(\.|$)")
     warnings.showwarning = one_line_warning
 

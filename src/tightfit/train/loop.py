@@ -51,6 +51,7 @@ class TrainResult:
     out: str | None = None
     data_tokens: int = 0
     train_blocks: int = 0
+    eval_blocks: int = 0
     eval_blocks_scored: int = 0
     epochs: float = 0.0
 
@@ -258,7 +259,8 @@ def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedMo
     result = TrainResult(config.optim, lr_for(config.optim, config.lr), 0, device=str(device), model_source=loaded.source,
                          out=str(out) if out else None, trainable_params=sum(p.numel() for p in params),
                          total_params=sum(p.numel() for p in model.parameters()), data_tokens=summary["tokens"],
-                         train_blocks=summary["train_blocks"], eval_blocks_scored=summary["eval_blocks_scored"],
+                         train_blocks=summary["train_blocks"], eval_blocks=summary["eval_blocks"],
+                         eval_blocks_scored=summary["eval_blocks_scored"],
                          epochs=summary["epochs"])
     return Session(config, model, params, optimizer, scheduler, data, device, out, loaded.tokenizer, result,
                    PeakMemory(device), resume_from)
