@@ -1,8 +1,6 @@
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -10,8 +8,6 @@ import pytest
 from cli_helpers import script, script_env
 
 from tightfit.cli.main import main
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def micro_args(corpus, out, *extra):
@@ -147,9 +143,8 @@ def test_killed_process_resumes_to_the_same_losses(tmp_path, corpus, one_thread)
 
     out = tmp_path / "killed"
     args = micro_args(corpus, out, "--steps", "2000", "--save-every", "2", "--threads", "1")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "tightfit.cli.main", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*script(), *args], env=script_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while latest_checkpoint(out) is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -187,8 +182,6 @@ def test_bad_input_leaves_no_output_folder(tmp_path, corpus, capsys, extra):
 
 def start_training(tightfit_command, out, corpus, *extra):
     """A real training process (console script) that would run for minutes unless stopped."""
-    from tightfit.train.checkpoint import list_checkpoints  # noqa: F401 -- used by callers' waits
-
     args = micro_args(corpus, out, "--steps", "100000", "--threads", "1", *extra)
     return subprocess.Popen([*tightfit_command, *args], env=script_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -235,3 +228,16 @@ def test_run_stopped_before_its_first_checkpoint_can_be_resumed(tmp_path, corpus
             f"before the first checkpoint; restart it with: tightfit train --out {out} --resume")
     assert main(["train", "--out", str(out), "--resume", "--quiet", "--max-steps", "3", "--save-every", "3"]) == 0
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_no_third_party_noise_on_a_qlora_paged_run(tmp_path, corpus, tightfit):
+    """bitsandbytes' kernels hint, transformers' FutureWarnings and weight-loading bars, the
+    paged-on-CPU warning's source line: none of it reaches the user; every line is ours."""
+    pytest.importorskip("bitsandbytes")
+    done = tightfit(*micro_args(corpus, tmp_path / "out", "--method", "qlora", "--optim", "paged_adamw_8bit",
+                                "--steps", "1", "--warmup", "0", "--grad-checkpointing", "--format", "json"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert all(line.startswith("tightfit: ") for line in lines), lines
+    assert any(line.startswith("tightfit: warning: paged optimizer states have no effect") for line in lines)
+    assert json.loads(done.stdout)["steps"] == 1
