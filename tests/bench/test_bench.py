@@ -94,6 +94,7 @@ def test_results_name_the_real_data_and_held_out_set(tmp_path, corpus, capsys, o
     assert md.startswith("# tightfit bench: llama-micro / full on corpus.txt\n") and "shakespeare" not in md
     assert "held-out: 4 blocks of 32 tokens (of 21 held out: every 10th block, never trained on" in md
     assert "195 training blocks of 32 (0.02 epochs)" in md
+    assert "- model source: bundled llama-micro (random init, seed 0)" in md
 
 
 def run_with(optim, train_loss, eval_loss):

@@ -112,7 +112,9 @@ def write_results(out: Path, rows: list[dict[str, Any]], runs: list[BenchRun], c
     data = next(({"tokens": r.result.data_tokens, "seq": config.seq, "train_blocks": r.result.train_blocks,
                   "eval_blocks": r.result.eval_blocks, "eval_blocks_scored": r.result.eval_blocks_scored,
                   "epochs": r.result.epochs} for r in runs if r.result is not None), None)
+    source = next((r.result.model_source for r in runs if r.result is not None), None)
     meta = {"preset": preset, "command": command, "config": config.to_dict(), "baseline": base_name, "data": data,
+            "model_source": source,
             "skipped_not_registered": skipped,
             "wall_s": wall_s, "device": rows[0]["device"] if rows else None, "date": rows[0]["date"] if rows else None,
             "versions": versions()}
@@ -163,6 +165,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines += [f"- model `{c['model']}`, method `{c['method']}`, data `{','.join(c['data'])}`, "
               f"{c['steps']} steps x {c['batch_size']}x{c['seq']} tokens (accum {c['grad_accum']}), "
               f"AdamW-equivalent lr {c['lr']} ({c['schedule']}, warmup {c['warmup']}), seed {c['seed']}",
+              f"- model source: {meta.get('model_source') or '-'}",
               f"- {held_out_line(meta.get('data'), c)}; ratio = final held-out loss / {meta['baseline'] or 'n/a'}",
               f"- peak MiB: {rows[0]['peak_memory_kind'] if rows else '-'} "
               "(cpu_tracked_params_grads_state = parameters + gradients + optimizer state, exact; "
