@@ -28,8 +28,9 @@ from pathlib import Path
 from ..train.checkpoint import list_checkpoints
 from ..train.config import TrainConfig
 from ..train.errors import NothingToDo, TrainInputError, note
-from ..train.loop import resume_command, train
+from ..train.loop import train
 from ..train.peers import PEERS
+from ..train.run_folder import resume_command
 from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 
 
@@ -71,9 +72,14 @@ def interrupted_message(out: Path) -> str:
     """Where an interrupted run stands, and the command that continues it."""
     if not (out / "run_config.json").exists():
         return "interrupted before the run started (nothing written)"
-    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
-             if line.strip().endswith("}")] if (out / "log.jsonl").exists() else []
-    at = f" at step {steps[-1]}" if steps else ""
+    at = ""
+    lines = (out / "log.jsonl").read_text().splitlines() if (out / "log.jsonl").exists() else []
+    for line in reversed(lines):  # the last whole record (the kill may have cut the very last line)
+        try:
+            at = f" at step {json.loads(line)['step']}"
+            break
+        except (ValueError, KeyError, TypeError):
+            continue
     found = list_checkpoints(out)
     if not found:
         return f"interrupted{at}, before the first checkpoint; restart it with: {resume_command(out)}"
