@@ -241,3 +241,18 @@ def test_no_third_party_noise_on_a_qlora_paged_run(tmp_path, corpus, tightfit):
     assert all(line.startswith("tightfit: ") for line in lines), lines
     assert any(line.startswith("tightfit: warning: paged optimizer states have no effect") for line in lines)
     assert json.loads(done.stdout)["steps"] == 1
+
+
+def test_write_failure_mid_run_names_the_file_and_the_resume_command(tmp_path, corpus, capsys, monkeypatch, one_thread):
+    import errno
+
+    from tightfit.train import loop
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "checkpoints"))
+
+    monkeypatch.setattr(loop, "save_checkpoint", disk_full)
+    assert main(micro_args(corpus, tmp_path / "out")) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"tightfit train: error: cannot use {tmp_path}/out/checkpoints: No space left on device; "
+                    f"once fixed, continue with: tightfit train --out {tmp_path}/out --resume")

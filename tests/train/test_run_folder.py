@@ -78,3 +78,18 @@ def test_resume_of_a_finished_run_says_so_and_keeps_final(tmp_path, micro_config
     with pytest.raises(NothingToDo, match="already finished .step 8 of 8"):
         train(micro_config(out, resume=True))
     assert {p.name: p.stat().st_mtime_ns for p in (out / "final").iterdir()} == before
+
+
+def test_read_only_out_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """(As root a chmod does not stop writes, so the read-only mount is simulated at the probe.)"""
+    import errno
+    import tempfile
+
+    from tightfit.train.run_folder import check_writable
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(TrainInputError, match=r"^cannot write --out .*/new/run: Read-only file system in .*; choose another"):
+        check_writable(tmp_path / "new" / "run")

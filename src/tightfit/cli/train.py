@@ -102,8 +102,15 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ntightfit train: {interrupted_message(Path(args.out))}", file=sys.stderr)
         return 130
-    except OSError:
-        raise  # the entry point names the file in one line
+    except OSError as err:  # disk full, folder removed mid-run ...: the file, and how to continue
+        from .main import describe_os_error
+
+        if getattr(args, "debug", False):
+            raise
+        hint = f"; once fixed, continue with: {resume_command(Path(args.out))}" \
+            if (Path(args.out) / "run_config.json").exists() else ""
+        print(f"tightfit train: error: {describe_os_error(err)}{hint}", file=sys.stderr)
+        return 1
     except Exception as err:  # noqa: BLE001 -- a peer library failing here (bnb without CUDA ...) gets one line
         if config is None or config.optim not in PEERS:
             raise  # the entry point prints one line (the traceback with --debug)
