@@ -83,3 +83,62 @@ def test_presets_are_runnable_configs():
     assert {"shakespeare-tiny", "smollm2-lora", "smollm2-qlora"} <= set(PRESETS)
     assert PRESETS["smollm2-qlora"].config.method == "qlora" and PRESETS["smollm2-lora"].config.method == "lora"
     assert all(not p.config.checkpoints for p in PRESETS.values())
+
+
+def test_results_name_the_real_data_and_held_out_set(tmp_path, corpus, capsys, one_thread):
+    out = tmp_path / "results"
+    assert main(micro_args(corpus, out, "--optims", "adamw_32bit,paged_adamw_32bit", "--steps", "2")) == 0
+    err = capsys.readouterr().err
+    assert "data: 6,921 tokens from 1 file(s) -> 216 blocks of 32: 195 to train on, 21 held out (4 scored" in err
+    md = (out / "results.md").read_text()
+    assert md.startswith("# tightfit bench: llama-micro / full on corpus.txt\n") and "shakespeare" not in md
+    assert "held-out: 4 blocks of 32 tokens (of 21 held out: every 10th block, never trained on" in md
+    assert "195 training blocks of 32 (0.02 epochs)" in md
+    assert "- model source: bundled llama-micro (random init, seed 0)" in md
+
+
+def run_with(optim, train_loss, eval_loss):
+    from tightfit.bench.runner import BenchRun
+    from tightfit.train.loop import TrainResult
+
+    return BenchRun(optim, TrainResult(optim, 1e-3, 2, train_loss=train_loss, eval_loss=eval_loss), None, 1.0)
+
+
+def test_identical_curves_are_named_as_twins():
+    from tightfit.bench.plots import same_curves
+
+    a = [(1, 2.0), (2, 1.5)]
+    runs = [run_with("adamw_32bit", a, [(2, 1.6)]), run_with("paged_adamw_32bit", list(a), [(2, 1.6)]),
+            run_with("adamw_8bit", [(1, 2.0), (2, 1.5000001)], [(2, 1.6)]), run_with("x", a, [(2, 1.7)])]
+    assert same_curves(runs) == {"paged_adamw_32bit": "adamw_32bit"}
+
+
+# bar values in MiB -> log scale?, label of the first bar
+SCALES = [
+    ([6.0, 0.05], True, "6 MiB"),
+    ([1.51, 0.95, 0.75], False, "1.51 MiB"),
+    ([1234.5, 0.0], False, "1,234 MiB"),
+    ([0.0963, 0.0], False, "0.0963 MiB"),
+]
+
+
+@pytest.mark.parametrize("values, log, label", SCALES)
+def test_size_axis_turns_logarithmic_across_decades(values, log, label):
+    from tightfit.bench.plots import format_mib, use_log_scale
+
+    assert use_log_scale(values) is log and format_mib(values[0]) == label
+
+
+def test_memory_plot_titles_and_labels(tmp_path, monkeypatch):
+    from tightfit.bench import plots
+
+    drawn = {}
+    real = plots._bars
+    monkeypatch.setattr(plots, "_bars", lambda ax, names, mib, color, title: (drawn.setdefault(title, mib),
+                                                                             real(ax, names, mib, color, title)))
+    rows = [{"optimizer": n, "error": None, "peak_memory_kind": "cpu_tracked_params_grads_state",
+             "peak_memory_bytes": peak, "optimizer_state_bytes": state}
+            for n, peak, state in [("adamw_32bit", 6 * 2**20, 4 * 2**20), ("sgd_8bit", 2 * 2**20, 0)]]
+    plots.plot_memory(rows, tmp_path / "m.png", "t")
+    assert set(drawn) == {"peak memory: params + grads + optimizer state (CPU, exact)", "optimizer state"}
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -35,10 +33,25 @@ def test_json_lists_rules_and_codecs(capsys):
     assert data["shape"] == [1024, 1024]
 
 
-def test_table_output_from_the_installed_command():
-    out = subprocess.run([sys.executable, "-m", "tightfit.cli.main", "optims"], capture_output=True, text=True,
-                         check=True).stdout
-    assert "adamw_8bit" in out and "State codecs" in out
+def test_piped_table_is_not_truncated(tightfit):
+    """Through a pipe (not a terminal) every name and description stays whole on its line."""
+    from tightfit.names import OPTIMIZER_NAMES
+
+    done = tightfit("optims")
+    assert done.returncode == 0 and "State codecs" in done.stdout and "…" not in done.stdout
+    lines = done.stdout.splitlines()
+    for name, entry in OPTIMIZER_NAMES.items():
+        assert any(f"│ {name} " in line and entry.describe() in line for line in lines), name
+
+
+def test_stateless_names_say_why_they_show_zero(capsys):
+    rows = {row["name"]: row for row in run_json(capsys)["names"]}
+    for name in ("sgd_8bit", "sgd_4bit", "sgd_32bit"):
+        assert rows[name]["state_bytes_per_param"] == 0
+        assert rows[name]["note"].startswith("no state at momentum 0 (the default)")
+    assert rows["sgd_8bit"]["state_bytes_per_param_with_momentum"] == pytest.approx(1 + 4 / 256, rel=1e-12)
+    assert rows["sgd_4bit"]["state_bytes_per_param_with_momentum"] < rows["sgd_8bit"]["state_bytes_per_param_with_momentum"]
+    assert "note" not in rows["adamw_8bit"]
 
 
 def test_bad_format_is_rejected(capsys):

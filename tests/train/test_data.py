@@ -88,3 +88,16 @@ def test_max_chars_limits_each_file(tmp_path):
     path = write(tmp_path, "t.txt", "x" * 1000)
     data = load_data([str(path)], ByteTokenizer(), seq=10, eval_fraction=0.1, seed=0, max_chars=200)
     assert data.num_tokens == 201  # 200 bytes + end of document
+
+
+def test_prompt_only_held_out_blocks_are_refused_before_training():
+    import torch
+
+    from tightfit.train.data import IGNORE_INDEX, PackedData, check_trainable
+
+    blocks = torch.arange(40).reshape(10, 4)
+    prompts_only = torch.full((2, 4), IGNORE_INDEX)
+    data = PackedData(blocks[:8], blocks[8:], seed=0, num_tokens=40, train_labels=blocks[:8], eval_labels=prompts_only)
+    with pytest.raises(TrainInputError, match="the 2 held-out blocks scored by an evaluation hold prompt tokens only"):
+        check_trainable(data, batch_size=2, eval_batches=4)
+    check_trainable(PackedData(blocks[:8], blocks[8:], seed=0, num_tokens=40), batch_size=2, eval_batches=4)

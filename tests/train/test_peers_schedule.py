@@ -33,9 +33,22 @@ def test_lr_rules(name, lr, expected):
     assert lr_for(name, lr) == (pytest.approx(expected) if expected else None)
 
 
-def test_unknown_optimizer_lists_allowed_names():
-    with pytest.raises(TrainInputError, match=r"unknown optimizer 'adamw_3bit' \(allowed: .*adamw_8bit.*torch:adamw"):
-        build_optimizer("adamw_3bit", [torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+# typo -> names the error suggests (close matches, not the whole registry)
+TYPOS = [("adamw_3bit", "adamw_32bit"), ("adamw8bit", "adamw_8bit"), ("torch:adamv", "torch:adamw"), ("lion_8bti", "lion_8bit")]
+
+
+@pytest.mark.parametrize("typo, suggested", TYPOS)
+def test_unknown_optimizer_suggests_close_names(typo, suggested):
+    with pytest.raises(TrainInputError) as err:
+        build_optimizer(typo, [torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    message = str(err.value)
+    assert message.startswith(f"unknown optimizer {typo!r}; did you mean ") and suggested in message.split("?")[0]
+    assert "`tightfit optims` lists all" in message and "paged_sophiag_bf16" not in message  # no dump of every name
+
+
+def test_unknown_optimizer_without_close_names_points_to_the_listing():
+    with pytest.raises(TrainInputError, match=r"^unknown optimizer 'zzz' \(`tightfit optims` lists all"):
+        build_optimizer("zzz", [torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
 
 
 def test_state_bytes_and_quantized_summary():

@@ -109,7 +109,12 @@ def write_results(out: Path, rows: list[dict[str, Any]], runs: list[BenchRun], c
                   skipped: list[str], preset: str | None, stem: str = "results", wall_s: float | None = None,
                   command: str | None = None) -> list[Path]:
     base_name, _ = baseline_loss(runs)
-    meta = {"preset": preset, "command": command, "config": config.to_dict(), "baseline": base_name,
+    data = next(({"tokens": r.result.data_tokens, "seq": config.seq, "train_blocks": r.result.train_blocks,
+                  "eval_blocks": r.result.eval_blocks, "eval_blocks_scored": r.result.eval_blocks_scored,
+                  "epochs": r.result.epochs} for r in runs if r.result is not None), None)
+    source = next((r.result.model_source for r in runs if r.result is not None), None)
+    meta = {"preset": preset, "command": command, "config": config.to_dict(), "baseline": base_name, "data": data,
+            "model_source": source,
             "skipped_not_registered": skipped,
             "wall_s": wall_s, "device": rows[0]["device"] if rows else None, "date": rows[0]["date"] if rows else None,
             "versions": versions()}
@@ -125,16 +130,43 @@ def write_results(out: Path, rows: list[dict[str, Any]], runs: list[BenchRun], c
     return paths
 
 
+def data_name(config: dict[str, Any]) -> str:
+    from pathlib import PurePath
+
+    return ", ".join(PurePath(d).name or d for d in config["data"])
+
+
+def bench_title(config: dict[str, Any], preset: str | None) -> str:
+    """'llama-tiny / full on notes.txt' -- the data really used, the preset only when it supplied it."""
+    from .presets import PRESETS
+
+    title = f"{config['model']} / {config['method']} on {data_name(config)}"
+    if preset in PRESETS and PRESETS[preset].config.to_dict()["data"] == config["data"]:
+        title += f" (preset {preset})"
+    return title
+
+
+def held_out_line(data: dict[str, Any] | None, c: dict[str, Any]) -> str:
+    """What the held-out loss is computed on, from the data the runs actually saw."""
+    if not data:
+        return "held-out: -"
+    every = max(2, round(1 / c["eval_fraction"]))
+    return (f"data: {data['tokens']:,} tokens -> {data['train_blocks']:,} training blocks of {data['seq']} "
+            f"({data['epochs']:.2f} epochs); held-out: {data['eval_blocks_scored']} blocks of {data['seq']} tokens "
+            f"(of {data['eval_blocks']} held out: every {every}th block, never trained on, the same for every "
+            f"optimizer)")
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     c = meta["config"]
-    lines = [f"# tightfit bench: {meta['preset'] or c['model']}", ""]
+    lines = [f"# tightfit bench: {bench_title(c, meta['preset'])}", ""]
     if meta.get("command"):
         lines.append(f"- command: `{meta['command']}`")
     lines += [f"- model `{c['model']}`, method `{c['method']}`, data `{','.join(c['data'])}`, "
               f"{c['steps']} steps x {c['batch_size']}x{c['seq']} tokens (accum {c['grad_accum']}), "
               f"AdamW-equivalent lr {c['lr']} ({c['schedule']}, warmup {c['warmup']}), seed {c['seed']}",
-              f"- held-out: {c['eval_batches']} batches of {c['batch_size']}x{c['seq']} tokens; "
-              f"ratio = final held-out loss / {meta['baseline'] or 'n/a'}",
+              f"- model source: {meta.get('model_source') or '-'}",
+              f"- {held_out_line(meta.get('data'), c)}; ratio = final held-out loss / {meta['baseline'] or 'n/a'}",
               f"- peak MiB: {rows[0]['peak_memory_kind'] if rows else '-'} "
               "(cpu_tracked_params_grads_state = parameters + gradients + optimizer state, exact; "
               "cuda_max_allocated = torch.cuda.max_memory_allocated); state MiB = optimizer state (exact); "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..names import OPTIMIZER_NAMES
 from ..train.config import TrainConfig
-from ..train.data import load_data
+from ..train.data import check_trainable, data_summary_lines, load_data, summarize_data
 from ..train.errors import TrainInputError
 from ..train.loop import TrainResult, load_for, train
 from ..train.peers import PEERS, check_optimizer_name
@@ -56,6 +56,10 @@ def run_bench(config: TrainConfig, optims: list[str], out: Path, log=print) -> l
     """Train ``config`` once per optimizer; a failing optimizer is recorded, not fatal."""
     first = load_for(config)
     data = load_data(config.data, first.tokenizer, config.seq, config.eval_fraction, config.seed, config.data_max_chars)
+    check_trainable(data, config.batch_size, config.eval_batches)
+    summary = summarize_data(data, config.steps, config.batch_size, config.grad_accum, config.eval_batches)
+    for line in [f"model: {first.source}", *data_summary_lines(summary, config.steps)]:
+        log(line)
     runs: list[BenchRun] = []
     for index, optim in enumerate(optims):
         loaded = first if index == 0 else load_for(config)

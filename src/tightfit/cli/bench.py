@@ -31,9 +31,10 @@ from pathlib import Path
 
 from ..bench.plots import plot_loss, plot_memory
 from ..bench.presets import DEFAULT_PRESET, PRESETS
-from ..bench.report import build_rows, print_table, write_results
+from ..bench.report import bench_title, build_rows, print_table, write_results
 from ..bench.runner import prepare_results_folder, resolve_optims, run_bench
-from ..train.errors import TrainInputError
+from ..train.errors import TrainInputError, note
+from .train import clamp_default_warmup
 from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 
 
@@ -57,19 +58,21 @@ def run(args: argparse.Namespace) -> int:
         apply_threads(args)
         if args.preset not in PRESETS:
             raise TrainInputError(f"unknown preset {args.preset!r} (allowed: {', '.join(PRESETS)})")
-        config = PRESETS[args.preset].config.replace(**given_settings(args), progress=not args.quiet)
+        given = given_settings(args)
+        config = clamp_default_warmup(PRESETS[args.preset].config.replace(**given, progress=not args.quiet),
+                                      warmup_given="warmup" in given)
         requested = None if args.optims is None else [n.strip() for n in args.optims.split(",") if n.strip()]
         optims, skipped = resolve_optims(requested)
         out = Path(args.out or f"tightfit-bench/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         prepare_results_folder(out)
         if skipped:
             print(f"skipped (not registered in this build): {', '.join(skipped)}", file=sys.stderr)
-        runs = run_bench(config, optims, out, log=lambda line: print(line, file=sys.stderr))
+        runs = run_bench(config, optims, out, log=note)
     except TrainInputError as err:
         print(f"tightfit bench: error: {err}", file=sys.stderr)
         return 2
     rows = build_rows(runs, config)
-    title = f"tightfit bench {args.preset}: {config.model} / {config.method}"
+    title = f"tightfit bench: {bench_title(config.to_dict(), args.preset)}"
     write_results(out, rows, runs, config, skipped, args.preset, wall_s=time.perf_counter() - began,
                   command="tightfit " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None)
     plot_loss(runs, out / "loss.png", title)

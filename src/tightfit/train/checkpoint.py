@@ -5,7 +5,11 @@ adapter for LoRA/QLoRA, every parameter for full fine-tuning), the optimizer and
 scheduler state_dicts, the RNG states (python, numpy, torch, cuda) and ``state.json``
 (step, micro-batch position, tokens seen). It is written under a temporary name in the
 same folder and renamed into place, so a kill mid-write never leaves a checkpoint that
-looks complete; ``latest_checkpoint`` ignores temporary folders.
+looks complete; ``latest_checkpoint`` ignores temporary folders and ``clean_temporary``
+removes those a kill left behind. ``state.json`` is written last and holds the SHA-256
+of every other file, so a truncated, zero-filled or bit-flipped file is detected on
+resume: ``choose_checkpoint`` then moves the damaged folder aside (``damaged-step-*``,
+nothing deleted) and falls back to the previous complete checkpoint.
 
 Files are written and read with ``torch.save``/``torch.load(weights_only=False)``: they
 are this run's own files, and third-party optimizer state_dicts (bitsandbytes) hold
@@ -14,6 +18,7 @@ Python objects that ``weights_only`` refuses.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,6 +32,8 @@ import numpy as np
 import torch
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
+TEMPORARY = (".tmp-step-", ".tmp-final-")  # prefixes of folders being written (ours only)
+TENSOR_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "rng.pt")
 
 
 def checkpoints_dir(out: Path) -> Path:
@@ -64,7 +71,8 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, sch
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **progress}, indent=2))
+        checksums = {name: sha256(tmp / name) for name in TENSOR_FILES}
+        (tmp / "state.json").write_text(json.dumps({"step": step, **progress, "sha256": checksums}, indent=2))
         if final.exists():  # a previous attempt reached this step: replace it as one rename
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -86,6 +94,59 @@ def list_checkpoints(out: Path) -> list[Path]:
 def latest_checkpoint(out: Path) -> Path | None:
     found = list_checkpoints(out)
     return found[-1] if found else None
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def damage(folder: Path) -> str | None:
+    """Why checkpoint ``folder`` cannot be trusted, or None when it is complete and intact."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"state.json unreadable ({type(err).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json has no step"
+    for name in TENSOR_FILES:
+        if not (folder / name).is_file():
+            return f"{name} missing"
+    for name, expected in state.get("sha256", {}).items():  # checkpoints of older versions carry none
+        if sha256(folder / name) != expected:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def choose_checkpoint(out: Path, warn=None) -> Path | None:
+    """The newest intact checkpoint; damaged newer ones are renamed ``damaged-step-*`` (kept
+    for inspection, out of the way of pruning and of later saves) with a ``warn`` line each."""
+    for folder in reversed(list_checkpoints(out)):
+        reason = damage(folder)
+        if reason is None:
+            return folder
+        aside = folder.with_name(f"damaged-{folder.name}")
+        if aside.exists():
+            shutil.rmtree(aside)  # an older damaged copy of the same step, itself set aside by us
+        os.replace(folder, aside)
+        if warn is not None:
+            warn(f"checkpoint {folder.name} is damaged ({reason}); moved to {aside.name}, "
+                 f"falling back to the previous one")
+    return None
+
+
+def clean_temporary(out: Path) -> list[Path]:
+    """Remove the half-written folders of saves a kill interrupted (ours: ``.tmp-step-*`` in
+    checkpoints/, ``.tmp-final-*`` in ``out``); returns what was removed."""
+    removed = []
+    for root in (out, checkpoints_dir(out)):
+        if not root.is_dir():
+            continue
+        for path in root.iterdir():
+            if path.is_dir() and path.name.startswith(TEMPORARY):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:

@@ -80,9 +80,17 @@ def read_plain(path: Path) -> list[list[Segment]]:
     return [[(path.read_text(encoding="utf-8", errors="replace"), True)]]
 
 
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TrainInputError(f"data file {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                              f"offset {err.start}); JSONL needs one JSON object per line") from None
+
+
 def read_jsonl(path: Path) -> list[list[Segment]]:
     docs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -114,6 +122,7 @@ class PackedData:
     # labels per block: the token ids, IGNORE_INDEX where the loss skips (prompts)
     train_labels: torch.Tensor | None = None
     eval_labels: torch.Tensor | None = None
+    num_files: int = 1
 
     def __post_init__(self) -> None:
         if self.train_labels is None:
@@ -150,6 +159,10 @@ class PackedData:
         """(token ids, labels) of micro-batch ``index``."""
         rows = self._rows(index, batch_size)
         return self.train_blocks[rows], self.train_labels[rows]
+
+    def eval_blocks_used(self, batch_size: int, max_batches: int) -> int:
+        """Held-out blocks one evaluation scores (the first ``batch_size * max_batches``)."""
+        return min(len(self.eval_blocks), batch_size * max_batches)
 
     def eval_batches(self, batch_size: int, max_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(token ids, labels) of the held-out micro-batches."""
@@ -231,6 +244,46 @@ def load_data(sources: Iterable[str], tokenizer, seq: int, eval_fraction: float,
     tokens, trained = tokenize_files(files, tokenizer, max_chars)
     if len(tokens) == 0:
         raise TrainInputError(f"data {', '.join(sources)} is empty (no text in {len(files)} file(s))")
-    if not trained.any():
-        raise TrainInputError(f"data {', '.join(sources)} has no tokens to train on (every record is a prompt)")
-    return pack(tokens, seq, eval_fraction, seed, source=f"data {', '.join(sources)}", trained=trained)
+    # the end-of-document ids alone (a prompt with an empty response) teach nothing
+    content = trained if tokenizer.eos_id is None else trained & (tokens != tokenizer.eos_id)
+    if not content.any():
+        raise TrainInputError(f"data {', '.join(sources)} has no tokens to train on (every record is a prompt "
+                              f"with an empty response); give 'text' records or non-empty 'response's")
+    data = pack(tokens, seq, eval_fraction, seed, source=f"data {', '.join(sources)}", trained=trained)
+    data.num_files = len(files)
+    return data
+
+
+def check_trainable(data: PackedData, batch_size: int, eval_batches: int) -> None:
+    """Before any step: the held-out blocks an evaluation scores hold trained tokens (a
+    prompt-only held-out set would fail only at the first evaluation, after training)."""
+    if not any(bool((labels[:, 1:] != IGNORE_INDEX).any()) for _, labels in data.eval_batches(batch_size, eval_batches)):
+        raise TrainInputError(f"the {data.eval_blocks_used(batch_size, eval_batches)} held-out blocks scored by an "
+                              f"evaluation hold prompt tokens only (nothing to score); raise --eval-fraction or "
+                              f"--eval-batches, or add responses")
+    if not bool((data.train_labels[:, 1:] != IGNORE_INDEX).any()):
+        raise TrainInputError("the training blocks hold prompt tokens only (nothing to train on); add responses")
+
+
+# epochs above which a run warns that it will likely memorize its data
+OVERFIT_EPOCHS = 3.0
+
+
+def summarize_data(data: PackedData, steps: int, batch_size: int, grad_accum: int, eval_batches: int) -> dict:
+    """What a run will see: tokens, blocks, epochs, held-out size (printed and recorded)."""
+    train_blocks, eval_blocks = len(data.train_blocks), len(data.eval_blocks)
+    blocks_seen = steps * batch_size * grad_accum
+    return {"files": data.num_files, "tokens": data.num_tokens, "seq": data.seq, "train_blocks": train_blocks,
+            "eval_blocks": eval_blocks, "eval_blocks_scored": data.eval_blocks_used(batch_size, eval_batches),
+            "epochs": blocks_seen / train_blocks}
+
+
+def data_summary_lines(summary: dict, steps: int) -> list[str]:
+    s = summary
+    lines = [f"data: {s['tokens']:,} tokens from {s['files']} file(s) -> {s['train_blocks'] + s['eval_blocks']:,} "
+             f"blocks of {s['seq']}: {s['train_blocks']:,} to train on, {s['eval_blocks']:,} held out "
+             f"({s['eval_blocks_scored']} scored per evaluation); {steps} steps = {s['epochs']:.2f} epochs"]
+    if s["epochs"] > OVERFIT_EPOCHS:
+        lines.append(f"warning: {s['epochs']:.1f} epochs over {s['train_blocks']} training blocks: the model will "
+                     f"likely memorize this data (watch the held-out loss; add data or lower --steps)")
+    return lines

@@ -19,15 +19,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig, check_resume_config, check_sizes, write_run_config
-from .data import IGNORE_INDEX, PackedData, load_data
-from .errors import TrainInputError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, check_sizes
+from .data import IGNORE_INDEX, PackedData, check_trainable, data_summary_lines, load_data, summarize_data
+from .errors import TrainInputError, note
 from .memory import PeakMemory
 from .methods import LoraOptions, get_method
-from .model_loading import LoadedModel, context_length, load_model
+from .model_loading import LoadedModel, context_length, is_random_init, load_model
 from .peers import build_optimizer, check_optimizer_name, lr_for, optimizer_state_bytes, quantized_state_summary
-from .schedule import build_scheduler, check_schedule
+from .run_folder import check_output, create_output, save_final
+from .schedule import build_scheduler
 
 
 @dataclass
@@ -49,6 +50,11 @@ class TrainResult:
     device: str = ""
     model_source: str = ""
     out: str | None = None
+    data_tokens: int = 0
+    train_blocks: int = 0
+    eval_blocks: int = 0
+    eval_blocks_scored: int = 0
+    epochs: float = 0.0
 
     @property
     def final_eval_loss(self) -> float | None:
@@ -68,29 +74,6 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise TrainInputError(f"--device {name!r} (allowed: auto, cpu, cuda)")
     return torch.device(name)
-
-
-def check_output(config: TrainConfig) -> Path | None:
-    """The output folder; never silently reuses one that already holds a run."""
-    check_schedule(config.schedule, config.warmup, config.steps)
-    if config.out is None:
-        return None
-    out = Path(config.out)
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise TrainInputError(f"--resume: no checkpoint in {out}/checkpoints to resume from")
-        check_resume_config(out, config)
-    elif list_checkpoints(out) or (out / "log.jsonl").exists():
-        raise TrainInputError(f"output folder {out} already holds a run; pass --resume to continue it, "
-                              f"or choose another --out")
-    return out
-
-
-def create_output(config: TrainConfig, out: Path | None) -> None:
-    """Create the folder once model and data loaded fine (a bad input leaves nothing behind)."""
-    if out is not None and not config.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_config(out, config)
 
 
 @torch.no_grad()
@@ -147,6 +130,7 @@ class Session:
     tokenizer: Any
     result: TrainResult
     memory: PeakMemory
+    resume_from: Path | None = None
     tokens_seen: int = 0
     step_times: list[float] = field(default_factory=list)
 
@@ -161,14 +145,23 @@ def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedMo
     method = get_method(config.method)
     check_optimizer_name(config.optim)
     device = pick_device(config.device)
-    out = check_output(config)
+    out, resume_from = check_output(config)
+    announce = data is None  # a standalone run says what it found; the bench says it once for all runs
     loaded = loaded or load_for(config)
     ctx = context_length(loaded.model)
     if ctx is not None and config.seq > ctx:
         raise TrainInputError(f"--seq {config.seq} is longer than the model's context ({ctx} positions); use --seq <= {ctx}")
     if data is None:
         data = load_data(config.data, loaded.tokenizer, config.seq, config.eval_fraction, config.seed, config.data_max_chars)
-    create_output(config, out)
+    check_trainable(data, config.batch_size, config.eval_batches)
+    summary = summarize_data(data, config.steps, config.batch_size, config.grad_accum, config.eval_batches)
+    if announce:
+        for line in [f"model: {loaded.source}", *data_summary_lines(summary, config.steps)]:
+            note(line)
+        if method.adapters and is_random_init(config.model):
+            note(f"warning: --method {config.method} on {config.model}, a random-init model: adapters on untrained "
+                 f"weights learn little; use --method full, or a pretrained model (smollm2-135m, a folder, a hub id)")
+    create_output(config, out, {"model": config.model, "model_source": loaded.source, "data": summary})
     torch.manual_seed(config.seed)  # LoRA init and dropout draw from here
     model = method.prepare(loaded.model, LoraOptions(config.lora_r, config.lora_alpha, config.lora_dropout),
                            config.grad_checkpointing)
@@ -180,14 +173,21 @@ def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedMo
     scheduler = build_scheduler(optimizer, config.schedule, config.warmup, config.steps, config.min_lr_ratio)
     result = TrainResult(config.optim, lr_for(config.optim, config.lr), 0, device=str(device), model_source=loaded.source,
                          out=str(out) if out else None, trainable_params=sum(p.numel() for p in params),
-                         total_params=sum(p.numel() for p in model.parameters()))
+                         total_params=sum(p.numel() for p in model.parameters()), data_tokens=summary["tokens"],
+                         train_blocks=summary["train_blocks"], eval_blocks=summary["eval_blocks"],
+                         eval_blocks_scored=summary["eval_blocks_scored"],
+                         epochs=summary["epochs"])
     return Session(config, model, params, optimizer, scheduler, data, device, out, loaded.tokenizer, result,
-                   PeakMemory(device))
+                   PeakMemory(device), resume_from)
 
 
 def restore(session: Session) -> int:
-    """Load the latest checkpoint into ``session``; returns the step to continue from."""
-    ckpt = latest_checkpoint(session.out)
+    """Load the chosen checkpoint into ``session``; returns the step to continue from
+    (0 when the run had none: it restarts, and its log starts over)."""
+    ckpt = session.resume_from
+    if ckpt is None:
+        _truncate_log(session.out / "log.jsonl", 0)
+        return 0
     state = load_checkpoint(ckpt, session.model, session.optimizer, session.scheduler)
     session.tokens_seen = state["tokens_seen"]
     session.result.train_loss = [tuple(x) for x in state["train_loss"]]
@@ -274,8 +274,16 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
         if log:
             log.close()
     if s.out is not None and config.save_final and stop == config.steps:
-        _save_final(s.out, s.model, s.tokenizer)
+        save_final(s.out, s.model, s.tokenizer, final_record(config, s, stop))
     return summarize(s, stop)
+
+
+def final_record(config: TrainConfig, s: Session, step: int) -> dict[str, Any]:
+    """What ``tightfit generate`` needs to rebuild the model: the base (for adapters) and tokenizer."""
+    base = Path(config.model).expanduser()
+    return {"model": str(base.resolve()) if base.exists() else config.model, "method": config.method,
+            "seed": config.seed, "model_source": s.result.model_source, "step": step,
+            "tokenizer": getattr(s.tokenizer, "name", "")}
 
 
 def _progress_bar(config: TrainConfig, start: int, stop: int):
@@ -284,21 +292,3 @@ def _progress_bar(config: TrainConfig, start: int, stop: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=stop, initial=start, desc=config.optim, unit="step", dynamic_ncols=True, leave=True)
-
-
-def _save_final(out: Path, model: torch.nn.Module, tokenizer) -> None:
-    """``<out>/final``: the adapter (LoRA/QLoRA) or the full model, plus the tokenizer."""
-    import shutil
-    import tempfile
-
-    final = out / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=out))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

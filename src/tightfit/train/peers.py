@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ..names import OPTIMIZER_NAMES, create_optimizer
-from .errors import TrainInputError
+from .errors import TrainInputError, did_you_mean
 
 
 def _rule_family(name: str) -> str:
@@ -79,7 +79,8 @@ def known_optimizers() -> list[str]:
 
 def check_optimizer_name(name: str) -> None:
     if name not in OPTIMIZER_NAMES and name not in PEERS:
-        raise TrainInputError(f"unknown optimizer {name!r} (allowed: {', '.join(known_optimizers())})")
+        raise TrainInputError(did_you_mean(name, known_optimizers(), "optimizer",
+                                           "`tightfit optims` lists all; peers: " + ", ".join(PEERS)))
 
 
 def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

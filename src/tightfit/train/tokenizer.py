@@ -8,7 +8,13 @@ bring their own Hugging Face tokenizer, wrapped by ``HFTokenizer`` to the same i
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+# Written by ByteTokenizer.save_pretrained, so a saved model folder knows its tokenizer.
+BYTE_TOKENIZER_FILE = "tightfit_tokenizer.json"
 
 
 class ByteTokenizer:
@@ -25,7 +31,13 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
     def save_pretrained(self, folder) -> None:
-        """Nothing to save: the vocabulary is fixed (kept for the HF tokenizer interface)."""
+        """The vocabulary is fixed: one small file says which tokenizer this folder needs."""
+        (Path(folder) / BYTE_TOKENIZER_FILE).write_text(
+            json.dumps({"tokenizer": "bytes", "vocab_size": self.vocab_size, "eos_id": self.eos_id}) + "\n")
+
+    @staticmethod
+    def saved_in(folder) -> bool:
+        return (Path(folder) / BYTE_TOKENIZER_FILE).is_file()
 
 
 class HFTokenizer:
