@@ -16,10 +16,10 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.base_layer = base
-        device, dtype = base.weight.device, torch.float32  # peft keeps adapters fp32 (autocast_adapter_dtype)
+        device = base.weight.device  # peft keeps adapters fp32 by default (autocast_adapter_dtype)
         self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=device, dtype=dtype)
         nn.init.zeros_(self.lora_B.weight)
@@ -29,7 +29,8 @@ class LoRALinear(nn.Module):
         return self.base_layer(x) + self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))).to(x.dtype) * self.scaling
 
 
-def apply_lora(model: nn.Module, rank: int, targets=DEFAULT_TARGETS) -> list[nn.Parameter]:
+def apply_lora(model: nn.Module, rank: int, targets=DEFAULT_TARGETS, dtype: torch.dtype = torch.float32
+               ) -> list[nn.Parameter]:
     """Freeze ``model``, wrap every linear whose name ends in a target; return the adapter params."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -38,7 +39,7 @@ def apply_lora(model: nn.Module, rank: int, targets=DEFAULT_TARGETS) -> list[nn.
     adapters = []
     for name, linear in wrapped:
         parent_name, _, child = name.rpartition(".")
-        lora = LoRALinear(linear, rank)
+        lora = LoRALinear(linear, rank, dtype=dtype)
         setattr(model.get_submodule(parent_name), child, lora)
         adapters += [lora.lora_A.weight, lora.lora_B.weight]
     return adapters
