@@ -34,18 +34,18 @@ def rows():
         kw = dict(method=method, batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, in_backward=inb, dtype="fp32")
         simulated = measure_step(cfg, resolve_optimizer(optim), fake=True, **kw).peak_bytes
         measured = measure_step(cfg, resolve_optimizer(optim), fake=False, **kw).peak_bytes
-        analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, advise=False, **kw).peak_allocated
+        analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, device="cpu", advise=False, **kw).peak_allocated
         yield case_id(case), "fp32", measured, simulated, analytic
     for cfg, method, optim, ckpt, sr in BF16_MATRIX:
         result = plan(facts_from_config(cfg, "tiny", "test"), method=method, optim=optim, batch=4, seq=64,
-                      lora_rank=8, checkpointing=ckpt, stochastic_rounding=sr, dtype="bf16", simulate=True,
+                      lora_rank=8, checkpointing=ckpt, stochastic_rounding=sr, dtype="bf16", simulate=True, device="cpu",
                       advise=False)
         name = f"{'tied' if cfg['tie_word_embeddings'] else 'untied'}-{method}-{optim}-4x64" + ("-ckpt" if ckpt else "")
         yield name + ("-sr" if sr else ""), "bf16", "", result.simulation["peak_bytes"], result.peak_allocated
     for cfg, optim, batch, seq, ckpt in QLORA_MATRIX:
         kw = dict(method="qlora", batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, dtype="fp32")
         measured = measure_step(cfg, resolve_optimizer(optim), fake=False, **kw).peak_bytes
-        analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, advise=False, **kw).peak_allocated
+        analytic = plan(facts_from_config(cfg, "tiny", "test"), optim=optim, device="cpu", advise=False, **kw).peak_allocated
         name = f"{'tied' if cfg['tie_word_embeddings'] else 'untied'}-qlora-{optim}-{batch}x{seq}" + ("-ckpt" if ckpt else "")
         yield name, "fp32", measured, "", analytic
 

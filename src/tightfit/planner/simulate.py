@@ -133,6 +133,11 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     torch.manual_seed(seed)
+    if fake:
+        # one real step of the optimizer first: codecs build their quantization maps once per
+        # process (lru_cache), and a map first built under FakeTensorMode would stay fake
+        from .step_temporaries import step_bytes_per_element
+        step_bytes_per_element(optimizer_spec, torch.float32)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     model = build_model(hf_config_dict, DTYPES[dtype], fake_mode)
     outer = contextlib.ExitStack()
