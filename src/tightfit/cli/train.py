@@ -48,7 +48,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig()
     saved = Path(args.out) / "run_config.json"
     if args.resume and saved.exists():  # resume: the saved run's settings (minus its stop), then what was given
-        base = TrainConfig(**json.loads(saved.read_text())).replace(max_steps=None)
+        base = TrainConfig.from_saved(json.loads(saved.read_text())).replace(max_steps=None)
     return base.replace(**given, out=args.out, resume=args.resume, progress=not args.quiet)
 
 
