@@ -73,7 +73,7 @@ LEGACY_KEYS = {"grad_checkpointing": "checkpointing"}
 
 def _choice(flag: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{flag} {value!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
+        raise ValueError(f"unknown {flag.lstrip('-')} {value!r} (allowed: {', '.join(map(str, allowed))})")
 
 
 def lora_target_modules(text: str) -> tuple[str, ...]:
@@ -97,7 +97,7 @@ def check_finetune(ft: FineTune) -> None:
     for name in ("batch_size", "seq", "grad_accum", "lora_r"):
         value = getattr(ft, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {value!r} must be an integer >= 1")
+            raise ValueError(f"--{name.replace('_', '-')} {value!r} must be >= 1 (an integer)")
     if ft.method != "full":
         lora_target_modules(ft.lora_targets)
         if ft.lora_alpha <= 0:
@@ -112,9 +112,16 @@ def check_finetune(ft: FineTune) -> None:
     if ft.in_backward and ":" in ft.optim:
         raise ValueError(f"--in-backward needs a tightfit optimizer (got {ft.optim!r}; allowed: tightfit names, "
                          "e.g. adamw_8bit)")
-    if ft.precision == "bf16-sr" and ft.optim.startswith("torch:"):
-        raise ValueError(f"--precision bf16-sr needs an optimizer with stochastic rounding (tightfit or bnb), "
-                         f"got {ft.optim!r}")
+    if ft.precision == "bf16-sr" and ":" in ft.optim:
+        raise ValueError(f"--precision bf16-sr needs a tightfit optimizer (stochastic rounding), got {ft.optim!r}")
+    if ft.in_backward and has_masters(ft):
+        raise ValueError("--in-backward with --precision bf16 (fp32 master weights) is not supported: the update "
+                         "runs on the masters after backward; use --precision bf16-sr, bf16-autocast or fp32")
+
+
+def has_masters(ft: FineTune) -> bool:
+    """True when 16-bit trainables get fp32 master copies (bf16 full FT, or bf16 adapters)."""
+    return PRECISIONS[ft.precision][2] and (ft.method == "full" or ft.adapter_dtype == "bf16")
 
 
 def effective(ft: FineTune, device: str) -> FineTune:

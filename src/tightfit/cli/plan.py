@@ -35,7 +35,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..finetune import FineTune, add_finetune_arguments, from_run_config, given_finetune, to_flags
+from ..finetune import FineTune, add_finetune_arguments, effective, from_run_config, given_finetune, to_flags
 from ..planner.api import DEVICES, PLAN_DEFAULTS, Plan
 from ..planner.units import format_bytes
 
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         ft = finetune_from_args(args)
+        if args.device == "cpu":  # what tightfit train runs on a CPU (fp32)
+            ft = effective(ft, "cpu")
         result = plan(ft, gpu=args.gpu, device=args.device, simulate=args.simulate)
     except ValueError as exc:
         print(f"tightfit plan: error: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..finetune import FINETUNE_FIELDS
+from ..finetune import FINETUNE_FIELDS, FineTune, check_finetune
 from ..names import OPTIMIZER_NAMES
 from .optimizer_specs import PAGED_PREFIX, PEERS
 
@@ -117,6 +117,18 @@ WORTH_IT = 0.01  # a change joins the path only if it saves >= 1% of the GPU
 SETTING_KEYS = tuple(name for name in FINETUNE_FIELDS if name != "model")
 
 
+def _propose(propose: Callable[[dict], dict | None], settings: dict) -> dict | None:
+    """The proposal, or None when it does not apply or is not a setting train can run."""
+    proposal = propose(settings)
+    if proposal is None:
+        return None
+    try:
+        check_finetune(FineTune(**proposal))
+    except ValueError:
+        return None
+    return proposal
+
+
 def _total(facts, settings: dict, gpu: str, device: str = "cuda") -> int:
     from .api import plan
 
@@ -147,7 +159,7 @@ def advise(facts, result) -> list[dict[str, Any]]:
     settings["lora_r"] = settings["lora_r"] or 16
     rows: list[dict[str, Any]] = []
     for name, cost, propose in CHANGES:
-        single = propose(settings)
+        single = _propose(propose, settings)
         if single is not None:
             total = _total(facts, single, gpu)
             if total < result.device_total:
@@ -172,7 +184,7 @@ def _path_to_fit(facts, settings: dict, gpu: str, capacity: int, result) -> tupl
     fits = result.fits
     while not fits:
         for name, _, propose in CHANGES:
-            proposal = None if name in NOT_ON_PATH else propose(current)
+            proposal = None if name in NOT_ON_PATH else _propose(propose, current)
             if proposal is None:
                 continue
             new_total = _total(facts, proposal, gpu)

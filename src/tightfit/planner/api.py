@@ -265,7 +265,7 @@ PRECISION_WORDS = {
 def _assumptions(facts: ModelFacts, setup: Setup, ft: FineTune, spec, paged: bool, on_gpu: bool,
                  fused: bool) -> list[str]:
     out = [
-        f"{PRECISION_WORDS[ft.precision] if on_gpu else 'a CPU step: fp32 as planned'}; activations of "
+        f"{PRECISION_WORDS[ft.precision]}{'' if on_gpu else ' (a CPU step)'}; activations of "
         "transformers' Llama-style blocks (SDPA, SwiGLU, GQA)",
         "steady-state step: optimizer state already allocated; zero_grad(set_to_none=True) between steps",
         "logits: full vocab, transformers ForCausalLMLoss (fp32 log-softmax); --loss chunked removes most of it"
