@@ -51,6 +51,33 @@ def test_bf16_simulated_vs_analytic(cfg, method, optim, ckpt, sr):
     assert result.peak_allocated == pytest.approx(result.simulation["peak_bytes"], rel=ANALYTIC_VS_SIMULATED)
 
 
+# The settings tightfit train runs (FineTune fields), simulated on fake tensors: precision
+# modes (fp32 weights under bf16 autocast, bf16 adapters with stochastic rounding), the
+# chunked loss, LoRA target subsets.
+SETTINGS_MATRIX = [
+    (TINY_TIED, dict(method="full", optim="adamw_32bit", precision="bf16-autocast", batch_size=4, seq=64)),
+    (TINY_UNTIED, dict(method="full", optim="adamw_8bit", precision="bf16-autocast", batch_size=4, seq=64,
+                       checkpointing=True)),
+    (TINY_TIED, dict(method="lora", optim="adamw_32bit", precision="bf16-autocast", batch_size=4, seq=64, lora_r=8)),
+    (TINY_UNTIED, dict(method="full", optim="adamw_8bit", precision="bf16", batch_size=8, seq=256, loss="chunked")),
+    (TINY_UNTIED, dict(method="lora", optim="adamw_8bit", precision="bf16", batch_size=8, seq=256, loss="chunked",
+                       lora_r=8, checkpointing=True)),
+    (TINY_TIED, dict(method="lora", optim="adamw_32bit", precision="fp32", batch_size=4, seq=64, lora_targets="qv",
+                     lora_r=8)),
+    (TINY_TIED, dict(method="lora", optim="adamw_32bit", precision="bf16-sr", batch_size=4, seq=64,
+                     adapter_dtype="bf16", lora_r=8)),
+    (TINY_UNTIED, dict(method="lora", optim="adamw_8bit", precision="bf16", batch_size=4, seq=64,
+                       lora_targets="q_proj,down_proj", lora_r=8, checkpointing=True)),
+]
+
+
+@pytest.mark.parametrize("cfg,settings", SETTINGS_MATRIX, ids=lambda v: "-".join(f"{x}" for x in v.values())
+                         if isinstance(v, dict) and "method" in v else None)
+def test_settings_simulated_vs_analytic(cfg, settings):
+    result = plan(facts_from_config(cfg, "tiny", "test"), simulate=True, device="cpu", advise=False, **settings)
+    assert result.peak_allocated == pytest.approx(result.simulation["peak_bytes"], rel=ANALYTIC_VS_SIMULATED)
+
+
 @pytest.mark.parametrize("case", QLORA_MATRIX, ids=[case_id(qlora_case(c)) for c in QLORA_MATRIX])
 def test_qlora_measured_vs_analytic(measured, case):
     pytest.importorskip("bitsandbytes")

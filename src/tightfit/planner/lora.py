@@ -1,7 +1,8 @@
 """LoRA adapters as peft builds them, for simulated and measured steps without importing peft.
 
 ``LoRALinear`` computes what ``peft.tuners.lora.Linear`` computes with ``lora_dropout=0``
-(dropout is then an identity, as in peft): ``y = base(x) + lora_B(lora_A(x)) * (alpha / r)``.
+(dropout is then an identity, as in peft): ``y = base(x) + lora_B(lora_A(x)) * (alpha / r)``,
+the input cast to the adapter dtype and the sum cast to the base output's dtype.
 ``lora_A`` is r x in and ``lora_B`` out x r (no bias), so an adapter on a linear of shape
 out x in adds r·(in + out) trainable parameters. The base linear is frozen.
 """
@@ -26,7 +27,8 @@ class LoRALinear(nn.Module):
         self.scaling = (alpha if alpha is not None else rank) / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))).to(x.dtype) * self.scaling
+        result = self.base_layer(x)  # as peft: the sum is cast back to the base layer's output dtype
+        return (result + self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))) * self.scaling).to(result.dtype)
 
 
 def apply_lora(model: nn.Module, rank: int, targets=DEFAULT_TARGETS, dtype: torch.dtype = torch.float32
