@@ -142,11 +142,12 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
         "weights": C.weight_bytes(facts, ft.method, weight_dtype),
         "adapters": sum(t.numel * C.DTYPE_BYTES[t.dtype] for t in trainable) if setup.adapters else 0,
         "masters": masters,
-        # with fp32 masters the step reads fp32 gradients: each 16-bit gradient is converted
-        "grads_at_step": 4 * sum(t.numel for t in trainable) if masters else C.gradient_bytes(trainable),
+        # with fp32 masters each 16-bit gradient is converted to fp32 just before its master's
+        # update (train/step.py), so one fp32 gradient joins the 16-bit ones at a time
+        "grads_at_step": C.gradient_bytes(trainable),
         "largest_grad": largest.numel * C.DTYPE_BYTES[largest.dtype],
         "state": sum(state_each := C.optimizer_state_bytes_each(trainable, spec, masters > 0)),
-        "step_temp": int(temp_per_elem * largest.numel),
+        "step_temp": int(temp_per_elem * largest.numel) + (4 * largest.numel if masters else 0),
         "dequant": max(p.numel for p in facts.parameters() if p.linear) * C.DTYPE_BYTES[compute_dtype]
         if ft.method == "qlora" else 0,
         "managed": 0,
@@ -158,7 +159,8 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
     elif on_gpu:
         # placement/paged.py streams large params in pieces only for elementwise rules without
         # stochastic rounding (its random bits are keyed by the whole parameter's element index)
-        sizes["state_device"], sizes["buffers"] = C.paged_split(state_each, budget, spec.rule.elementwise and not sr)
+        sizes["state_device"], sizes["buffers"] = C.paged_split(state_each, budget, spec.rule.elementwise and not sr,
+                                                                per_param=in_backward)
     else:  # paging is a no-op on a CPU: the state stays with the params
         sizes["state_device"], sizes["buffers"] = sizes["state"], 0
     timeline = step_timeline(facts, setup, C.gradient_places(facts, trainable, temp_per_elem),
@@ -215,7 +217,8 @@ def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, 
     rows.append(Component("gradients", sizes["largest_grad"] if in_backward else sizes["grads_at_step"], 0,
                           "in backward: only the largest live" if in_backward else
                           f"{n_train / 1e6:.2f}M trainable x " +
-                          ("4 B (converted to fp32 for the master step)" if sizes["masters"] else "dtype")))
+                          "dtype" + (" (+ the one converted to fp32 for its master's step, counted as a "
+                                     "step temporary)" if sizes["masters"] else "")))
     state_host = sizes["state"] - sizes["state_device"] - sizes["managed"]
     paged = " (paged to host)" if state_host or sizes["buffers"] else ""
     rows.append(Component("optimizer state", sizes["state_device"], state_host,
@@ -241,8 +244,10 @@ def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, 
                   f"chunked: {loss_tokens(facts, setup)} tokens' logits at once (chunks of {LOSS_CHUNK_TOKENS}, "
                   "recomputed in backward) + the hidden-state gradient"),
         Component("optimizer step temporaries", sizes["step_temp"], 0,
-                  "fused kernel on the GPU: none full-size" if fused else
-                  f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"),
+                  ("fused kernel on the GPU: " + ("only the fp32 gradient of the master being stepped"
+                                                  if sizes["masters"] else "none full-size")) if fused else
+                  f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"
+                  + (" + its fp32 gradient (master step)" if sizes["masters"] else "")),
     ]
     if sizes["dequant"]:
         rows.append(Component("QLoRA dequantized weight", sizes["dequant"], 0, f"largest linear in {setup.dtype}"))

@@ -131,16 +131,21 @@ def managed_split(params: list[Trainable], state_each: list[int]) -> tuple[int, 
     return device, sum(state_each) - device
 
 
-def paged_split(state_each: list[int], budget: int | None, splittable: bool = False) -> tuple[int, int]:
+def paged_split(state_each: list[int], budget: int | None, splittable: bool = False,
+                per_param: bool = False) -> tuple[int, int]:
     """(state bytes kept on the device, device bytes of the streaming slots) the way
     placement/paged.py splits them: smallest states stay resident while the budget lasts,
     the rest streams through its slots (paged_slot_bytes; ``splittable``: elementwise
-    rules stream large parameters in pieces)."""
+    rules stream large parameters in pieces). ``per_param``: updates inside backward
+    stream one parameter at a time (optimizer.step_param), so the slots are those of the
+    largest single parameter."""
     if budget is None:
         return sum(state_each), 0
     indices = list(range(len(state_each)))
     resident = plan_resident(indices, lambda i: state_each[i], budget)
     paged = [state_each[i] for i in indices if i not in resident]
+    if per_param:
+        return sum(state_each[i] for i in resident), max((paged_slot_bytes([b], splittable) for b in paged), default=0)
     return sum(state_each[i] for i in resident), paged_slot_bytes(paged, splittable)
 
 

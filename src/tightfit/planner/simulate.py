@@ -92,7 +92,8 @@ def run_step(model, optimizer, input_ids, *, in_backward: bool, tracker: LiveByt
              masters: list[tuple[torch.Tensor, torch.Tensor]] | None = None, compute_dtype: torch.dtype | None = None,
              loss: str = "full") -> None:
     """Forward, backward, step, zero_grad. ``masters``: (16-bit param, fp32 master) pairs —
-    gradients are converted to fp32 on the masters, the masters step, and are copied back.
+    one at a time, the gradient is converted to fp32 on the master, the master steps and is
+    copied back (then the params without masters step).
     ``compute_dtype`` (default: the weights' dtype) other than fp32 runs under autocast, as
     HF Trainer bf16=True; ``loss``: a train/loss.py name."""
     from ..train.loss import get_loss
@@ -105,13 +106,15 @@ def run_step(model, optimizer, input_ids, *, in_backward: bool, tracker: LiveByt
         loss.backward()
     del loss
     with tracker.phase("optimizer"):
-        for param, master in masters or ():
-            master.grad, param.grad = param.grad.float(), None
+        if masters:  # one master at a time, as train/step.py: one fp32 gradient alive at once
+            for param, master in masters:
+                master.grad, param.grad = param.grad.float(), None
+                optimizer.step()
+                master.grad = None
+                with torch.no_grad():
+                    param.copy_(master)
         if not in_backward:
             optimizer.step()
-        with torch.no_grad():
-            for param, master in masters or ():
-                param.copy_(master)
         optimizer.zero_grad(set_to_none=True)
 
 

@@ -114,18 +114,43 @@ class StepRunner:
         """Apply the update (unless it ran inside backward); the gradient norm before clipping."""
         if self.handle is not None:
             return getattr(self.handle, "last_grad_norm", None)
-        for param, master in self.masters:
-            master.grad = None if param.grad is None else param.grad.float()
-            param.grad = None
-        stepped = [m for _, m in self.masters] or self.params
         if self.masters:
-            stepped += [p for p in self.params if p.dtype == torch.float32]
-        norm = float(torch.nn.utils.clip_grad_norm_(stepped, self.clip)) if self.clip > 0 else None
+            return self._step_masters()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip)) if self.clip > 0 else None
         self.optimizer.step()
-        with torch.no_grad():
-            for param, master in self.masters:
-                param.copy_(master)
         return norm
+
+    @torch.no_grad()
+    def _step_masters(self) -> float | None:
+        """One master at a time: its gradient converted to fp32 (scaled by the clipping
+        coefficient), its update, the rounded copy back into the 16-bit param; so only one
+        fp32 gradient exists at a time (mixed precision as DeepSpeed/LOMO measure it)."""
+        with_masters = {id(p) for p, _ in self.masters}
+        plain = [p for p in self.params if id(p) not in with_masters and p.grad is not None]
+        pairs = [(p, m) for p, m in self.masters if p.grad is not None]
+        coef, norm = None, None
+        if self.clip > 0:
+            squares = torch.zeros((), dtype=torch.float32, device=self.device)
+            for grad in [p.grad for p in plain] + [p.grad for p, _ in pairs]:
+                squares += grad.float().square().sum()
+            norm = squares.sqrt()
+            coef = torch.clamp(self.clip / (norm + 1e-6), max=1.0)
+        for p in plain:
+            if coef is not None:
+                p.grad.mul_(coef)
+        if plain:  # fp32 trainables (if any) step together, before any master has a gradient
+            self.optimizer.step()
+            for p in plain:
+                p.grad = None
+        for param, master in pairs:
+            master.grad = param.grad.float()
+            param.grad = None
+            if coef is not None:
+                master.grad.mul_(coef)
+            self.optimizer.step()  # steps only the params with a gradient: this master
+            master.grad = None
+            param.copy_(master)
+        return None if norm is None else float(norm)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
