@@ -90,6 +90,14 @@ ROWS = [
 ROWS[-1].settings.update(optim="sgd_32bit", in_backward=True)
 
 
+CAVEATS = ("Caveats: torchtune's numbers were taken with torch.compile and torchtune's own chunked "
+           "cross-entropy (8 output chunks); the plan is of tightfit's chunked loss (512-token chunks, logits "
+           "recomputed in backward), so those rows show that a tightfit run of the same setup is planned within the "
+           "published peak's 10%, not that the planner models torchtune's code. None of the sources says whether "
+           "its peak is allocated or reserved (torchtune's logger reports both; LOMO does not say); the plan's "
+           "allocated peak is compared, and its CUDA context + 5% slack are left out.")
+
+
 def facts_for(model):
     return facts_from_config(model, "LLaMA-7B", "published architecture") if isinstance(model, dict) \
         else load_model_facts(model)
@@ -135,6 +143,9 @@ def main() -> None:
         lines.append(f"| {short} | {r['setup']} | {r['published_gib']} ({r['measure']}) | "
                      f"{r['planned_allocated_gib']} | {r['error']} | {'yes' if r['within_10pct'] else 'NO'} | "
                      f"{verdict} |")
+    lines += ["", "Sources:", *sorted({f"- {r['source']}" for r in rows}), "", "Stand-ins (tightfit runs with the same "
+              "device memory as what the source ran):", *[f"- {r['setup'].split(':')[0]}: {r['stand_in']}" for r in rows],
+              "", CAVEATS]
     (out / "planner_published.md").write_text("\n".join(lines) + "\n")
     for line in lines[6:]:
         print(line)
