@@ -1,6 +1,7 @@
 """Planner accuracy on CPU: measured (real step) vs simulated (fake tensors) vs analytic
 peaks of live tensor bytes, over the matrix the planner tests check
-(tests/planner/planner_cases.py MATRIX, QLORA_MATRIX; test_simulate.py BF16_MATRIX). Writes
+(tests/planner/planner_cases.py MATRIX, QLORA_MATRIX; test_simulate.py BF16_MATRIX and
+SETTINGS_MATRIX). Writes
 benchmarks/results/planner_accuracy.csv (device, date and versions on every row).
 
     python benchmarks/planner_accuracy.py
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "planner"))
 
 from planner_cases import MATRIX, QLORA_MATRIX, case_id  # noqa: E402
-from test_simulate import BF16_MATRIX  # noqa: E402
+from test_simulate import BF16_MATRIX, SETTINGS_MATRIX  # noqa: E402
 
 from tightfit.planner.api import plan  # noqa: E402
 from tightfit.planner.model_facts import facts_from_config  # noqa: E402
@@ -42,6 +43,12 @@ def rows():
                       advise=False)
         name = f"{'tied' if cfg['tie_word_embeddings'] else 'untied'}-{method}-{optim}-4x64" + ("-ckpt" if ckpt else "")
         yield name + ("-sr" if sr else ""), "bf16", "", result.simulation["peak_bytes"], result.peak_allocated
+    for cfg, settings in SETTINGS_MATRIX:  # FineTune settings: precision modes, chunked loss, LoRA targets
+        result = plan(facts_from_config(cfg, "tiny", "test"), simulate=True, device="cpu", advise=False, **settings)
+        name = (f"{'tied' if cfg['tie_word_embeddings'] else 'untied'}-" + "-".join(
+            f"{v}" for k, v in settings.items() if k not in ("batch_size", "seq", "lora_r")) +
+            f"-{settings['batch_size']}x{settings['seq']}")
+        yield name, settings["precision"], "", result.simulation["peak_bytes"], result.peak_allocated
     for cfg, optim, batch, seq, ckpt in QLORA_MATRIX:
         kw = dict(method="qlora", batch=batch, seq=seq, lora_rank=8, checkpointing=ckpt, dtype="fp32")
         measured = measure_step(cfg, resolve_optimizer(optim), fake=False, **kw).peak_bytes

@@ -21,9 +21,18 @@ Layer 0 saves no norm input under LoRA (the frozen embedding's output needs no g
 Gradient checkpointing (non-reentrant, per block) keeps only each block's input (e·h)
 and recomputes one block's saved set during its backward.
 
+LoRA targets (``Setup.targets``) decide which inputs are read by adapters; adapters of the
+compute dtype (bf16 adapters under bf16) read the saved tensors themselves, without copies.
+fp32 weights under bf16 autocast (``autocast_weights``) keep an fp32 residual stream and
+normalized values, one bf16 copy of each norm output per reading linear, and each
+matmul's bf16 weight cast until its backward. Offloaded activations (``offload``) live on
+the host; a block's saved set comes back to the device for its backward.
+
 Loss (transformers' ForCausalLMLoss): logits (e·V), an fp32 upcast when e < 4 (4V), the
 log-softmax output (4V); backward holds log-softmax output + its gradient + the logits
-gradient (12V) at once.
+gradient (12V) at once. The chunked loss (train/loss.py) holds that for one chunk of
+``LOSS_CHUNK_TOKENS`` tokens, plus the chunk's recomputed logits and the gradient of the
+final hidden states.
 
 The timeline walks forward, loss, backward (lm_head, blocks from the last, embedding),
 and the optimizer step, adding what is live at each point; the peak is its maximum.

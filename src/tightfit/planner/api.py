@@ -1,9 +1,11 @@
 """``plan(...)``: every memory component of one training step, the peak, and a verdict.
 
-The peak is a timeline (activations.py): persistent bytes (weights, adapters, masters,
-optimizer state on the device) plus the largest live set of the step (activations,
-logits/loss, gradients, optimizer-step temporaries). On a GPU the CUDA context and
-allocator slack are added as stated assumptions.
+The step is described by a ``tightfit.finetune.FineTune`` (the settings ``tightfit train``
+runs), given whole or as keywords. The peak is a timeline (activations.py): persistent
+bytes (weights, adapters, masters, optimizer state on the device, paging slots) plus the
+largest live set of the step (activations, logits/loss, gradients, optimizer-step
+temporaries). A GPU step (the default) adds the CUDA context and allocator slack as
+stated assumptions; bitsandbytes' paged state is CUDA managed memory, outside both.
 """
 
 from __future__ import annotations
