@@ -92,3 +92,27 @@ def test_offload_keeps_parameters_and_host_tensors():
     host = torch.ones(3)
     assert _pack(param) is param and _unpack(_pack(host)) is host
     assert offload_activations(True, torch.device("cpu")).__class__.__name__ == "nullcontext"
+
+
+@pytest.mark.parametrize("checkpointing,loss", [(False, "full"), (True, "chunked")])
+def test_offloaded_activations_give_the_same_gradients(monkeypatch, checkpointing, loss):
+    """The offload hooks (here copying every saved activation, as on a GPU) change where
+    tensors wait for backward, not the gradients; also under checkpointing and the chunked
+    loss, which install their own saved-tensor hooks."""
+    from tightfit.train import offload
+
+    model = tiny_llama()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids = torch.randint(0, 61, (2, 16))
+    get_loss(loss)(model, ids, ids).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    copied = []
+    monkeypatch.setattr(offload, "moves_to_host", lambda t: not isinstance(t, torch.nn.Parameter) and
+                        not copied.append(t.numel()))
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: offload._pack(t), offload._unpack):
+        get_loss(loss)(model, ids, ids).backward()
+    assert copied  # activations did go through the host copy
+    for p, g in zip(model.parameters(), expected):
+        assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)

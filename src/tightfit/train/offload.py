@@ -12,11 +12,17 @@ import contextlib
 import torch
 
 
+def moves_to_host(tensor: torch.Tensor) -> bool:
+    """Saved tensors that go to the host: on an accelerator, and not a parameter (or a view of one)."""
+    return tensor.device.type != "cpu" and not isinstance(tensor, torch.nn.Parameter) and \
+        not isinstance(tensor._base, torch.nn.Parameter)
+
+
 def _pack(tensor: torch.Tensor):
-    if tensor.device.type == "cpu" or isinstance(tensor, torch.nn.Parameter) or \
-            isinstance(tensor._base, torch.nn.Parameter):
+    if not moves_to_host(tensor):
         return tensor
-    host = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout, pin_memory=True)
+    host = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout,
+                       pin_memory=tensor.device.type == "cuda")
     host.copy_(tensor, non_blocking=True)
     return tensor.device, host
 
@@ -33,4 +39,4 @@ def offload_activations(enabled: bool, device: torch.device):
     (on a CPU the activations already are in host memory)."""
     if not enabled or device.type == "cpu":
         return contextlib.nullcontext()
-    return torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: _pack(t), _unpack)
