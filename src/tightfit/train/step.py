@@ -32,9 +32,10 @@ def running_finetune(config: FineTune, device: torch.device) -> tuple[FineTune, 
     """What runs on ``device`` and the notes that say how it differs from ``config``."""
     ran = effective(config.finetune(), device.type)
     notes = []
-    if ran.precision != config.precision:
-        notes.append(f"--precision {config.precision} runs as fp32 on the CPU (bf16 math there is ~25x slower); "
-                     "on a GPU it runs as asked")
+    if ran.precision != config.precision or ran.adapter_dtype != config.adapter_dtype:
+        notes.append(f"--precision {config.precision}" + (f" --adapter-dtype {config.adapter_dtype}"
+                                                           if ran.adapter_dtype != config.adapter_dtype else "")
+                     + " runs as fp32 on the CPU (bf16 math there is ~25x slower); on a GPU it runs as asked")
     if config.offload_activations and device.type == "cpu":
         notes.append("--offload-activations does nothing on the CPU: activations already are in host memory")
     if config.paged_budget is not None and device.type == "cpu":
