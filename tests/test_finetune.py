@@ -37,7 +37,7 @@ finetunes = st.builds(
     batch_size=st.integers(1, 16), seq=st.integers(1, 4096), grad_accum=st.integers(1, 8))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(finetunes)
 def test_flags_round_trip_through_every_parser(ft):
     """to_flags(ft) parsed by plan's and train's parsers gives ft back."""
