@@ -41,7 +41,9 @@ def predict(config, model: torch.nn.Module, device: torch.device) -> tuple[Predi
         prediction = Prediction(result.peak_allocated, "max_memory_allocated", result.peak_allocated)
         return prediction, (f"plan: peak {result.peak_allocated / 2**20:.1f} MiB allocated "
                             f"(at {result.peak_at}); measured as torch.cuda.max_memory_allocated")
-    tracked = sum(c.device + c.host for c in result.components if c.name.startswith(TRACKED_COMPONENTS))
+    # sampled after the step: updates inside backward have freed every gradient by then
+    parts = tuple(n for n in TRACKED_COMPONENTS if not (n == "gradients" and ran.in_backward and ran.grad_accum == 1))
+    tracked = sum(c.device + c.host for c in result.components if c.name.startswith(parts))
     prediction = Prediction(tracked, "cpu_tracked_params_grads_state", result.peak_allocated)
     return prediction, (f"plan (CPU step): params + grads + optimizer state {tracked / 2**20:.2f} MiB "
                         f"(peak with activations {result.peak_allocated / 2**20:.2f} MiB; the CPU measures the "
