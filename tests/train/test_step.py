@@ -124,3 +124,16 @@ def test_offloaded_activations_give_the_same_gradients(monkeypatch, checkpointin
     assert copied  # activations did go through the host copy
     for p, g in zip(model.parameters(), expected):
         assert torch.allclose(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(in_backward=True, optim="adamw_8bit", precision="bf16-sr"),
+                                     dict(method="lora", lora_targets="qv", checkpointing=True),
+                                     dict(loss="chunked", precision="bf16-autocast")])
+def test_train_measures_what_the_plan_predicts(micro_config, changes):
+    """On a CPU: parameters + gradients + optimizer state, measured from the live tensors,
+    equal the plan's prediction of them (the GPU compares max_memory_allocated)."""
+    from tightfit.train.loop import train
+
+    result = train(micro_config(steps=2, eval_every=2, **changes).replace(checkpoints=False, save_final=False))
+    assert result.predicted_peak_bytes > 0
+    assert result.peak_memory_bytes == pytest.approx(result.predicted_peak_bytes, rel=0.01)
