@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tightfit.cli.main import build_parser
-from tightfit.finetune import (FINETUNE_FIELDS, FLAGS, PRECISIONS, FineTune, check_finetune, effective, from_dict,
+from tightfit.finetune import (FINETUNE_FIELDS, FLAGS, PRECISIONS, FineTune, check_finetune, effective,
                                from_run_config, lora_target_modules, to_flags)
 from tightfit.train.config import TrainConfig
 

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..finetune import (FINETUNE_FIELDS, LOSS_CHUNK_TOKENS, METHODS, PRECISIONS, FineTune, check_finetune, from_dict,
+from ..finetune import (FINETUNE_FIELDS, LOSS_CHUNK_TOKENS, PRECISIONS, FineTune, check_finetune, from_dict,
                         lora_target_modules)
 from . import components as C
 from .activations import (Setup, block_saved, host_activations, loss_backward, loss_tokens, saved_activations,
