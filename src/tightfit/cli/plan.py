@@ -149,8 +149,11 @@ def print_table(result: Plan) -> None:
                + (f"; CUDA managed {format_bytes(result.managed)}" if result.managed else ""),
                "components are sizes; the peak counts what is live at once"]
     if result.managed:
-        summary.append(f"nvidia-smi would show up to {format_bytes(result.device_total + result.managed)} while the "
-                       "GPU has room for the managed state (torch.cuda.max_memory_allocated does not count it)")
+        shown = result.device_total + result.managed
+        if result.gpu:  # the driver keeps managed pages on the GPU only while it has room
+            shown = min(shown, max(result.gpu["bytes"], result.device_total))
+        summary.append(f"nvidia-smi may show up to {format_bytes(shown)}: the managed state stays on the GPU while "
+                       "it has room (torch.cuda.max_memory_allocated does not count it)")
     if result.simulation:
         sim = result.simulation
         summary.append(f"simulation: {sim['skipped']}" if "skipped" in sim else
