@@ -17,12 +17,14 @@ def test_parse_size(text, expected):
 
 @pytest.mark.parametrize("text,expected", [("rtx4090", ("RTX 4090", 24 * GiB)), ("A100-80GB", ("A100 80GB", 80 * GiB)),
                                            ("H200", ("H200", 141 * GiB)), ("t4", ("NVIDIA T4", 16 * GiB)),
-                                           ("24GiB", ("24GiB", 24 * GiB))])
+                                           ("24GiB", ("24 GiB", 24 * GiB)), ("24", ("24 GiB", 24 * GiB)),
+                                           ("24GB", ("24 GiB", 24 * GiB)), ("24 gb", ("24 GiB", 24 * GiB)),
+                                           ("23.5G", ("23.5 GiB", int(23.5 * GiB))), ("80000MiB", ("78.125 GiB", 80000 * 2**20))])
 def test_resolve_gpu(text, expected):
     assert resolve_gpu(text) == expected
 
 
-@pytest.mark.parametrize("bad", ["24 parsecs", "lots", ""])
+@pytest.mark.parametrize("bad", ["24 parsecs", "lots", "", "0", "0GiB"])
 def test_bad_gpu_names_the_value(bad):
     with pytest.raises(ValueError, match=f"invalid --gpu '{bad}'.*24GiB.*rtx4090"):
         resolve_gpu(bad)
@@ -50,16 +52,19 @@ def test_advice_path_fits_and_limits_are_tight():
     fixed = {**settings, **path["settings"]}
     assert path["fits"] and plan(facts, gpu="24GiB", advise=False, **fixed).fits
     limits = next(row for row in result.advice if row["kind"] == "limits")
-    assert plan(facts, gpu="24GiB", advise=False, **{**fixed, "batch": limits["max_batch"]}).fits
-    assert not plan(facts, gpu="24GiB", advise=False, **{**fixed, "batch": limits["max_batch"] + 1}).fits
+    assert plan(facts, gpu="24GiB", advise=False, **{**fixed, "batch_size": limits["max_batch"]}).fits
+    assert not plan(facts, gpu="24GiB", advise=False, **{**fixed, "batch_size": limits["max_batch"] + 1}).fits
     assert plan(facts, gpu="24GiB", advise=False, **{**fixed, "seq": limits["max_seq"]}).fits
     assert not plan(facts, gpu="24GiB", advise=False, **{**fixed, "seq": limits["max_seq"] + 1}).fits
 
 
 @pytest.mark.parametrize("flag,component,smaller", [
     ({"checkpointing": True}, "activations (saved)", True),
-    ({"in_backward": True}, "gradients", True),
+    ({"in_backward": True, "precision": "bf16-sr"}, "gradients", True),  # fp32 masters step after backward
     ({"stochastic_rounding": True}, "fp32 master weights", None),
+    ({"loss": "chunked"}, "logits + loss (fp32)", True),
+    ({"offload_activations": True}, "activations (saved)", True),
+    ({"lora_targets": "qv", "method": "lora"}, "activations (saved)", True),
 ])
 def test_switches_shrink_their_component(flag, component, smaller):
     facts = load_model_facts("llama-3.2-1b")

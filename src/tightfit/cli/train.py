@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig()
     saved = Path(args.out) / "run_config.json"
     if args.resume and saved.exists():  # resume: the saved run's settings (minus its stop), then what was given
-        base = TrainConfig(**json.loads(saved.read_text())).replace(max_steps=None)
+        base = TrainConfig.from_saved(json.loads(saved.read_text())).replace(max_steps=None)
     config = base.replace(**given, out=args.out, resume=args.resume, progress=not args.quiet)
     return clamp_default_warmup(config, warmup_given="warmup" in given or args.resume)
 

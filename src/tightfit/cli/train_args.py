@@ -1,23 +1,22 @@
 """Command-line options shared by ``tightfit train`` and ``tightfit bench``: one option
-per ``TrainConfig`` field. Options not given stay absent (argparse.SUPPRESS), so a
-preset or a resumed run's saved settings supply them instead of argparse defaults."""
+per ``TrainConfig`` field — the fine-tune fields through ``tightfit.finetune.FLAGS``
+(the same flags as ``tightfit plan``), the training-only ones here. Options not given
+stay absent (argparse.SUPPRESS), so a preset or a resumed run's saved settings supply
+them instead of argparse defaults."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..finetune import FLAGS, add_finetune_arguments
 from ..train.config import TrainConfig
 
 # field -> (type, help); bool fields are flags
 OPTIONS: dict[str, tuple[Any, str]] = {
     "model": (str, "bundled config (llama-tiny, llama-micro), smollm2-135m, a .gguf file, a model folder, or a hub id"),
-    "method": (str, "full | lora | qlora"),
     "data": (str, "comma list of text/JSONL files, folders, or corpus names (shakespeare)"),
     "data_max_chars": (int, "read only the first N characters of each file"),
-    "seq": (int, "tokens per packed block"),
-    "batch_size": (int, "blocks per micro-batch"),
-    "grad_accum": (int, "micro-batches per optimizer step"),
     "steps": (int, "optimizer steps (the schedule's length)"),
     "max_steps": (int, "stop after this many steps; continue later with --resume"),
     "lr": (float, "AdamW-equivalent peak lr (Lion gets lr/3, torch-convention Adafactor its own relative step)"),
@@ -32,10 +31,6 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "eval_batches": (int, "held-out batches per evaluation"),
     "save_every": (int, "checkpoint every N steps (0 = only at the end)"),
     "keep_checkpoints": (int, "checkpoints kept (oldest deleted)"),
-    "lora_r": (int, "LoRA rank"),
-    "lora_alpha": (int, "LoRA alpha"),
-    "lora_dropout": (float, "LoRA dropout"),
-    "grad_checkpointing": (bool, "recompute activations in backward (always on for qlora)"),
     "device": (str, "auto | cpu | cuda"),
 }
 
@@ -54,6 +49,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig,
             shown = ",".join(default) if isinstance(default, list) else default
             group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, metavar=name.split("_")[-1].upper(),
                                help=f"{help_text} [{shown}]")
+    add_finetune_arguments(parser.add_argument_group("fine-tune settings (the same flags as tightfit plan)"),
+                           defaults, suppress=True)
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +73,7 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line."""
-    given = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+    given = {name: getattr(args, name) for name in (*OPTIONS, *FLAGS) if hasattr(args, name)}
     if "data" in given:
         given["data"] = [part for part in given["data"].split(",") if part]
     return given

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..finetune import FINETUNE_FIELDS, FineTune, check_finetune
 from ..names import OPTIMIZER_NAMES
 from .optimizer_specs import PAGED_PREFIX, PEERS
 
@@ -51,19 +52,37 @@ def _flag(key: str) -> Callable[[dict], dict | None]:
     return lambda s: None if s[key] else {**s, key: True}
 
 
+def _bf16_weights(s: dict) -> dict | None:
+    """fp32 weights (fp32, or under bf16 autocast) -> bf16 weights with fp32 masters."""
+    return {**s, "precision": "bf16"} if s["precision"] in ("fp32", "bf16-autocast") else None
+
+
 def _no_masters(s: dict) -> dict | None:
     """bf16 weights updated with stochastic rounding instead of fp32 master weights."""
-    if s["method"] != "full" or s["stochastic_rounding"] or s["dtype"] == "fp32":
+    if s["method"] != "full" or s["precision"] != "bf16" or s["optim"].startswith("torch:"):
         return None
-    return {**s, "stochastic_rounding": True}
+    return {**s, "precision": "bf16-sr"}
+
+
+def _chunked_loss(s: dict) -> dict | None:
+    return {**s, "loss": "chunked"} if s["loss"] == "full" else None
 
 
 def _in_backward(s: dict) -> dict | None:
-    return None if s["in_backward"] or ":" in s["optim"] else {**s, "in_backward": True}
+    if s["in_backward"] or ":" in s["optim"] or s["grad_accum"] > 1:
+        return None
+    return {**s, "in_backward": True}
+
+
+def _half_batch(s: dict) -> dict | None:
+    """Half the micro-batch, twice the accumulation: the same optimizer batch."""
+    if s["batch_size"] < 2:
+        return None
+    return {**s, "batch_size": s["batch_size"] // 2, "grad_accum": s["grad_accum"] * 2}
 
 
 def _lower_rank(s: dict) -> dict | None:
-    return {**s, "lora_rank": s["lora_rank"] // 2} if s["method"] != "full" and s["lora_rank"] > 4 else None
+    return {**s, "lora_r": s["lora_r"] // 2} if s["method"] != "full" and s["lora_r"] > 4 else None
 
 
 def _lighter_method(s: dict) -> dict | None:
@@ -77,13 +96,16 @@ def _half(key: str) -> Callable[[dict], dict | None]:
 
 # name, speed cost (rough), proposal — cheapest in speed first
 CHANGES: list[tuple[str, str, Callable[[dict], dict | None]]] = [
+    ("chunked cross-entropy", "~0-5% slower (each chunk's logits recomputed in backward)", _chunked_loss),
     ("smaller optimizer state", "~0-5% slower (8-bit) / ~10% (4-bit) with fused kernels", _smaller_codec),
+    ("bf16 weights with fp32 masters", "~0% slower on GPUs with bf16 tensor cores", _bf16_weights),
     ("bf16 weights + stochastic rounding, no fp32 masters", "~0% slower; bf16 update precision", _no_masters),
     ("page optimizer state to host", "~0-20% slower (host<->device traffic each step)", _paged),
+    ("update inside backward", "~0% slower; needs --grad-accum 1", _in_backward),
     ("gradient checkpointing", "~30% slower (one extra forward per block)", _flag("checkpointing")),
-    ("update inside backward", "~0% slower; no gradient accumulation across micro-batches without memory",
-     _in_backward),
-    ("halve micro-batch (accumulate to keep the batch)", "lower throughput per step", _half("batch")),
+    ("offload activations to host", "slower by the PCIe copies of every saved activation (not measured)",
+     _flag("offload_activations")),
+    ("halve micro-batch (accumulate to keep the batch)", "lower throughput per step", _half_batch),
     ("halve sequence length", "shorter context", _half("seq")),
     ("halve LoRA rank", "~0% slower; fewer trainable parameters", _lower_rank),
     ("lighter method (full -> LoRA -> QLoRA)", "LoRA trains fewer params; QLoRA ~20-30% slower", _lighter_method),
@@ -92,14 +114,25 @@ CHANGES: list[tuple[str, str, Callable[[dict], dict | None]]] = [
 # the "limits" row (largest sequence that fits).
 NOT_ON_PATH = {"halve sequence length"}
 WORTH_IT = 0.01  # a change joins the path only if it saves >= 1% of the GPU
-SETTING_KEYS = ("method", "optim", "batch", "seq", "lora_rank", "checkpointing", "in_backward",
-                "stochastic_rounding", "dtype")
+SETTING_KEYS = tuple(name for name in FINETUNE_FIELDS if name != "model")
 
 
-def _total(facts, settings: dict, gpu: str) -> int:
+def _propose(propose: Callable[[dict], dict | None], settings: dict) -> dict | None:
+    """The proposal, or None when it does not apply or is not a setting train can run."""
+    proposal = propose(settings)
+    if proposal is None:
+        return None
+    try:
+        check_finetune(FineTune(**proposal))
+    except ValueError:
+        return None
+    return proposal
+
+
+def _total(facts, settings: dict, gpu: str, device: str = "cuda") -> int:
     from .api import plan
 
-    return plan(facts, gpu=gpu, advise=False, **settings).device_total
+    return plan(facts, gpu=gpu, device=device, advise=False, **settings).device_total
 
 
 def _largest(facts, settings: dict, gpu: str, capacity: int, key: str, limit: int) -> int:
@@ -123,10 +156,10 @@ def advise(facts, result) -> list[dict[str, Any]]:
     gpu = str(result.gpu["bytes"]) + "B"
     capacity = result.gpu["bytes"]
     settings = {k: result.settings[k] for k in SETTING_KEYS}
-    settings["lora_rank"] = settings["lora_rank"] or 16
+    settings["lora_r"] = settings["lora_r"] or 16
     rows: list[dict[str, Any]] = []
     for name, cost, propose in CHANGES:
-        single = propose(settings)
+        single = _propose(propose, settings)
         if single is not None:
             total = _total(facts, single, gpu)
             if total < result.device_total:
@@ -140,7 +173,7 @@ def advise(facts, result) -> list[dict[str, Any]]:
     max_seq = facts.max_position or 131072
     rows.append({"kind": "limits", "for": "current settings" if result.fits else
                  ("settings after the changes above" if fits else "current settings"),
-                 "max_batch": _largest(facts, final, gpu, capacity, "batch", 4096),
+                 "max_batch": _largest(facts, final, gpu, capacity, "batch_size", 4096),
                  "max_seq": _largest(facts, final, gpu, capacity, "seq", max_seq)})
     return rows
 
@@ -151,7 +184,7 @@ def _path_to_fit(facts, settings: dict, gpu: str, capacity: int, result) -> tupl
     fits = result.fits
     while not fits:
         for name, _, propose in CHANGES:
-            proposal = None if name in NOT_ON_PATH else propose(current)
+            proposal = None if name in NOT_ON_PATH else _propose(propose, current)
             if proposal is None:
                 continue
             new_total = _total(facts, proposal, gpu)

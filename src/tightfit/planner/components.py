@@ -14,7 +14,8 @@ Formulas (n = elements of a tensor, e = bytes of the weight dtype):
 
   embeddings, norms and lm_head stay in the weight dtype (no upcast: TRL >= 0.26 skips
   peft's ``prepare_model_for_kbit_training`` upcast; with it they would be fp32).
-* LoRA adapters: r·(in + out) per target linear, fp32 (peft ``autocast_adapter_dtype``).
+* LoRA adapters: r·(in + out) per target linear, in the adapter dtype (fp32 by default:
+  peft ``autocast_adapter_dtype``; bf16 as torchtune keeps them).
 * master weights: 4 bytes per trainable element when trainable weights are 16-bit
   (mixed precision); none with ``stochastic_rounding`` (bf16 weights updated with
   stochastic rounding) and none for fp32 weights or fp32 adapters.
@@ -70,14 +71,16 @@ def lora_targets(facts: ModelFacts, targets=DEFAULT_TARGETS) -> list[ParamInfo]:
     return out
 
 
-def trainables(facts: ModelFacts, method: str, dtype: str, lora_rank: int) -> list[Trainable]:
+def trainables(facts: ModelFacts, method: str, dtype: str, lora_rank: int, targets=DEFAULT_TARGETS,
+               adapter_dtype: str = "fp32") -> list[Trainable]:
+    """Full FT: every weight in ``dtype``; LoRA: A (r x in) and B (out x r) per target, in ``adapter_dtype``."""
     if method == "full":
         return [Trainable(p.name, p.shape, dtype) for p in facts.parameters()]
     out = []
-    for p in lora_targets(facts):
+    for p in lora_targets(facts, targets):
         rows, cols = p.shape
-        out += [Trainable(p.name + ".lora_A", (lora_rank, cols), "fp32"),
-                Trainable(p.name + ".lora_B", (rows, lora_rank), "fp32")]
+        out += [Trainable(p.name + ".lora_A", (lora_rank, cols), adapter_dtype),
+                Trainable(p.name + ".lora_B", (rows, lora_rank), adapter_dtype)]
     return out
 
 
@@ -116,16 +119,33 @@ def optimizer_state_bytes(params: list[Trainable], spec, masters: bool) -> int:
     return sum(optimizer_state_bytes_each(params, spec, masters))
 
 
-def paged_split(state_each: list[int], budget: int | None, splittable: bool = False) -> tuple[int, int]:
+# bitsandbytes pages only state1/state2 of tensors with at least this many elements
+BNB_PAGED_MIN_NUMEL = 100_000
+
+
+def managed_split(params: list[Trainable], state_each: list[int]) -> tuple[int, int]:
+    """(device, managed) state bytes of a bitsandbytes paged optimizer: its states live in CUDA
+    managed memory (torch's counters do not see them; the driver keeps them on the GPU while
+    it has room), except for tensors under BNB_PAGED_MIN_NUMEL, which stay ordinary device memory."""
+    device = sum(b for t, b in zip(params, state_each) if t.numel < BNB_PAGED_MIN_NUMEL)
+    return device, sum(state_each) - device
+
+
+def paged_split(state_each: list[int], budget: int | None, splittable: bool = False,
+                per_param: bool = False) -> tuple[int, int]:
     """(state bytes kept on the device, device bytes of the streaming slots) the way
     placement/paged.py splits them: smallest states stay resident while the budget lasts,
     the rest streams through its slots (paged_slot_bytes; ``splittable``: elementwise
-    rules stream large parameters in pieces)."""
+    rules stream large parameters in pieces). ``per_param``: updates inside backward
+    stream one parameter at a time (optimizer.step_param), so the slots are those of the
+    largest single parameter."""
     if budget is None:
         return sum(state_each), 0
     indices = list(range(len(state_each)))
     resident = plan_resident(indices, lambda i: state_each[i], budget)
     paged = [state_each[i] for i in indices if i not in resident]
+    if per_param:
+        return sum(state_each[i] for i in resident), max((paged_slot_bytes([b], splittable) for b in paged), default=0)
     return sum(state_each[i] for i in resident), paged_slot_bytes(paged, splittable)
 
 

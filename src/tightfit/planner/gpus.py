@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .units import parse_size
 
 GiB = 2**30
@@ -25,6 +27,16 @@ ALIASES = {"3090": "rtx3090", "4090": "rtx4090", "5090": "rtx5090", "a100": "a10
            "rtx-3090": "rtx3090", "rtx-4090": "rtx4090"}
 
 
+def gpu_size(text: str) -> int:
+    """Bytes of a ``--gpu`` size. GPU memory is sold in binary units, so a bare number and
+    the vendors' "GB" both mean GiB (an "80GB" A100 has 80 GiB); explicit GiB/MiB/B units
+    are exact."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(gb?)?\s*$", text, re.IGNORECASE)
+    if match:
+        return int(float(match.group(1)) * GiB)
+    return parse_size(text)
+
+
 def resolve_gpu(text: str) -> tuple[str, int]:
     """(display name, bytes) for a GPU name or a size; ValueError naming what is allowed."""
     key = text.strip().lower().replace(" ", "").replace("_", "-")
@@ -32,8 +44,10 @@ def resolve_gpu(text: str) -> tuple[str, int]:
     if key in GPUS:
         return GPUS[key]
     try:
-        size = parse_size(text)
+        size = gpu_size(text)
     except ValueError:
-        raise ValueError(f"invalid --gpu {text!r} (allowed: a size such as 24GiB or 80GB, or one of: "
-                         f"{', '.join(sorted(GPUS))})") from None
-    return text.strip(), size
+        size = 0
+    if size <= 0:
+        raise ValueError(f"invalid --gpu {text!r} (allowed: a size such as 24, 24GiB or 80GB (GB on a GPU is GiB), "
+                         f"or one of: {', '.join(sorted(GPUS))})") from None
+    return f"{size / GiB:g} GiB" if size % (2**20) == 0 else f"{size} B", size

@@ -193,7 +193,13 @@ def load_model_facts(spec: str) -> ModelFacts:
     if spec.lower() in by_key:
         hub_id = by_key[spec.lower()]
         return facts_from_config(json.loads(bundled[hub_id].read_text()), hub_id, "bundled config")
-    listing = ", ".join(f"{k} ({_alias(k)})" for k in bundled)
+    from ..train.model_loading import BUNDLED_CONFIGS, ByteTokenizer
+
+    if spec in BUNDLED_CONFIGS:  # tightfit train's random-init models over the byte tokenizer
+        config = {"model_type": "llama", "vocab_size": ByteTokenizer.vocab_size, "tie_word_embeddings": True,
+                  **BUNDLED_CONFIGS[spec]}
+        return facts_from_config(config, spec, "tightfit train bundled config")
+    listing = ", ".join([f"{k} ({_alias(k)})" for k in bundled] + list(BUNDLED_CONFIGS))
     if "/" in spec and not path.exists():
         allowed, reason = network_allowed()
         if not allowed:

@@ -17,6 +17,7 @@ Accepted names (``allowed_optimizer_names()`` lists them):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,13 +112,22 @@ def _tightfit_spec(name: str, registered: str, paged: bool | str) -> OptimizerSp
                          entry.describe())
 
 
-def resolve_optimizer(name: str) -> OptimizerSpec:
-    """The spec for ``name``; ValueError naming the value and the allowed names."""
+def resolve_optimizer(name: str, paged_budget: str | None = None) -> OptimizerSpec:
+    """The spec for ``name``; ValueError naming the value and the allowed names.
+
+    ``paged_budget`` (tightfit names): page the state, keeping up to this size on the device."""
     if name in OPTIMIZER_NAMES:
-        return _tightfit_spec(name, name, False)
-    if name.startswith(PAGED_PREFIX) and name[len(PAGED_PREFIX):] in OPTIMIZER_NAMES:
-        return _tightfit_spec(name, name[len(PAGED_PREFIX):], True)
-    if name in PEERS:
+        spec = _tightfit_spec(name, name, False)
+    elif name.startswith(PAGED_PREFIX) and name[len(PAGED_PREFIX):] in OPTIMIZER_NAMES:
+        spec = _tightfit_spec(name, name[len(PAGED_PREFIX):], True)
+    elif name in PEERS:
+        if paged_budget is not None:
+            raise ValueError(f"--paged-budget needs a tightfit optimizer (got {name!r})")
         rule, codec, paged, mqn, _, layout = PEERS[name]
         return OptimizerSpec(name, rule, codec, {}, mqn, paged, name.split(":")[0], layout)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(allowed_optimizer_names())}")
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(allowed_optimizer_names())}")
+    if paged_budget is not None:
+        parse_size(paged_budget)  # ValueError naming the value
+        spec = dataclasses.replace(spec, paged=paged_budget)
+    return spec

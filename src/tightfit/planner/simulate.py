@@ -89,34 +89,46 @@ def _real_step_mask_path():
 
 
 def run_step(model, optimizer, input_ids, *, in_backward: bool, tracker: LiveBytesTracker,
-             masters: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+             masters: list[tuple[torch.Tensor, torch.Tensor]] | None = None, compute_dtype: torch.dtype | None = None,
+             loss: str = "full") -> None:
     """Forward, backward, step, zero_grad. ``masters``: (16-bit param, fp32 master) pairs —
-    gradients are converted to fp32 on the masters, the masters step, and are copied back."""
-    dtype = next(model.parameters()).dtype
+    one at a time, the gradient is converted to fp32 on the master, the master steps and is
+    copied back (then the params without masters step).
+    ``compute_dtype`` (default: the weights' dtype) other than fp32 runs under autocast, as
+    HF Trainer bf16=True; ``loss``: a train/loss.py name."""
+    from ..train.loss import get_loss
+
+    dtype = compute_dtype or next(model.parameters()).dtype
     autocast = (torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
-    with tracker.phase("forward"), autocast:  # 16-bit: autocast, as HF Trainer bf16=True
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+    with tracker.phase("forward"), autocast:
+        loss = get_loss(loss)(model, input_ids, input_ids)
     with tracker.phase("backward"):
         loss.backward()
     del loss
     with tracker.phase("optimizer"):
-        for param, master in masters or ():
-            master.grad, param.grad = param.grad.float(), None
+        if masters:  # one master at a time, as train/step.py: one fp32 gradient alive at once
+            for param, master in masters:
+                master.grad, param.grad = param.grad.float(), None
+                optimizer.step()
+                master.grad = None
+                with torch.no_grad():
+                    param.copy_(master)
         if not in_backward:
             optimizer.step()
-        with torch.no_grad():
-            for param, master in masters or ():
-                param.copy_(master)
         optimizer.zero_grad(set_to_none=True)
 
 
 def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str = "full", batch: int = 1,
                  seq: int = 128, lora_rank: int = 16, checkpointing: bool = False, in_backward: bool = False,
-                 dtype: str = "fp32", masters: bool = False, fake: bool = True, seed: int = 0) -> StepMeasurement:
+                 dtype: str = "fp32", masters: bool = False, fake: bool = True, seed: int = 0,
+                 compute_dtype: str | None = None, targets=None, adapter_dtype: str = "fp32",
+                 loss: str = "full") -> StepMeasurement:
     """Peak live bytes of a steady-state training step (see module docstring).
 
-    ``masters``: 16-bit trainable params get fp32 master copies that the optimizer steps
-    (mixed precision with fp32 masters), as the planner assumes for 16-bit full FT.
+    ``dtype``: the weights'; ``compute_dtype`` (default ``dtype``): autocast's. ``masters``:
+    16-bit trainable params get fp32 master copies that the optimizer steps (mixed
+    precision with fp32 masters), as the planner assumes for 16-bit full FT. ``targets``
+    and ``adapter_dtype``: the LoRA adapters; ``loss``: full or chunked (train/loss.py).
     """
     if method not in ("full", "lora", "qlora") or (method == "qlora" and fake):
         raise ValueError(f"cannot {'simulate' if fake else 'measure'} method {method!r} (allowed: full, lora; "
@@ -124,6 +136,11 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     torch.manual_seed(seed)
+    if fake:
+        # one real step of the optimizer first: codecs build their quantization maps once per
+        # process (lru_cache), and a map first built under FakeTensorMode would stay fake
+        from .step_temporaries import step_bytes_per_element
+        step_bytes_per_element(optimizer_spec, torch.float32)
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     model = build_model(hf_config_dict, DTYPES[dtype], fake_mode)
     outer = contextlib.ExitStack()
@@ -137,7 +154,8 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
             quant_states = quantize_nf4(model)
         if method in ("lora", "qlora"):
             from .lora import apply_lora
-            trainable = apply_lora(model, lora_rank)
+            from .lora import DEFAULT_TARGETS
+            trainable = apply_lora(model, lora_rank, targets or DEFAULT_TARGETS, DTYPES[adapter_dtype])
         else:
             trainable = [p for p in model.parameters()]
         if checkpointing:
@@ -159,10 +177,12 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
             if in_backward:
                 from ..backward import step_in_backward
                 handle = step_in_backward(trainable, optimizer)
-            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker, masters=pairs)  # state
+            step = dict(in_backward=in_backward, tracker=tracker, masters=pairs, loss=loss,
+                        compute_dtype=DTYPES[compute_dtype or dtype])
+            run_step(model, optimizer, input_ids, **step)  # creates the state
             persistent = tracker.current
             tracker.peak, tracker.phase_peaks = tracker.current, {}
-            run_step(model, optimizer, input_ids, in_backward=in_backward, tracker=tracker, masters=pairs)
+            run_step(model, optimizer, input_ids, **step)
             if handle is not None:
                 handle.remove()
     return StepMeasurement(tracker.peak, dict(tracker.phase_peaks), persistent, fake)

@@ -1,5 +1,8 @@
 """``TrainConfig``: every knob of a training run, shared by ``tightfit train`` and the bench.
 
+It extends ``tightfit.finetune.FineTune`` (model, method, optimizer, precision, LoRA,
+loss, checkpointing, offloading, micro-batch, sequence, accumulation: what ``tightfit
+plan`` plans) with the training-only knobs (data, schedule, evaluation, checkpoints).
 Fields in ``RESUME_FREE`` may change between a run and its ``--resume``; any other
 difference would break resume-exactness, so resuming with one is refused.
 """
@@ -12,20 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..finetune import FineTune, check_finetune, from_dict
 from .errors import TrainInputError
 
 
 @dataclass
-class TrainConfig:
-    model: str = "llama-tiny"
-    method: str = "full"
-    optim: str = "adamw_32bit"
+class TrainConfig(FineTune):
     data: list[str] = field(default_factory=lambda: ["shakespeare"])
     data_max_chars: int | None = None  # per file; None = whole files
     out: str | None = None
-    seq: int = 128
-    batch_size: int = 8
-    grad_accum: int = 1
     steps: int = 100  # the schedule's length
     max_steps: int | None = None  # stop after this many steps (continue later with resume)
     lr: float = 1e-3  # AdamW-equivalent peak lr (see peers.LR_RULES)
@@ -42,10 +40,6 @@ class TrainConfig:
     checkpoints: bool = True  # False: no checkpoints at all (bench runs)
     keep_checkpoints: int = 2
     save_final: bool = True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    grad_checkpointing: bool = False
     device: str = "auto"
     resume: bool = False
     progress: bool = True
@@ -56,11 +50,23 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A config from a saved run_config.json (older runs: legacy names mapped, and the
+        fp32 precision they ran with)."""
+        fine = from_dict(data, FineTune(precision="fp32") if "precision" not in data else None)
+        rest = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(**{**rest, **fine.__dict__})
+
 
 RESUME_FREE = {"out", "max_steps", "resume", "progress", "save_every", "keep_checkpoints", "checkpoints", "device"}
 
 
 def check_sizes(config: TrainConfig) -> None:
+    try:
+        check_finetune(config)
+    except ValueError as err:
+        raise TrainInputError(str(err)) from None
     for name in ("seq", "batch_size", "grad_accum", "steps", "eval_batches"):
         value = getattr(config, name)
         if value < 1:
@@ -86,7 +92,7 @@ def check_resume_config(out: Path, config: TrainConfig) -> None:
     path = out / "run_config.json"
     if not path.exists():
         raise TrainInputError(f"--resume: {out} has no run_config.json (not a tightfit train output folder)")
-    saved = json.loads(path.read_text())
+    saved = TrainConfig.from_saved(json.loads(path.read_text())).to_dict()
     now = config.to_dict()
     changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
     if changed:

@@ -24,11 +24,13 @@ from .config import TrainConfig, check_sizes
 from .data import IGNORE_INDEX, PackedData, check_trainable, data_summary_lines, load_data, summarize_data
 from .errors import TrainInputError, note
 from .memory import PeakMemory
-from .methods import LoraOptions, get_method
+from .methods import get_method
 from .model_loading import LoadedModel, context_length, is_random_init, load_model
-from .peers import build_optimizer, check_optimizer_name, lr_for, optimizer_state_bytes, quantized_state_summary
+from .peers import check_optimizer_name, lr_for, optimizer_state_bytes, quantized_state_summary
+from .plan_check import compare, predict
 from .run_folder import check_output, create_output, save_final
 from .schedule import build_scheduler
+from .step import StepRunner, build_runner, compute_dtype, prepare_model
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TrainResult:
     eval_loss: list[tuple[int, float]] = field(default_factory=list)
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    predicted_peak_bytes: int = 0  # tightfit plan's prediction of peak_memory_bytes (same kind)
     rss_peak_bytes: int = 0
     optimizer_state_bytes: int = 0
     quantized_states: str = "-"
@@ -112,7 +115,8 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def load_for(config: TrainConfig) -> LoadedModel:
     """Model + tokenizer for ``config`` (quantized base for QLoRA)."""
-    return load_model(config.model, config.seed, get_method(config.method).quantization())
+    quantization = get_method(config.method).quantization(compute_dtype(config, pick_device(config.device)))
+    return load_model(config.model, config.seed, quantization)
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Session:
     tokenizer: Any
     result: TrainResult
     memory: PeakMemory
+    runner: StepRunner
     resume_from: Path | None = None
     tokens_seen: int = 0
     step_times: list[float] = field(default_factory=list)
@@ -162,23 +167,26 @@ def build_session(config: TrainConfig, data: PackedData | None, loaded: LoadedMo
             note(f"warning: --method {config.method} on {config.model}, a random-init model: adapters on untrained "
                  f"weights learn little; use --method full, or a pretrained model (smollm2-135m, a folder, a hub id)")
     create_output(config, out, {"model": config.model, "model_source": loaded.source, "data": summary})
+    prediction, said = predict(config, loaded.model, device)
     torch.manual_seed(config.seed)  # LoRA init and dropout draw from here
-    model = method.prepare(loaded.model, LoraOptions(config.lora_r, config.lora_alpha, config.lora_dropout),
-                           config.grad_checkpointing)
+    model = prepare_model(config, loaded.model, device)
     if not getattr(loaded.model, "is_loaded_in_4bit", False):  # bitsandbytes placed the 4-bit base already
         model.to(device)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(config.optim, params, config.lr, config.weight_decay)
+    runner = build_runner(config, model, device)
+    params, optimizer = runner.params, runner.optimizer
     scheduler = build_scheduler(optimizer, config.schedule, config.warmup, config.steps, config.min_lr_ratio)
     result = TrainResult(config.optim, lr_for(config.optim, config.lr), 0, device=str(device), model_source=loaded.source,
                          out=str(out) if out else None, trainable_params=sum(p.numel() for p in params),
                          total_params=sum(p.numel() for p in model.parameters()), data_tokens=summary["tokens"],
                          train_blocks=summary["train_blocks"], eval_blocks=summary["eval_blocks"],
                          eval_blocks_scored=summary["eval_blocks_scored"],
-                         epochs=summary["epochs"])
+                         epochs=summary["epochs"], predicted_peak_bytes=prediction.bytes if prediction else 0)
+    if config.progress:
+        for line in [*runner.notes, said]:
+            note(line)
     return Session(config, model, params, optimizer, scheduler, data, device, out, loaded.tokenizer, result,
-                   PeakMemory(device), resume_from)
+                   PeakMemory(device), runner, resume_from)
 
 
 def restore(session: Session) -> int:
@@ -204,15 +212,14 @@ def train_step(s: Session, step: int) -> dict[str, Any]:
         batch, labels = s.data.labeled_batch(step * config.grad_accum + micro, config.batch_size)
         if not bool((labels[:, 1:] != IGNORE_INDEX).any()):
             continue  # a micro-batch of prompt tokens only: no loss, no gradient
-        loss = s.model(input_ids=batch.to(s.device), labels=labels.to(s.device)).loss
-        (loss / config.grad_accum).backward()
+        loss = s.runner.loss(batch.to(s.device), labels.to(s.device))
+        s.runner.backward(loss / config.grad_accum)
         loss_sum += loss.detach().item()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(s.params, config.clip)) if config.clip > 0 else None
     lr_now = s.optimizer.param_groups[0]["lr"]
-    s.optimizer.step()
+    grad_norm = s.runner.step()
     s.memory.sample(s.model, optimizer_state_bytes(s.optimizer))  # the high point: grads and new state alive
     s.scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
+    s.runner.zero_grad()
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     s.step_times.append(time.perf_counter() - began)
@@ -275,7 +282,17 @@ def train(config: TrainConfig, data: PackedData | None = None, loaded: LoadedMod
             log.close()
     if s.out is not None and config.save_final and stop == config.steps:
         save_final(s.out, s.model, s.tokenizer, final_record(config, s, stop))
-    return summarize(s, stop)
+    result = summarize(s, stop)
+    if config.progress:
+        note(compare(prediction_of(s), result.peak_memory_bytes))
+    return result
+
+
+def prediction_of(s: Session):
+    from .plan_check import Prediction
+
+    bytes_ = s.result.predicted_peak_bytes
+    return Prediction(bytes_, s.memory.kind, 0) if bytes_ else None
 
 
 def final_record(config: TrainConfig, s: Session, step: int) -> dict[str, Any]:
