@@ -18,6 +18,7 @@ import torch
 
 from ...codecs import Encoded, get_codec
 from ...codecs.maps import QuantMap
+from .bounds import checked_filler
 
 MAX_STATES = 2
 N_COEFFS = 8
@@ -151,6 +152,7 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
     "8bit": ({"codes": torch.uint8, "absmax": torch.float32}, _fill_blockwise(2)),
     "4bit": ({"codes": torch.uint8, "absmax": torch.float32}, _fill_blockwise(3)),
 }
+CODEC_FILLERS = {name: (dtypes, checked_filler(fill)) for name, (dtypes, fill) in CODEC_FILLERS.items()}
 
 
 def make_job(call: RuleCall, param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
