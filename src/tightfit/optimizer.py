@@ -204,6 +204,17 @@ class TightfitOptimizer(torch.optim.Optimizer):
                                    f"(parameter of shape {tuple(param.shape)}); use a dense gradient")
             self._step_params(group, [param])
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        handle = getattr(self, "_in_backward_handle", None)
+        if handle is not None:
+            handle._recover_if_abandoned()
+            if handle.micro_batch > 0:
+                raise RuntimeError(f"zero_grad() inside an accumulation window (micro-batch {handle.micro_batch} of "
+                                   f"{handle.accumulation_steps}) would drop the accumulated gradients; updates "
+                                   "inside backward free gradients themselves. Call handle.restart_window() to "
+                                   "discard them on purpose")
+        super().zero_grad(set_to_none)
+
     # -- reporting ---------------------------------------------------------------------
     @property
     def skipped_steps(self) -> int:
