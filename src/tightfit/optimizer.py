@@ -61,13 +61,16 @@ class TightfitOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles only defaults, state and param_groups; the rule may be chosen per
         # instance (Adafactor's convention), so it travels by its registered name
-        return {**super().__getstate__(), "rule_name": self.rule.name}
+        state = super().__getstate__()
+        if "rule" in self.__dict__:
+            state["rule_name"] = self.rule.name
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         rule_name = state.pop("rule_name", None)
         super().__setstate__(state)
-        if rule_name is not None and rule_name != type(self).rule.name:
+        if rule_name is not None:
             self.rule = get_rule(rule_name)
         self._placements, self._warned = {}, set()
 
