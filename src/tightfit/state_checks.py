@@ -27,6 +27,12 @@ SAME_MEANING = {"adamw": {"decoupled_weight_decay": True}}
 _OPTIONAL_STATES_ON = {"momentum": 0.9, "beta1": 0.9}
 
 
+def same(value: Any, expected: Any) -> bool:
+    """``value == expected`` for plain values only: a saved field may be anything (a tensor
+    compared with == gives a tensor, whose truth value can raise)."""
+    return type(value) is type(expected) and value == expected
+
+
 def check_structure(sd: Any) -> None:
     if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
         raise ValueError("not an optimizer state_dict: expected a dict with 'state' and 'param_groups'")
@@ -64,12 +70,12 @@ def _state_owners() -> dict[str, frozenset[str]]:
 
 def _foreign_keys(rule: Rule, group: dict[str, Any]) -> dict[str, list[str]]:
     """Hyperparameters in a saved group that only other rules have: key -> those rules."""
-    same = SAME_MEANING.get(rule.name, {})
+    equivalent = SAME_MEANING.get(rule.name, {})
     foreign = {}
     for key, value in group.items():
         if key in rule.defaults or key in rule.torch_group_extras or key in TORCH_ONLY_GROUP_KEYS:
             continue
-        if key in same and value == same[key]:
+        if key in equivalent and same(value, equivalent[key]):
             continue
         owners = sorted(r.name for r in RULES.values() if key in r.defaults and r.name != rule.name)
         if owners:

@@ -20,7 +20,7 @@ from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
 from .codecs.validate import check_encoded
 from .distributed.shards import state_shape
 from .state_checks import (SAME_MEANING, TORCH_ONLY_GROUP_KEYS, check_groups_belong, check_plain_state,
-                           check_states_belong, check_structure, scalar)
+                           check_states_belong, check_structure, same, scalar)
 
 ENCODED_FIELDS = ("codec", "kind", "block_size", "format", "shape")
 COUNTERS = ("step", "nonfinite_skips")
@@ -46,14 +46,14 @@ def _encoded_from_dict(where: str, d: Any, spec, expected_shape: torch.Size) -> 
     missing = [k for k in ENCODED_FIELDS if k not in d]
     if missing:
         raise ValueError(f"{where} lacks {missing}; expected a tightfit encoded state with {list(ENCODED_FIELDS)}")
-    if d["format"] != FORMAT_VERSION:
+    if not same(d["format"], FORMAT_VERSION):
         raise ValueError(f"{where} has format {d['format']!r}; this tightfit reads format {FORMAT_VERSION}")
     if not isinstance(d["codec"], str) or d["codec"] not in CODECS:
         raise ValueError(f"{where} uses unknown codec {d['codec']!r}; known: {sorted(CODECS)}")
     codec = get_codec(d["codec"])
-    if d["block_size"] != codec.block_size:
+    if not same(d["block_size"], codec.block_size):
         raise ValueError(f"{where}: block size {d['block_size']!r} but codec {codec.name!r} uses {codec.block_size!r}")
-    if d["kind"] != spec.kind:
+    if not same(d["kind"], spec.kind):
         raise ValueError(f"{where} has kind {d['kind']!r}; {spec.name!r} is a {spec.kind!r} state")
     shape = d["shape"]
     if (not isinstance(shape, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, int) for s in shape)
@@ -90,10 +90,11 @@ def _merged_groups(opt, saved_groups: list[dict[str, Any]]) -> list[dict[str, An
     kept from the live groups where the dict lacks them, and the live params."""
     merged = []
     for saved, live in zip(saved_groups, opt.param_groups):
-        if saved.get("amsgrad"):
-            raise ValueError("state_dict has amsgrad=True; tightfit does not support amsgrad (allowed: amsgrad=False)")
-        same = SAME_MEANING.get(opt.rule.name, {})
-        g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad" and k not in same}
+        if not (same(saved.get("amsgrad", False), False) or saved.get("amsgrad") is None):
+            raise ValueError(f"state_dict has amsgrad={saved['amsgrad']!r}; tightfit does not support amsgrad "
+                             "(allowed: amsgrad=False)")
+        converted = SAME_MEANING.get(opt.rule.name, {})
+        g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad" and k not in converted}
         g["params"] = live["params"]
         if "param_names" in live and "param_names" not in g:
             g["param_names"] = live["param_names"]
@@ -116,10 +117,10 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
     check_structure(sd)
     meta = sd.get("tightfit")
     if meta is not None:
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or not same(meta.get("format"), FORMAT_VERSION):
             found = meta.get("format") if isinstance(meta, dict) else meta
             raise ValueError(f"tightfit state_dict format {found!r}; this tightfit reads format {FORMAT_VERSION}")
-        if meta.get("rule") != opt.rule.name:
+        if not same(meta.get("rule"), opt.rule.name):
             raise ValueError(f"state_dict is for rule {meta.get('rule')!r}, this optimizer runs {opt.rule.name!r}")
     saved_groups = copy.deepcopy(list(sd["param_groups"]))
     if len(saved_groups) != len(opt.param_groups):
