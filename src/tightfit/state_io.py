@@ -5,6 +5,11 @@ Each encoded state is stored as a plain dict (loadable with weights_only=True):
 ``"tightfit": {"format", "rule"}``. Loading accepts this format (re-encoding when the
 target codec differs; bit-exact when it is the same) and torch.optim state_dicts whose
 state names match the rule's (exp_avg, exp_avg_sq, momentum_buffer), quantized on load.
+
+Loading is validate-then-swap: ``decode_state_dict`` checks and decodes the whole dict
+(structure, the rule it came from, hyperparameters, counters, every buffer against its
+codec: state_checks.py, codecs/validate.py) without touching the optimizer; only then
+``install`` replaces groups and state. A refused dict leaves the optimizer as it was.
 """
 
 from __future__ import annotations
@@ -64,9 +69,8 @@ def _encoded_from_dict(where: str, d: Any, spec, expected_shape: torch.Size) -> 
     return enc
 
 
-def export_state_dict(opt) -> dict[str, Any]:
-    """torch's packing (params as indices in group order; state keys that are not params
-    kept as they are), with each encoded state as a plain dict."""
+def _packed_groups(opt) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """torch's packing of param groups: params as indices in group order (and that index by id)."""
     index: dict[int, int] = {}
     groups = []
     for group in opt.param_groups:
@@ -77,6 +81,13 @@ def export_state_dict(opt) -> dict[str, Any]:
             index.setdefault(id(p), len(index))
         packed["params"] = [index[id(p)] for p in group["params"]]
         groups.append(packed)
+    return groups, index
+
+
+def export_state_dict(opt) -> dict[str, Any]:
+    """torch's packing (state keys that are not params kept as they are), with each
+    encoded state as a plain dict."""
+    groups, index = _packed_groups(opt)
     state = {}
     for key, value in opt.state.items():
         if isinstance(value, dict):
@@ -211,7 +222,7 @@ def install(opt, loaded: LoadedState) -> None:
 
 def to_torch_state_dict(opt) -> dict[str, Any]:
     """torch.optim layout: decoded states in the parameter's dtype, torch's group flags."""
-    sd = export_state_dict(opt)
+    packed, _ = _packed_groups(opt)
     params = [p for g in opt.param_groups for p in g["params"]]
     state = {}
     for idx, param in enumerate(params):
@@ -224,7 +235,7 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
                 out[k] = get_codec(v.codec).decode(v).to(param.dtype, copy=True)  # never share storage with our state
         state[idx] = out
     groups = []
-    for g in sd["param_groups"]:
+    for g in packed:
         tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged")}
         tg.update({k: v for k, v in opt.rule.torch_group_extras.items() if k not in tg})
         groups.append(tg)
