@@ -144,3 +144,95 @@ def test_parameters_missing_from_the_optimizer_are_refused():
     model = small_mlp()
     with pytest.raises(ValueError, match="not in the optimizer"):
         tightfit.step_in_backward(model, tightfit.AdamW(model[0].parameters()))
+
+
+# --- robustness: failures and misuse ---------------------------------------------------
+
+def _raising_loss(model, batch):
+    """A loss whose backward raises after the last two Linears got their gradients."""
+    x, y = batch
+    hidden = model[:2](x)
+
+    def boom(_):
+        raise RuntimeError("boom")
+    hidden.register_hook(boom)
+    return torch.nn.functional.mse_loss(model[2:](hidden), y)
+
+
+@pytest.mark.parametrize("through_handle", [False, True])
+def test_a_backward_that_raises_starts_a_clean_window(through_handle):
+    model = small_mlp()
+    twin = copy.deepcopy(model)
+    normal = tightfit.AdamW(model.parameters(), lr=1e-2)
+    inside = tightfit.AdamW(twin.parameters(), lr=1e-2)
+    handle = tightfit.step_in_backward(twin, inside, accumulation_steps=2)
+    run = handle.backward if through_handle else torch.Tensor.backward
+    batches = [regression_batch(seed=s, n=16) for s in range(4)]
+    with pytest.raises(RuntimeError, match="boom"):  # some gradients of this pass accumulated, then it failed
+        run(_raising_loss(twin, batches[1]))
+    assert any(p.grad is not None for p in twin.parameters()) != through_handle  # handle.backward cleans at once
+    for b in batches[2:]:  # a fresh window: exactly one update, from these two batches only
+        run(loss_of(twin, b))
+    for b in batches[2:]:
+        loss_of(model, b).backward()
+    normal.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert b.grad is None
+    assert handle.micro_batch == 0
+
+
+def test_removing_a_stale_handle_leaves_the_new_one_attached():
+    model = small_mlp()
+    opt = tightfit.SGD(model.parameters(), lr=0.1)
+    old = tightfit.step_in_backward(model, opt)
+    old.remove()
+    new = tightfit.step_in_backward(model, opt)
+    old.remove()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss_of(model, regression_batch()).backward()
+    assert opt._in_backward_handle is new
+    assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    with pytest.raises(RuntimeError, match="removed"):
+        old.backward(loss_of(model, regression_batch()))
+    new.remove()
+    new.remove()  # idempotent
+    assert opt._in_backward_handle is None
+
+
+def test_a_parameter_unfrozen_after_hooking_is_refused_loudly():
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters())
+    model[0].weight.requires_grad_(False)
+    handle = tightfit.step_in_backward(model, opt)
+    model[0].weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match=r"shapes \[\(64, 24\)\]\) became trainable after step_in_backward"):
+        loss_of(model, regression_batch()).backward()
+    handle.remove()
+
+
+def test_loss_backward_with_clipping_is_refused_on_every_micro_batch():
+    model = small_mlp()
+    handle = tightfit.step_in_backward(model, tightfit.AdamW(model.parameters()), accumulation_steps=3,
+                                       max_grad_norm=1.0)
+    with pytest.raises(RuntimeError, match="handle.backward"):  # micro-batch 0: nothing updates, still refused
+        loss_of(model, regression_batch()).backward()
+    assert handle.micro_batch == 0 and all(p.grad is None for p in model.parameters())
+    handle.backward(loss_of(model, regression_batch()))
+    assert handle.micro_batch == 1
+    handle.remove()
+
+
+def test_zero_grad_inside_an_accumulation_window_is_refused():
+    model = small_mlp()
+    opt = tightfit.AdamW(model.parameters())
+    handle = tightfit.step_in_backward(model, opt, accumulation_steps=2)
+    opt.zero_grad()  # between windows: allowed (nothing accumulated)
+    loss_of(model, regression_batch()).backward()
+    with pytest.raises(RuntimeError, match=r"zero_grad\(\) inside an accumulation window \(micro-batch 1 of 2\)"):
+        opt.zero_grad()
+    assert all(p.grad is not None for p in model.parameters())  # nothing was dropped
+    handle.restart_window()
+    assert handle.micro_batch == 0 and all(p.grad is None for p in model.parameters())
+    opt.zero_grad()
+    handle.remove()

@@ -125,6 +125,14 @@ BAD_HYPERPARAMETERS = [
     (lambda p: tightfit.SGD(p, momentum=1.5), r"invalid momentum: 1.5"),
     (lambda p: tightfit.SGD(p, nesterov=True), r"nesterov=True needs momentum > 0"),
     (lambda p: tightfit.AdamW([{"params": p, "lr": -1}]), r"invalid lr: -1"),
+    # non-finite values pass a range check (inf >= 0) but make the params inf/NaN
+    (lambda p: tightfit.AdamW(p, lr=float("inf")), r"invalid lr: inf \(allowed: finite numbers"),
+    (lambda p: tightfit.AdamW(p, weight_decay=float("inf")), r"invalid weight_decay: inf"),
+    (lambda p: tightfit.AdamW(p, eps=float("inf")), r"invalid eps: inf"),
+    (lambda p: tightfit.SGD(p, lr=torch.tensor(float("inf"))), r"invalid lr: tensor\(inf\)"),
+    (lambda p: tightfit.Adafactor(p, eps=(None, float("inf"))), r"invalid eps: \(None, inf\)"),
+    (lambda p: tightfit.CAME(p, lr=1e-3, clip_threshold=float("nan")), r"invalid clip_threshold: nan"),
+    (lambda p: tightfit.SophiaG(p, rho=float("inf")), r"invalid rho: inf"),
 ]
 
 
@@ -246,3 +254,41 @@ def test_explicit_impl_that_cannot_run_lists_usable_ones():
             select_implementation("never", tightfit.rules.ADAMW, [p], [opt.state[p]])
     finally:
         del IMPLEMENTATIONS["never"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.complex64])
+def test_params_of_other_dtypes_are_refused_not_rounded(dtype):
+    """float64 math would be rounded to float32 every step (SGD at lr 1e-6 would leave 1000.0
+    unchanged where torch gives 999.999999): refused, naming the dtype and what is allowed."""
+    p = torch.nn.Parameter(torch.full((3,), 1000.0, dtype=torch.float64)) if dtype == torch.float64 \
+        else torch.zeros(3, dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(ValueError, match=rf"dtype {name}.*allowed: float32, bfloat16, float16"):
+        tightfit.SGD([p], lr=1e-6)
+    opt = tightfit.SGD([torch.nn.Parameter(torch.zeros(3))], lr=1e-6)
+    with pytest.raises(ValueError, match=rf"dtype {name}"):
+        opt.add_param_group({"params": [p]})
+    assert len(opt.param_groups) == 1
+
+
+def test_a_refused_param_group_is_not_kept():
+    opt = tightfit.AdamW([torch.nn.Parameter(torch.zeros(3))])
+    extra = torch.nn.Parameter(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"invalid lr: nan"):
+        opt.add_param_group({"params": [extra], "lr": float("nan")})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [extra], "lr": 1e-2})  # the same param can then be added properly
+    assert opt.param_groups[1]["params"] == [extra]
+
+
+@pytest.mark.parametrize("convention", ["torch", "hf"])
+def test_adafactor_convention_survives_deepcopy_and_pickling(convention, tmp_path):
+    model = small_mlp()
+    opt = tightfit.Adafactor(model.parameters(), convention=convention)
+    train(model, opt, 1)
+    torch.save(opt, tmp_path / "opt.pt")
+    for copied in (copy.deepcopy(opt), torch.load(tmp_path / "opt.pt", weights_only=False)):
+        assert copied.convention == convention and copied.rule is opt.rule
+        for p in copied.state:
+            p.grad = torch.ones_like(p)
+        copied.step()  # the HF convention used to come back as torch's and raise KeyError 'beta2_decay'

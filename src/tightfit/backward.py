@@ -33,21 +33,33 @@ from .optimizer import TightfitOptimizer
 
 
 class InBackwardHandle:
-    """Returned by ``step_in_backward``; ``remove()`` detaches the hooks."""
+    """Returned by ``step_in_backward``; ``remove()`` detaches the hooks.
+
+    Robustness: a backward that raised leaves its accumulation window unfinished; the next
+    backward (or ``handle.backward``) notices and starts a clean window (gradients of the
+    hooked params dropped; updates the failed pass already applied stay). Misuse that would
+    change accumulation silently raises instead: ``loss.backward()`` when clipping (the norm
+    pass would be skipped), ``opt.zero_grad()`` inside a window, and parameters that became
+    trainable after hooking (they would never be updated).
+    """
 
     def __init__(self, optimizer: TightfitOptimizer, params: list[torch.Tensor], accumulation_steps: int,
-                 max_grad_norm: float | None) -> None:
+                 max_grad_norm: float | None, frozen: list[torch.Tensor]) -> None:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
         self.max_grad_norm = max_grad_norm
         self.micro_batch = 0  # index within the accumulation window
+        self._params = params
+        self._frozen = frozen  # not hooked: must stay frozen while the hooks live
         self._group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
         self._mode = "update"  # "norm" during the first pass of a clipped backward
         self._sq_norm = torch.zeros((), dtype=torch.float64)
         self._clip_coef: torch.Tensor | None = None
-        self._end_queued = False
+        self._had_grad: set = set()
+        self._task: int | None = None  # the backward in progress (autograd graph task id)
+        self._in_handle_backward = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in params]
-        self._hooks += [p.register_hook(self._norm_pass_hook(p)) for p in params]
+        self._hooks += [p.register_hook(self._before_accumulate(p)) for p in params]
         optimizer._in_backward_handle = self
 
     @property
@@ -55,19 +67,45 @@ class InBackwardHandle:
         """True when the next backward is the last micro-batch of the window (it updates)."""
         return self.micro_batch == self.accumulation_steps - 1
 
-    def _queue_end_of_backward(self) -> None:
-        if not self._end_queued:
-            self._end_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+    @property
+    def active(self) -> bool:
+        return self.optimizer._in_backward_handle is self
+
+    def restart_window(self) -> None:
+        """Drop the gradients accumulated in this window and start a new one."""
+        for p in self._params:
+            p.grad = None
+        self.micro_batch, self._mode, self._clip_coef, self._task = 0, "update", None, None
+
+    def _recover_if_abandoned(self) -> None:
+        if self._task is not None:  # a backward began and never reached its end: it raised
+            self.restart_window()
+
+    def _on_backward_start(self) -> None:
+        """Once per backward pass, before any hooked gradient accumulates."""
+        task = torch._C._current_graph_task_id()
+        if task == self._task:
+            return
+        self._recover_if_abandoned()
+        woke = [tuple(p.shape) for p in self._frozen if p.requires_grad]
+        if woke:
+            raise RuntimeError(f"{len(woke)} parameter(s) (shapes {woke[:3]}) became trainable after step_in_backward "
+                               "hooked the model; they would never be updated. Call handle.remove() and "
+                               "step_in_backward(...) again (with the optimizer holding them)")
+        if self.max_grad_norm is not None and not self._in_handle_backward:
+            raise RuntimeError("max_grad_norm is set: run backward through handle.backward(loss), which measures "
+                               "the gradient norm before updating (loss.backward() would skip clipping and "
+                               "desynchronize the accumulation window)")
+        self._task = task
+        torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
 
     def _end_of_backward(self) -> None:
-        self._end_queued = False
+        self._task = None
         if self._mode == "update":
             self.micro_batch = 0 if self.updating else self.micro_batch + 1
 
     @torch.no_grad()
     def _on_grad_ready(self, param: torch.Tensor) -> None:
-        self._queue_end_of_backward()
         if not self.updating:
             return  # accumulate: the gradient stays in .grad
         if self._mode == "norm":
@@ -83,9 +121,11 @@ class InBackwardHandle:
         param.grad = None
         self.optimizer._opt_called = True  # tells LR schedulers that the optimizer stepped
 
-    def _norm_pass_hook(self, param: torch.Tensor):
-        """During pass 1: add ||accumulated + new gradient||^2 to the norm, accumulate nothing."""
+    def _before_accumulate(self, param: torch.Tensor):
+        """Runs on each new gradient before it accumulates; during pass 1 of a clipped
+        backward it adds ||accumulated + new gradient||^2 to the norm and accumulates nothing."""
         def hook(grad: torch.Tensor):
+            self._on_backward_start()
             if self._mode != "norm" or not self.updating:
                 return None
             with torch.no_grad():
@@ -98,27 +138,37 @@ class InBackwardHandle:
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, with the extra norm pass when clipping on an updating pass."""
-        if self.max_grad_norm is None or not self.updating:
-            loss.backward()
-            return
-        self._mode, self._sq_norm, self._had_grad = "norm", torch.zeros((), dtype=torch.float64), set()
+        if not self.active:
+            raise RuntimeError("this in-backward handle was removed; backward() through it would not update")
+        self._recover_if_abandoned()
+        self._in_handle_backward = True
         try:
-            loss.backward(retain_graph=True)
-        finally:
-            self._mode = "update"
-        norm = self._sq_norm.sqrt()
-        self.last_grad_norm = float(norm)
-        self._clip_coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0).float()
-        try:
+            if self.max_grad_norm is None or not self.updating:
+                loss.backward()
+                return
+            self._mode, self._sq_norm, self._had_grad = "norm", torch.zeros((), dtype=torch.float64), set()
+            try:
+                loss.backward(retain_graph=True)
+            finally:
+                self._mode = "update"
+            norm = self._sq_norm.sqrt()
+            self.last_grad_norm = float(norm)
+            self._clip_coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0).float()
             loss.backward()
+        except BaseException:
+            self.restart_window()  # the failed pass's partial gradients must not leak into the next window
+            raise
         finally:
             self._clip_coef = None
+            self._in_handle_backward = False
 
     def remove(self) -> None:
+        """Detach this handle's hooks; a second call, or a call on a handle already replaced, does nothing."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self.optimizer._in_backward_handle = None
+        if self.active:
+            self.optimizer._in_backward_handle = None
 
 
 def step_in_backward(model_or_params: torch.nn.Module | Iterable[torch.Tensor], optimizer: TightfitOptimizer, *,
@@ -152,4 +202,5 @@ def step_in_backward(model_or_params: torch.nn.Module | Iterable[torch.Tensor], 
     if missing:
         raise ValueError(f"{len(missing)} trainable parameter(s) are not in the optimizer (shapes {missing[:3]}...)")
     params = [p for p in wanted if p.requires_grad]
-    return InBackwardHandle(optimizer, params, accumulation_steps, max_grad_norm)
+    frozen = [p for p in wanted if not p.requires_grad]
+    return InBackwardHandle(optimizer, params, accumulation_steps, max_grad_norm, frozen)

@@ -15,13 +15,14 @@ import torch
 
 from . import state_io
 from .codecs import Codec, Encoded, get_codec
-from .impl import implementation_names, select_implementation
+from .group_checks import validate_group
+from .impl import select_implementation
 from .distributed.shards import is_dtensor, state_shape
 from .distributed.step import step_dtensor_params
 from .impl.base import StochasticRounding
 from .memory_report import MemoryReport, memory_report
 from .placement import Placement, device_budget, make_placement
-from .rules import Rule, StateSpec
+from .rules import Rule, StateSpec, get_rule
 from .state_bytes import codec_for_state, state_bytes
 
 
@@ -57,8 +58,20 @@ class TightfitOptimizer(torch.optim.Optimizer):
         self._warned: set[str] = set()
         super().__init__(params, defaults)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles only defaults, state and param_groups; the rule may be chosen per
+        # instance (Adafactor's convention), so it travels by its registered name
+        state = super().__getstate__()
+        if "rule" in self.__dict__:
+            state["rule_name"] = self.rule.name
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)  # torch pickles only defaults, state and param_groups
+        state = dict(state)
+        rule_name = state.pop("rule_name", None)
+        super().__setstate__(state)
+        if rule_name is not None:
+            self.rule = get_rule(rule_name)
         self._placements, self._warned = {}, set()
 
     @classmethod
@@ -68,26 +81,16 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     # -- groups ------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group, then tightfit's checks; a refused group is not kept."""
         super().add_param_group(param_group)
-        self._validate_group(self.param_groups[-1])
+        try:
+            self._validate_group(self.param_groups[-1])
+        except BaseException:
+            self.param_groups.pop()
+            raise
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        self.rule.validate(group)
-        get_codec(group["state"])  # raises ValueError naming the allowed codecs
-        mqn = group["min_quantized_numel"]
-        if isinstance(mqn, bool) or not isinstance(mqn, int) or mqn < 0:
-            raise ValueError(f"invalid min_quantized_numel: {mqn!r} (allowed: an int >= 0)")
-        if not isinstance(group["stochastic_rounding"], bool):
-            raise ValueError(f"invalid stochastic_rounding: {group['stochastic_rounding']!r} (allowed: True or False)")
-        seed = group["rounding_seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise ValueError(f"invalid rounding_seed: {seed!r} (allowed: an int in [0, 2**32))")
-        if group["impl"] not in implementation_names():
-            raise ValueError(f"unknown impl {group['impl']!r}; allowed: {implementation_names()}")
-        device_budget(group["paged"])  # raises ValueError naming what is allowed
-        for p in group["params"]:
-            if not (p.is_floating_point()):
-                raise ValueError(f"parameter of dtype {p.dtype} cannot be optimized (allowed: float32, bfloat16, float16)")
+        validate_group(self.rule, group)
 
     # -- state -------------------------------------------------------------------------
     def codec_for(self, spec: StateSpec, param: torch.Tensor, group: dict[str, Any]) -> Codec:
@@ -204,15 +207,28 @@ class TightfitOptimizer(torch.optim.Optimizer):
                                    f"(parameter of shape {tuple(param.shape)}); use a dense gradient")
             self._step_params(group, [param])
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        handle = getattr(self, "_in_backward_handle", None)
+        if handle is not None:
+            handle._recover_if_abandoned()
+            if handle.micro_batch > 0:
+                raise RuntimeError(f"zero_grad() inside an accumulation window (micro-batch {handle.micro_batch} of "
+                                   f"{handle.accumulation_steps}) would drop the accumulated gradients; updates "
+                                   "inside backward free gradients themselves. Call handle.restart_window() to "
+                                   "discard them on purpose")
+        super().zero_grad(set_to_none)
+
     # -- reporting ---------------------------------------------------------------------
     @property
     def skipped_steps(self) -> int:
         """Parameter updates skipped because the gradient held NaN or Inf (all params)."""
-        return int(sum(int(s["nonfinite_skips"]) for s in self.state.values() if "nonfinite_skips" in s))
+        return int(sum(int(s["nonfinite_skips"]) for s in self.state.values()
+                       if isinstance(s, dict) and "nonfinite_skips" in s))
 
     def state_nbytes(self) -> int:
         """Exact bytes of optimizer state (encoded states; step counters excluded)."""
-        return sum(v.nbytes for s in self.state.values() for v in s.values() if isinstance(v, Encoded))
+        return sum(v.nbytes for s in self.state.values() if isinstance(s, dict)
+                   for v in s.values() if isinstance(v, Encoded))
 
     def memory_report(self) -> MemoryReport:
         """Exact state bytes on the device and in pinned host memory, per codec (memory_report.py)."""
@@ -225,17 +241,38 @@ class TightfitOptimizer(torch.optim.Optimizer):
 
     # -- state_dict --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """torch's layout and hook order: pre-hooks (may edit ``self.state``), export, then
+        post-hooks, which see the exported dict and may change or replace it."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         self._host_states_ready()
-        return state_io.export_state_dict(self, super().state_dict())
+        sd = state_io.export_state_dict(self)
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, sd)
+            if result is not None:
+                sd = result
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load; paged groups' states land in pinned host memory, never passing through the device."""
-        self._placements.clear()
-        state_io.load_state_dict(self, state_dict, super().load_state_dict)
+        """Validate, then swap (state_io.py): pre-hooks see a shallow copy and may edit or
+        replace it; the whole dict is decoded and checked before anything here changes, so a
+        refused dict leaves the optimizer as it was; post-hooks see the loaded state.
+        Paged groups' states land in pinned host memory, never passing through the device."""
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"not an optimizer state_dict: got a {type(state_dict).__name__}, expected a dict "
+                             "with 'state' and 'param_groups'")
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        loaded = state_io.decode_state_dict(self, state_dict)
+        self._host_states_ready()  # in-flight copy-outs finish before their states are dropped
+        state_io.install(self, loaded)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def to_torch_state_dict(self) -> dict[str, Any]:
         """A state_dict that the matching torch.optim class loads (states decoded)."""
         self._host_states_ready()
         return state_io.to_torch_state_dict(self)
-
-

@@ -58,12 +58,16 @@ class Adafactor(TightfitOptimizer):
     def rule_for(cls, options: dict[str, Any]) -> Rule:
         return ADAFACTOR_CONVENTIONS[options.get("convention", "torch")]
 
+    @property
+    def convention(self) -> str:
+        """"torch" or "hf": derived from the rule, so that it survives deepcopy and pickling."""
+        return next(name for name, rule in ADAFACTOR_CONVENTIONS.items() if rule is self.rule)
+
     def __init__(self, params, lr=_UNSET, *, convention: str = "torch", state: str | Codec = "fp32",
                  **options: Any):
         if convention not in ADAFACTOR_CONVENTIONS:
             raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
-        self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule
-        self.convention = convention
+        self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule (pickled by name)
         if lr is not _UNSET:
             options["lr"] = lr
         super().__init__(params, state=state, **options)  # hyperparameters and shell options

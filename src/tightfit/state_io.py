@@ -5,20 +5,30 @@ Each encoded state is stored as a plain dict (loadable with weights_only=True):
 ``"tightfit": {"format", "rule"}``. Loading accepts this format (re-encoding when the
 target codec differs; bit-exact when it is the same) and torch.optim state_dicts whose
 state names match the rule's (exp_avg, exp_avg_sq, momentum_buffer), quantized on load.
+
+Loading is validate-then-swap: ``decode_state_dict`` checks and decodes the whole dict
+(structure, the rule it came from, hyperparameters, counters, every buffer against its
+codec: state_checks.py, codecs/validate.py) without touching the optimizer; only then
+``install`` replaces groups and state. A refused dict leaves the optimizer as it was.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import copy
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
+from .codecs.validate import check_encoded
 from .distributed.shards import state_shape
+from .state_checks import (SAME_MEANING, TORCH_ONLY_GROUP_KEYS, check_groups_belong, check_plain_state,
+                           check_states_belong, check_structure, same, scalar)
 
 ENCODED_FIELDS = ("codec", "kind", "block_size", "format", "shape")
-# torch.optim group flags that have no meaning for tightfit and are dropped on import.
-TORCH_ONLY_GROUP_KEYS = ("foreach", "fused", "capturable", "differentiable")
+COUNTERS = ("step", "nonfinite_skips")
 
 
 def _own_storage(buf: torch.Tensor) -> torch.Tensor:
@@ -33,127 +43,199 @@ def _encoded_to_dict(enc: Encoded) -> dict[str, Any]:
             "shape": list(enc.shape), **{k: _own_storage(b) for k, b in enc.buffers.items()}}
 
 
-def _encoded_from_dict(name: str, d: dict[str, Any], device: torch.device) -> Encoded:
+def _encoded_from_dict(where: str, d: Any, spec, expected_shape: torch.Size) -> Encoded:
+    """The encoded state a saved dict describes, checked field by field against its codec
+    (codecs/validate.py) and against the state it must become; nothing is copied yet."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} is a {type(d).__name__}; expected an encoded-state dict (tightfit format)")
     missing = [k for k in ENCODED_FIELDS if k not in d]
     if missing:
-        raise ValueError(f"state {name!r} lacks {missing}; expected a tightfit encoded state with {list(ENCODED_FIELDS)}")
-    if d["format"] != FORMAT_VERSION:
-        raise ValueError(f"state {name!r} has format {d['format']!r}; this tightfit reads format {FORMAT_VERSION}")
-    if d["codec"] not in CODECS:
-        raise ValueError(f"state {name!r} uses unknown codec {d['codec']!r}; known: {sorted(CODECS)}")
+        raise ValueError(f"{where} lacks {missing}; expected a tightfit encoded state with {list(ENCODED_FIELDS)}")
+    if not same(d["format"], FORMAT_VERSION):
+        raise ValueError(f"{where} has format {d['format']!r}; this tightfit reads format {FORMAT_VERSION}")
+    if not isinstance(d["codec"], str) or d["codec"] not in CODECS:
+        raise ValueError(f"{where} uses unknown codec {d['codec']!r}; known: {sorted(CODECS)}")
     codec = get_codec(d["codec"])
-    if d["block_size"] != codec.block_size:
-        raise ValueError(f"state {name!r}: block size {d['block_size']!r} but codec {codec.name!r} uses {codec.block_size!r}")
-    buffers = {k: v.to(device) for k, v in d.items() if k not in ENCODED_FIELDS}
-    enc = Encoded(d["codec"], d["kind"], torch.Size(d["shape"]), buffers)
-    expected = codec.nbytes(enc.shape, enc.kind)
-    if enc.nbytes != expected:
-        raise ValueError(f"state {name!r}: {enc.nbytes} bytes stored, codec {codec.name!r} expects {expected} "
-                         f"for shape {tuple(enc.shape)}")
+    if not same(d["block_size"], codec.block_size):
+        raise ValueError(f"{where}: block size {d['block_size']!r} but codec {codec.name!r} uses {codec.block_size!r}")
+    if not same(d["kind"], spec.kind):
+        raise ValueError(f"{where} has kind {d['kind']!r}; {spec.name!r} is a {spec.kind!r} state")
+    shape = d["shape"]
+    if (not isinstance(shape, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, int) for s in shape)
+            or tuple(shape) != tuple(expected_shape)):
+        raise ValueError(f"{where} has shape {shape!r}, parameter needs {list(expected_shape)}")
+    enc = Encoded(codec.name, spec.kind, torch.Size(shape), {k: v for k, v in d.items() if k not in ENCODED_FIELDS})
+    check_encoded(where, codec, enc)
     return enc
 
 
-def export_state_dict(opt, torch_sd: dict[str, Any]) -> dict[str, Any]:
-    state = {
-        idx: {k: (_encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in s.items()}
-        for idx, s in torch_sd["state"].items()
-    }
-    groups = [{k: v for k, v in g.items() if k != "state" or isinstance(v, str)} for g in torch_sd["param_groups"]]
-    for g, live in zip(groups, opt.param_groups):
-        if not isinstance(live["state"], str):
-            g["state"] = live["state"].name
+def _packed_groups(opt) -> tuple[list[dict[str, Any]], dict[int, int]]:
+    """torch's packing of param groups: params as indices in group order (and that index by id)."""
+    index: dict[int, int] = {}
+    groups = []
+    for group in opt.param_groups:
+        packed = {k: v for k, v in group.items() if k != "params"}
+        if not isinstance(packed["state"], str):
+            packed["state"] = packed["state"].name  # a Codec object is saved by name
+        for p in group["params"]:
+            index.setdefault(id(p), len(index))
+        packed["params"] = [index[id(p)] for p in group["params"]]
+        groups.append(packed)
+    return groups, index
+
+
+def export_state_dict(opt) -> dict[str, Any]:
+    """torch's packing (state keys that are not params kept as they are), with each
+    encoded state as a plain dict."""
+    groups, index = _packed_groups(opt)
+    state = {}
+    for key, value in opt.state.items():
+        if isinstance(value, dict):
+            value = {k: (_encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in value.items()}
+        state[index[id(key)] if isinstance(key, torch.Tensor) else key] = value
     return {"tightfit": {"format": FORMAT_VERSION, "rule": opt.rule.name}, "state": state, "param_groups": groups}
 
 
 def _merged_groups(opt, saved_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Saved groups with torch-only flags dropped and tightfit's own keys kept from the live groups."""
+    """New groups: the saved hyperparameters (torch-only flags dropped), tightfit's own keys
+    kept from the live groups where the dict lacks them, and the live params."""
     merged = []
     for saved, live in zip(saved_groups, opt.param_groups):
-        if saved.get("amsgrad"):
-            raise ValueError("state_dict has amsgrad=True; tightfit does not support amsgrad (allowed: amsgrad=False)")
-        g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad"}
+        if not (same(saved.get("amsgrad", False), False) or saved.get("amsgrad") is None):
+            raise ValueError(f"state_dict has amsgrad={saved['amsgrad']!r}; tightfit does not support amsgrad "
+                             "(allowed: amsgrad=False)")
+        converted = SAME_MEANING.get(opt.rule.name, {})
+        g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad" and k not in converted}
+        g["params"] = live["params"]
+        if "param_names" in live and "param_names" not in g:
+            g["param_names"] = live["param_names"]
         for key, value in live.items():  # keys the saved dict lacks (tightfit's own, rule extensions)
-            if key != "params":
-                g.setdefault(key, value)
+            g.setdefault(key, value)
         merged.append(g)
     return merged
 
 
-def load_state_dict(opt, sd: dict[str, Any], torch_load: Callable[[dict[str, Any]], None]) -> None:
-    if not isinstance(sd, dict) or "state" not in sd or "param_groups" not in sd:
-        raise ValueError("not an optimizer state_dict: expected a dict with 'state' and 'param_groups'")
+@dataclass
+class LoadedState:
+    """A decoded, checked state_dict, ready to replace the optimizer's groups and state."""
+
+    groups: list[dict[str, Any]]
+    state: dict[Any, Any]
+
+
+def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
+    """Check and decode all of ``sd`` into new groups and state; ``opt`` is not changed."""
+    check_structure(sd)
     meta = sd.get("tightfit")
     if meta is not None:
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"tightfit state_dict format {meta.get('format')!r}; this tightfit reads format {FORMAT_VERSION}")
-        if meta.get("rule") != opt.rule.name:
+        if not isinstance(meta, dict) or not same(meta.get("format"), FORMAT_VERSION):
+            found = meta.get("format") if isinstance(meta, dict) else meta
+            raise ValueError(f"tightfit state_dict format {found!r}; this tightfit reads format {FORMAT_VERSION}")
+        if not same(meta.get("rule"), opt.rule.name):
             raise ValueError(f"state_dict is for rule {meta.get('rule')!r}, this optimizer runs {opt.rule.name!r}")
-    groups = _merged_groups(opt, sd["param_groups"]) if len(sd["param_groups"]) == len(opt.param_groups) else sd["param_groups"]
-    saved_state = sd["state"]
-    torch_load({"state": {}, "param_groups": groups})  # checks group sizes, restores hyperparameters
-    for group in opt.param_groups:
+    saved_groups = copy.deepcopy(list(sd["param_groups"]))
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, the optimizer has "
+                         f"{len(opt.param_groups)}")
+    for i, (saved, live) in enumerate(zip(saved_groups, opt.param_groups)):
+        if len(saved["params"]) != len(live["params"]):
+            raise ValueError(f"loaded state dict's parameter group {i} has {len(saved['params'])} params, "
+                             f"the optimizer's has {len(live['params'])}")
+    if meta is None:
+        check_groups_belong(opt.rule, saved_groups)
+    groups = _merged_groups(opt, saved_groups)
+    for group in groups:
         opt._validate_group(group)
-    saved_ids = [i for g in sd["param_groups"] for i in g["params"]]
-    live_params = [(p, g) for g in opt.param_groups for p in g["params"]]
-    opt.state.clear()
-    for pid, (param, group) in zip(saved_ids, live_params):
-        if pid in saved_state:
-            opt.state[param] = _import_param_state(opt, param, group, saved_state[pid], tightfit=meta is not None)
+    owner = {pid: (p, g) for saved, g in zip(saved_groups, groups) for pid, p in zip(saved["params"], g["params"])}
+    state: dict[Any, Any] = {}
+    for key, value in sd["state"].items():
+        if key in owner:
+            param, group = owner[key]
+            state[param] = _decode_param_state(opt, param, group, value, f"state of param {key!r}", meta is not None)
+        else:  # not a param's: kept as is, as torch does
+            state[key] = value
+    return LoadedState(groups, state)
 
 
-def _import_param_state(opt, param, group, saved: dict[str, Any], *, tightfit: bool) -> dict[str, Any]:
+def _decode_param_state(opt, param, group, saved: Any, where: str, tightfit: bool) -> dict[str, Any]:
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where} is a {type(saved).__name__}; expected a dict of states")
     specs = opt.rule.state_specs(param.shape, group)
-    placement = opt.placement_for(group)
-    home = placement.home(param)  # paged states load straight into host memory
-    state: dict[str, Any] = {}
+    check_states_belong(opt.rule, saved, [s.name for s in specs], where)
+    state = {k: v for k, v in saved.items() if k not in COUNTERS and k not in {s.name for s in specs}}
     step = saved.get("step")
     if step is None:  # torch SGD keeps no step; a saved buffer means at least one step was taken
         step = 1.0 if any(s.name in saved for s in specs) else 0.0
-    state["step"] = torch.as_tensor(step, dtype=torch.float32).clone().to(param.device)
-    state["nonfinite_skips"] = torch.as_tensor(saved.get("nonfinite_skips", 0), dtype=torch.int64).clone().to(param.device)
+    state["step"] = torch.tensor(scalar(f"{where}: 'step'", step), dtype=torch.float32)
+    skips = scalar(f"{where}: 'nonfinite_skips'", saved.get("nonfinite_skips", 0), integral=True)
+    state["nonfinite_skips"] = torch.tensor(int(skips), dtype=torch.int64)
     for spec in specs:
         if spec.name not in saved:
             if float(state["step"]) > 0:
-                raise ValueError(f"saved state lacks {spec.name!r} (has {sorted(saved)}); "
+                raise ValueError(f"saved state lacks {spec.name!r} (has {sorted(map(str, saved))}); "
                                  f"rule {opt.rule.name!r} keeps {[s.name for s in specs]}")
             continue
         target = opt.codec_for(spec, param, group)
-        value = saved[spec.name]
-        if isinstance(value, dict):
-            enc = _encoded_from_dict(spec.name, value, home)
-            if enc.shape != state_shape(spec, param):
-                raise ValueError(f"state {spec.name!r} has shape {tuple(enc.shape)}, parameter needs "
-                                 f"{tuple(state_shape(spec, param))}")
+        value, name = saved[spec.name], f"{where}: state {spec.name!r}"
+        expected = state_shape(spec, param)
+        if isinstance(value, torch.Tensor) and not tightfit:
+            check_plain_state(name, value, expected, spec.kind)
+            enc = target.encode(value.detach().to(torch.float32), spec.kind)
+        elif isinstance(value, dict) or tightfit:
+            enc = _encoded_from_dict(name, value, spec, expected)
             if enc.codec != target.name:
                 enc = target.encode(get_codec(enc.codec).decode(enc), spec.kind)
-        elif isinstance(value, torch.Tensor) and not tightfit:
-            expected = state_shape(spec, param)
-            if value.shape != expected:
-                raise ValueError(f"state {spec.name!r} has shape {tuple(value.shape)}, parameter needs {tuple(expected)}")
-            enc = target.encode(value.detach().to(home, torch.float32), spec.kind)
         else:
-            raise ValueError(f"state {spec.name!r} is a {type(value).__name__}; expected an encoded-state dict "
+            raise ValueError(f"{name} is a {type(value).__name__}; expected an encoded-state dict "
                              "(tightfit format) or a tensor (torch.optim format)")
         state[spec.name] = enc
-    placement.settle(param, state)
     return state
+
+
+def install(opt, loaded: LoadedState) -> None:
+    """Swap the loaded groups and state in (groups updated in place, so references to them
+    stay valid); every buffer is copied to where its placement keeps it, never shared with
+    the loaded dict."""
+    for live, new in zip(opt.param_groups, loaded.groups):
+        live.clear()
+        live.update(new)
+    opt._placements.clear()
+    opt.state = defaultdict(dict)
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for key, value in loaded.state.items():
+        if not isinstance(key, torch.Tensor):
+            opt.state[key] = value
+            continue
+        group = group_of[id(key)]
+        placement = opt.placement_for(group)
+        home = placement.home(key)
+        state = {}
+        for name, v in value.items():
+            if name in COUNTERS:
+                v = v.to(key.device)
+            elif isinstance(v, Encoded):
+                v = Encoded(v.codec, v.kind, v.shape, {b: t.to(home, copy=True).contiguous() for b, t in v.buffers.items()})
+            state[name] = v
+        placement.settle(key, state)
+        opt.state[key] = state
 
 
 def to_torch_state_dict(opt) -> dict[str, Any]:
     """torch.optim layout: decoded states in the parameter's dtype, torch's group flags."""
-    sd = torch.optim.Optimizer.state_dict(opt)
+    packed, _ = _packed_groups(opt)
     params = [p for g in opt.param_groups for p in g["params"]]
-    by_index = dict(enumerate(params))
     state = {}
-    for idx, s in sd["state"].items():
-        dtype = by_index[idx].dtype
-        out = {"step": s["step"].detach().clone().cpu()}
-        for k, v in s.items():
+    for idx, param in enumerate(params):
+        live = opt.state.get(param)
+        if not live:
+            continue
+        out = {"step": live["step"].detach().clone().cpu()}
+        for k, v in live.items():
             if isinstance(v, Encoded):
-                out[k] = get_codec(v.codec).decode(v).to(dtype, copy=True)  # never share storage with our state
+                out[k] = get_codec(v.codec).decode(v).to(param.dtype, copy=True)  # never share storage with our state
         state[idx] = out
     groups = []
-    for g in sd["param_groups"]:
+    for g in packed:
         tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged")}
         tg.update({k: v for k, v in opt.rule.torch_group_extras.items() if k not in tg})
         groups.append(tg)

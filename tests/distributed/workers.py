@@ -152,3 +152,46 @@ def run_in_backward_refusal(rank, world, out_dir):
         if rank == 0:
             with open(os.path.join(out_dir, "error.txt"), "w") as f:
                 f.write(str(error))
+
+
+def mesh_model(pattern: str, seed=0):
+    """FSDP2 as people write it, on ``dist.get_world_size()`` (4) ranks:
+
+    - "tutorial": fully_shard(each Linear), then fully_shard(model), no mesh given: every
+      call builds its own (equal) mesh;
+    - "explicit": one 1-D mesh passed to every call;
+    - "hsdp": a 2-D (replicate x shard) mesh, 2 x 2;
+    - "mixed": the first Linear on the 2-D mesh, the rest on a 1-D mesh: one param group
+      whose params live on two different meshes.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    world = dist.get_world_size()
+    model = model_factory(seed)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    if pattern == "tutorial":
+        for layer in linears:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    flat = init_device_mesh("cpu", (world,))
+    square = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+    meshes = {"explicit": [flat] * len(linears), "hsdp": [square] * len(linears),
+              "mixed": [square] + [flat] * (len(linears) - 1)}[pattern]
+    for layer, mesh in zip(linears, meshes):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=meshes[-1])
+    return model
+
+
+@rank_main
+def run_mesh_cases(rank, world, out_dir, cases):
+    """Train each (pattern, rule, codec) on every rank's share of the batches; rank 0 saves."""
+    for pattern, rule, codec in cases:
+        model = mesh_model(pattern)
+        opt = make_optimizer(rule, model.parameters(), codec)
+        train(model, opt, batches(), rank, world)
+        params = full_params(model)
+        if rank == 0:
+            torch.save(params, os.path.join(out_dir, f"{pattern}-{rule}-{codec}.pt"))

@@ -165,8 +165,7 @@ def test_mixed_codecs_per_state(codecs):
 
 UNAVAILABLE = {  # what makes native refuse, and a word its reason must contain
     "non-contiguous param": (lambda: torch.randn(64, 32).t(), "contiguous"),
-    "float64 param": (lambda: torch.randn(64, dtype=torch.float64), "dtype"),
-}
+}  # float64 params never get here: the optimizer refuses them (tests/test_optimizer.py)
 
 
 @pytest.mark.parametrize("case", list(UNAVAILABLE))

@@ -254,7 +254,6 @@ def test_auto_picks_native_on_cpu(case):
 
 UNAVAILABLE = {  # what makes native refuse, and a word its reason must contain
     "non-contiguous param": (lambda: torch.randn(64, 32).t(), {}, "contiguous"),
-    "float64 param": (lambda: torch.randn(64, 32, dtype=torch.float64), {}, "dtype"),
     "bf16 param, stochastic rounding": (lambda: torch.randn(64, 32).to(torch.bfloat16),
                                         {"stochastic_rounding": True}, "stochastic rounding"),
 }

@@ -2,7 +2,9 @@
 
 - ``shards``: what a DTensor param's states look like (elementwise states follow the
   param's local shard; reduced statistics are kept whole on every rank).
-- ``step``: stepping DTensor params: elementwise rules on local shards through the usual
+- ``step``: stepping DTensor params, mesh by mesh (meshes compared by equality, so the
+  tutorial's per-block ``fully_shard`` calls share one; HSDP and TP + FSDP groups may
+  span several meshes): elementwise rules on local shards through the usual
   implementations; rules that reduce across elements (Adafactor, CAME) on DTensors, so
   the reductions span the whole parameter exactly as in one process.
 - ``checkpoint``: ``sharded_state_dict`` / ``load_sharded_state_dict`` for

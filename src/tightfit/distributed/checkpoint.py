@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..codecs import Encoded, get_codec
+from ..state_checks import check_plain_state, scalar
 from .shards import as_dtensor, is_dtensor, local_tensor, state_shape
 
 SCALARS = ("step", "nonfinite_skips")
@@ -56,27 +57,48 @@ def sharded_state_dict(opt) -> dict[str, Any]:
 
 
 def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
-    """Re-encode a (DCP-loaded) ``sharded_state_dict`` into ``opt``'s states."""
+    """Re-encode a (DCP-loaded) ``sharded_state_dict`` into ``opt``'s states.
+
+    Validate, then swap: groups, counters and every state's shape and values are checked
+    before anything in ``opt`` changes, so a refused checkpoint leaves it as it was."""
     params = _params(opt)
+    if not isinstance(sd, dict) or not isinstance(sd.get("state"), dict) or not isinstance(sd.get("param_groups"), list):
+        raise ValueError("not a sharded optimizer state dict: expected 'state' (a dict) and 'param_groups' (a list)")
     if len(sd["param_groups"]) != len(opt.param_groups):
         raise ValueError(f"checkpoint has {len(sd['param_groups'])} param groups, optimizer has {len(opt.param_groups)}")
+    groups = []
     for saved, live in zip(sd["param_groups"], opt.param_groups):
-        live.update({k: v for k, v in saved.items() if k != "state" or isinstance(live["state"], str)})
-    for index, param, group in params:
+        group = {**live, **{k: v for k, v in saved.items()
+                            if k != "params" and (k != "state" or isinstance(live["state"], str))}}
+        opt._validate_group(group)
+        groups.append(group)
+    new_group = {id(live): group for live, group in zip(opt.param_groups, groups)}
+    loaded = []
+    for index, param, live_group in params:
         saved = sd["state"].get(str(index))
-        if saved is None:
+        if not isinstance(saved, dict):
             raise ValueError(f"checkpoint lacks state for param {index} (shape {tuple(param.shape)})")
-        live = opt._ensure_state(param, group)
-        for key in SCALARS:
-            live[key].copy_(saved[key])
-        for spec in opt.rule.state_specs(param.shape, group):
+        counters = {key: scalar(f"param {index} {key!r}", saved.get(key), integral=key == "nonfinite_skips")
+                    for key in SCALARS}
+        values = {}
+        for spec in opt.rule.state_specs(param.shape, new_group[id(live_group)]):
+            if spec.name not in saved:
+                raise ValueError(f"param {index}: checkpoint lacks state {spec.name!r}")
             value = saved[spec.name]
             value = local_tensor(value) if is_dtensor(value) else value
-            expected = state_shape(spec, param)
-            if value.shape != expected:
-                raise ValueError(f"param {index} state {spec.name!r}: loaded shape {tuple(value.shape)}, "
-                                 f"expected {tuple(expected)}")
-            enc: Encoded = live[spec.name]
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"param {index} state {spec.name!r} is a {type(value).__name__}, expected a tensor")
+            check_plain_state(f"param {index} state {spec.name!r}", value, state_shape(spec, param), spec.kind)
+            values[spec.name] = value
+        loaded.append((counters, values))
+    for live, group in zip(opt.param_groups, groups):
+        live.update(group)
+    for (index, param, group), (counters, values) in zip(params, loaded):
+        live = opt._ensure_state(param, group)
+        for key, number in counters.items():
+            live[key].fill_(number)
+        for name, value in values.items():
+            enc: Encoded = live[name]
             get_codec(enc.codec).store(enc, value.to(torch.float32))
 
 

@@ -1,7 +1,7 @@
 """One optimizer step for DTensor (FSDP2) params.
 
 Non-finite gradients are decided for the whole parameter: every rank checks its shard,
-one all-reduce (max) per param group and mesh dimension combines the flags, and a
+one all-reduce (max) per param group, mesh and mesh dimension combines the flags, and a
 parameter with NaN/Inf anywhere is skipped on every rank (so ranks never diverge).
 
 Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) run on the local shards through the
@@ -34,11 +34,28 @@ def _global_nonfinite(params: list[torch.Tensor], limit: float) -> list[bool]:
     return [bool(f) for f in flags.tolist()]
 
 
+def by_mesh(params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Params grouped by device mesh, meshes compared by equality (FSDP2's ``fully_shard``
+    without ``mesh=`` builds a new, equal mesh per call), in order of first appearance, so
+    every rank visits the meshes, and runs their collectives, in the same order."""
+    groups: list[tuple[Any, list[torch.Tensor]]] = []
+    for p in params:
+        for mesh, members in groups:
+            if mesh == p.device_mesh:
+                members.append(p)
+                break
+        else:
+            groups.append((p.device_mesh, [p]))
+    return [members for _, members in groups]
+
+
 def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) -> None:
-    meshes = {id(p.device_mesh) for p in params}
-    if len(meshes) > 1:
-        raise ValueError(f"a param group holds DTensor params on {len(meshes)} device meshes; "
-                         "put params of different meshes in different param groups")
+    """Step a group's DTensor params mesh by mesh (HSDP, TP + FSDP: several meshes per group)."""
+    for members in by_mesh(params):
+        _step_one_mesh(opt, group, members)
+
+
+def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> None:
     live = []
     for p, bad in zip(params, _global_nonfinite(params, opt.rule.grad_limit)):
         if bad:

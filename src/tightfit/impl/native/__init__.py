@@ -26,6 +26,7 @@ from ...rules import Rule
 from .. import register_implementation
 from ..base import Implementation, plain_hyper
 from . import adafactor, adafactor_hf, came
+from .bounds import check_step_inputs
 from .build import load_kernel
 from .codec_passes import NativeCodecImplementation
 from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
@@ -103,6 +104,7 @@ class NativeCpuImplementation(Implementation):
         if lib is None:
             raise RuntimeError(why)
         hyper = plain_hyper(hyper)
+        check_step_inputs(rule, hyper, params, states)  # sizes the kernel indexes: refused before any C call
         n_threads = torch.get_num_threads()
         if rule.name in FACTORED_STEPS:
             for param, state in zip(params, states):

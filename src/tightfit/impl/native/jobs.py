@@ -20,6 +20,7 @@ from ...codecs import Encoded, get_codec
 from ...codecs.maps import QuantMap
 from ...rules.adamw import adam_moment_bound
 from ...rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING
+from .bounds import checked_filler
 
 MAX_STATES = 2
 N_COEFFS = 10
@@ -158,6 +159,7 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
     "8bit": ({"codes": torch.uint8, "absmax": torch.float32}, _fill_blockwise(2)),
     "4bit": ({"codes": torch.uint8, "absmax": torch.float32}, _fill_blockwise(3)),
 }
+CODEC_FILLERS = {name: (dtypes, checked_filler(fill)) for name, (dtypes, fill) in CODEC_FILLERS.items()}
 
 
 def grad_limit_bits(kernel: int) -> int:
