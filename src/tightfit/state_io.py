@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
+from .codecs.upgrade import READABLE_FORMATS, upgrade_encoded
 from .codecs.validate import check_encoded
 from .distributed.shards import state_shape
 from .state_checks import (SAME_MEANING, TORCH_ONLY_GROUP_KEYS, check_groups_belong, check_plain_state,
@@ -51,8 +52,8 @@ def _encoded_from_dict(where: str, d: Any, spec, expected_shape: torch.Size) -> 
     missing = [k for k in ENCODED_FIELDS if k not in d]
     if missing:
         raise ValueError(f"{where} lacks {missing}; expected a tightfit encoded state with {list(ENCODED_FIELDS)}")
-    if not same(d["format"], FORMAT_VERSION):
-        raise ValueError(f"{where} has format {d['format']!r}; this tightfit reads format {FORMAT_VERSION}")
+    if not any(same(d["format"], f) for f in READABLE_FORMATS):
+        raise ValueError(f"{where} has format {d['format']!r}; this tightfit reads formats {READABLE_FORMATS}")
     if not isinstance(d["codec"], str) or d["codec"] not in CODECS:
         raise ValueError(f"{where} uses unknown codec {d['codec']!r}; known: {sorted(CODECS)}")
     codec = get_codec(d["codec"])
@@ -66,7 +67,7 @@ def _encoded_from_dict(where: str, d: Any, spec, expected_shape: torch.Size) -> 
         raise ValueError(f"{where} has shape {shape!r}, parameter needs {list(expected_shape)}")
     enc = Encoded(codec.name, spec.kind, torch.Size(shape), {k: v for k, v in d.items() if k not in ENCODED_FIELDS})
     check_encoded(where, codec, enc)
-    return enc
+    return upgrade_encoded(enc, d["format"])  # earlier formats: same layout, a map may differ
 
 
 def _packed_groups(opt) -> tuple[list[dict[str, Any]], dict[int, int]]:
@@ -128,9 +129,9 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
     check_structure(sd)
     meta = sd.get("tightfit")
     if meta is not None:
-        if not isinstance(meta, dict) or not same(meta.get("format"), FORMAT_VERSION):
+        if not isinstance(meta, dict) or not any(same(meta.get("format"), f) for f in READABLE_FORMATS):
             found = meta.get("format") if isinstance(meta, dict) else meta
-            raise ValueError(f"tightfit state_dict format {found!r}; this tightfit reads format {FORMAT_VERSION}")
+            raise ValueError(f"tightfit state_dict format {found!r}; this tightfit reads formats {READABLE_FORMATS}")
         if not same(meta.get("rule"), opt.rule.name):
             raise ValueError(f"state_dict is for rule {meta.get('rule')!r}, this optimizer runs {opt.rule.name!r}")
     saved_groups = copy.deepcopy(list(sd["param_groups"]))
