@@ -68,7 +68,8 @@ def test_a_format_1_dict_loads_and_continues(state):
     opt.step()
     loaded.step()
     assert torch.isfinite(twin).all()
-    assert torch.allclose(param[precise], twin[precise], atol=1e-4)
+    # a step of lr 1e-2 with √v within the old map's rounding (up to ~22 % of v here)
+    assert torch.allclose(param[precise], twin[precise], atol=1e-3)
 
 
 def test_an_unknown_format_is_refused_naming_the_readable_ones():
