@@ -76,3 +76,16 @@ def test_fast_encoder_equals_reference_everywhere(name, values):
 def test_unknown_map_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown quantization map 'nf5'"):
         get_map("nf5")
+
+
+def test_a_map_first_built_under_fake_tensors_is_real():
+    """The planner simulates steps under FakeTensorMode; the cached maps must stay real."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    from tightfit.codecs.maps import get_map
+
+    get_map.cache_clear()
+    with FakeTensorMode():
+        qmap = get_map("dynamic8_squared")
+    assert not isinstance(qmap.values, FakeTensor) and not isinstance(qmap.midpoints, FakeTensor)
+    assert float(qmap.values[-1]) == 1.0

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 _FLOAT_MAGNITUDE = 0x7FFFFFFF
 _ONE_BITS = 0x3F800000  # bit pattern of 1.0f
@@ -160,5 +161,8 @@ def get_map(name: str) -> QuantMap:
     }
     if name not in builders:
         raise ValueError(f"unknown quantization map {name!r}; known: {sorted(builders)}")
-    values, exact_zero = builders[name]()
-    return QuantMap(name, torch.tensor(values, dtype=torch.float32), exact_zero=exact_zero)
+    # built once per process and cached: always as real tensors, even when first asked for
+    # under a FakeTensorMode (the planner's simulation), which would otherwise cache fakes
+    with unset_fake_temporarily():
+        values, exact_zero = builders[name]()
+        return QuantMap(name, torch.tensor(values, dtype=torch.float32), exact_zero=exact_zero)
