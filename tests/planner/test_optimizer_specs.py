@@ -96,3 +96,12 @@ def test_gpu_plans_use_fused_kernels(optim, fused):
         assert temps[step].device == 0 < cpu[step].device
     else:
         assert temps[step].device == cpu[step].device
+
+
+def test_paged_names_are_not_paged_twice():
+    from tightfit.planner.optimizer_specs import allowed_optimizer_names, resolve_optimizer
+
+    assert not [n for n in allowed_optimizer_names() if n.startswith("paged_paged_")]
+    with pytest.raises(ValueError, match="unknown optimizer 'paged_paged_adamw_8bit'"):
+        resolve_optimizer("paged_paged_adamw_8bit")
+    assert resolve_optimizer("paged_adamw_8bit").paged

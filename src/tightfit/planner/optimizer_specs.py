@@ -96,9 +96,14 @@ class OptimizerSpec:
         return OPTIMIZER_NAMES[base].cls(params, **options)
 
 
+def _pageable(name: str) -> bool:
+    """A registered name whose ``paged_`` form is not registered and that is not paged already."""
+    return f"{PAGED_PREFIX}{name}" not in OPTIMIZER_NAMES and not OPTIMIZER_NAMES[name].options.get("paged")
+
+
 def allowed_optimizer_names() -> list[str]:
-    return sorted(OPTIMIZER_NAMES) + sorted(f"{PAGED_PREFIX}{n}" for n in OPTIMIZER_NAMES
-                                            if f"{PAGED_PREFIX}{n}" not in OPTIMIZER_NAMES) + sorted(PEERS)
+    return sorted(OPTIMIZER_NAMES) + sorted(f"{PAGED_PREFIX}{n}" for n in OPTIMIZER_NAMES if _pageable(n)) \
+        + sorted(PEERS)
 
 
 def _tightfit_spec(name: str, registered: str, paged: bool | str) -> OptimizerSpec:
@@ -118,7 +123,8 @@ def resolve_optimizer(name: str, paged_budget: str | None = None) -> OptimizerSp
     ``paged_budget`` (tightfit names): page the state, keeping up to this size on the device."""
     if name in OPTIMIZER_NAMES:
         spec = _tightfit_spec(name, name, False)
-    elif name.startswith(PAGED_PREFIX) and name[len(PAGED_PREFIX):] in OPTIMIZER_NAMES:
+    elif (name.startswith(PAGED_PREFIX) and name[len(PAGED_PREFIX):] in OPTIMIZER_NAMES
+          and _pageable(name[len(PAGED_PREFIX):])):
         spec = _tightfit_spec(name, name[len(PAGED_PREFIX):], True)
     elif name in PEERS:
         if paged_budget is not None:
