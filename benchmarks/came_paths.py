@@ -12,14 +12,15 @@ Two measurements, each against AdamW fp32 on the same footing:
    nudged by one ulp in random directions, or torch running the model on 2 threads instead
    of 1 (another summation order in its matmuls). Reported: held-out loss, ratio to AdamW
    fp32 native of that seed (the bench's ratio), and how far each run ends from its
-   reference run, ‖θ − θ_reference‖ / ‖θ_reference − θ_init‖.
+   reference run, ‖θ − θ_reference‖ / ‖θ_reference − θ_init‖. The baseline (AdamW)
+   runs its reference and perturbed paths on the first seed only (a control).
 
 If native-vs-reference differs like reference-vs-nudged, the paths are equivalent and the
 gap is the run's sensitivity, not the implementation. Writes
 benchmarks/results/came_paths.csv/.md and came_paths_lockstep.csv/.md (device and date on
 every row).
 
-    python benchmarks/came_paths.py [--seeds 0,1,2,3,4] [--optims adamw_32bit,came] [--two-threads] [--no-lockstep]
+    python benchmarks/came_paths.py [--seeds 0,1,2,3,4] [--optims adamw_32bit,came] [--jobs 2] [--two-threads] [--no-lockstep] [--lr 3e-3] [--name came_paths]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import multiprocessing
 import statistics
 
 import torch
@@ -97,13 +99,15 @@ def lockstep(config, optim: str) -> dict:
     return worst
 
 
-def free_runs(config, optims: list[str], seed: int, paths) -> list[dict]:
-    """Each optimizer on native / reference / nudged reference, stepped side by side."""
+def free_runs(config, optims: list[str], seed: int, paths, baseline_controls: bool) -> list[dict]:
+    """Each optimizer on every path, stepped side by side; the baseline (optims[0]) only
+    on its native path unless ``baseline_controls``."""
+    torch.set_num_threads(1)
     config = config.replace(seed=seed)
     runs = {}
     data = None
     for optim in optims:
-        for label, impl, nudge, threads in paths:
+        for label, impl, nudge, threads in paths if optim != optims[0] or baseline_controls else paths[:1]:
             s = session(config.replace(optim=optim), data, impl, 1000 + seed if nudge else None)
             data = s.data
             runs[(optim, label)] = (s, flat(s).clone(), threads)
@@ -116,11 +120,12 @@ def free_runs(config, optims: list[str], seed: int, paths) -> list[dict]:
     base = evaluate(*_eval_args(runs[(optims[0], "native")][0]))
     for (optim, label), (s, init, _) in runs.items():
         held_out = evaluate(*_eval_args(s))
-        ref, ref_init, _ = runs[(optim, "reference")]
-        moved = (flat(ref) - ref_init).norm()
-        rows.append({"seed": seed, "optimizer": optim, "path": label, "held_out": round(held_out, 4),
-                     "ratio": round(held_out / base, 4), "train_loss_last": round(s.result.train_loss[-1][1], 4),
-                     "distance_to_reference": f"{float((flat(s) - flat(ref)).norm() / moved):.2e}"})
+        row = {"seed": seed, "optimizer": optim, "path": label, "held_out": round(held_out, 4),
+               "ratio": round(held_out / base, 4), "train_loss_last": round(s.result.train_loss[-1][1], 4)}
+        if (optim, "reference") in runs:
+            ref, ref_init, _ = runs[(optim, "reference")]
+            row["distance_to_reference"] = f"{float((flat(s) - flat(ref)).norm() / (flat(ref) - ref_init).norm()):.2e}"
+        rows.append(row)
     return rows
 
 
@@ -134,15 +139,20 @@ def main() -> None:
     ap.add_argument("--optims", default="adamw_32bit,came", help="the first is the ratio's baseline")
     ap.add_argument("--steps", type=int, default=None, help="default: the preset's")
     ap.add_argument("--two-threads", action="store_true", help="add the 2-thread reference and native runs")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run in this many processes at once")
     ap.add_argument("--no-lockstep", action="store_true", help="only the free runs (came_paths.csv)")
+    ap.add_argument("--lr", type=float, default=None, help="AdamW-equivalent lr of every optimizer (default: the preset's)")
+    ap.add_argument("--name", default="came_paths", help="results file name (benchmarks/results/NAME.csv)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the machine is shared; the 2-thread paths set 2 while they step
     config = PRESETS["shakespeare-tiny"].config.replace(out=None)
     if args.steps:
         config = config.replace(steps=args.steps)
+    if args.lr:
+        config = config.replace(lr=args.lr)
     optims = args.optims.split(",")
     today = datetime.date.today().isoformat()
-    common = {"device": DEVICE, "date": today, "torch": torch.__version__}
+    common = {"device": DEVICE, "date": today, "lr": config.lr, "torch": torch.__version__}
 
     paths = PATHS + (TWO_THREAD_PATHS if args.two_threads else ())
     steps_rows = []
@@ -153,23 +163,26 @@ def main() -> None:
         print(steps_rows[-1], flush=True)
     keys = sorted({k for row in steps_rows for k in row})
     if steps_rows:
-        write_results("came_paths_lockstep", ["optimizer", "steps", "max_update"]
+        write_results(f"{args.name}_lockstep", ["optimizer", "steps", "max_update"]
                       + [k for k in keys if k.startswith("max_") and k != "max_update"] + list(common), steps_rows, common)
 
-    rows = []
-    for seed in (int(x) for x in args.seeds.split(",")):
-        rows += free_runs(config, optims, seed, paths)
-        for row in rows[-len(paths) * len(optims):]:
-            print(row, flush=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    jobs = [(config, optims, seed, paths, seed == seeds[0]) for seed in seeds]
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:  # one seed per worker
+        rows = [row for seed_rows in pool.starmap(free_runs, jobs) for row in seed_rows]
+    for row in rows:
+        print(row, flush=True)
     for optim in optims:
         for path in (label for label, *_ in paths):
             mine = [r for r in rows if r["optimizer"] == optim and r["path"] == path and isinstance(r["seed"], int)]
+            if not mine:
+                continue
             ratios = [r["ratio"] for r in mine]
             rows.append({"seed": f"mean of {len(mine)}", "optimizer": optim, "path": path,
                          "held_out": round(statistics.mean(r["held_out"] for r in mine), 4),
                          "ratio": round(statistics.mean(ratios), 4),
                          "ratio_stdev": round(statistics.stdev(ratios), 4) if len(ratios) > 1 else ""})
-    write_results("came_paths", ["seed", "optimizer", "path", "held_out", "ratio", "ratio_stdev", "train_loss_last",
+    write_results(args.name, ["seed", "optimizer", "path", "held_out", "ratio", "ratio_stdev", "train_loss_last",
                                  "distance_to_reference"] + list(common), rows, common)
 
 
