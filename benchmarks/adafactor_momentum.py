@@ -15,7 +15,7 @@ codes, so that E[decode(encode(x))] = x; ``linear4_sr`` the same with 15 evenly 
 signed levels. Every row runs on the reference path (the probes have no kernel).
 Writes benchmarks/results/adafactor_momentum.csv/.md (device and date on every row).
 
-    python benchmarks/adafactor_momentum.py [--skip-bench]
+    python benchmarks/adafactor_momentum.py [--skip-bench | --adamw]
 """
 
 from __future__ import annotations
@@ -121,14 +121,18 @@ def toy_rows(steps: int = 600) -> list[dict]:
     return rows
 
 
-def bench_rows(seed: int = 0) -> list[dict]:
+def bench_rows(seed: int = 0, rule: str = "adafactor") -> list[dict]:
+    """Held-out losses; ``rule`` "adamw": AdamW (lr 3e-3 as the bench) with its first
+    moment through the codec (the second moment stays on the 4-bit codec's linear map)."""
     config = PRESETS["shakespeare-tiny"].config.replace(out=None, seed=seed)
     held_out, data = {}, None
-    for label in ("adamw_32bit",) + CODEC_ROWS:
+    for label in ("adamw_32bit",) + (CODEC_ROWS if rule == "adafactor" else ("fp32", "4bit", "4bit_sr")):
         s = build_session(config.replace(optim="adamw_32bit"), data, None)
         data = s.data
         if label != "adamw_32bit":
-            s.optimizer = tightfit.Adafactor(s.params, beta1=0.9, state=label, impl="reference")
+            s.optimizer = (tightfit.Adafactor(s.params, beta1=0.9, state=label, impl="reference") if rule == "adafactor"
+                           else tightfit.AdamW(s.params, lr=config.lr, weight_decay=config.weight_decay, state=label,
+                                               impl="reference"))
             s.scheduler = build_scheduler(s.optimizer, config.schedule, config.warmup, config.steps, config.min_lr_ratio)
             if label in PROBES:
                 PROBES[label].reseed(seed)
@@ -136,7 +140,8 @@ def bench_rows(seed: int = 0) -> list[dict]:
             train_step(s, step)
         held_out[label] = evaluate(s.model, s.data, config.batch_size, config.eval_batches, s.device)
         print(label, held_out[label], flush=True)
-    return [{"problem": f"bench shakespeare-tiny seed {seed}", "convention": "torch" if label != "adamw_32bit" else "",
+    return [{"problem": f"bench shakespeare-tiny seed {seed}",
+             "convention": ("torch" if rule == "adafactor" else "AdamW") if label != "adamw_32bit" else "",
              "momentum": label if label != "adamw_32bit" else "(AdamW fp32)", "held_out": round(held_out[label], 4),
              "ratio_to_adamw": round(held_out[label] / held_out["adamw_32bit"], 4),
              "ratio_to_fp32_momentum": round(held_out[label] / held_out["fp32"], 4) if label != "adamw_32bit" else ""}
@@ -146,11 +151,17 @@ def bench_rows(seed: int = 0) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-bench", action="store_true", help="only the toy rows")
+    ap.add_argument("--adamw", action="store_true",
+                    help="instead: AdamW's first moment in 4-bit vs 4-bit stochastic rounding on the bench "
+                         "(results/adafactor_momentum_adamw.*)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the machine is shared
-    rows = toy_rows() + ([] if args.skip_bench else bench_rows())
+    if args.adamw:
+        rows, name = bench_rows(rule="adamw"), "adafactor_momentum_adamw"
+    else:
+        rows, name = toy_rows() + ([] if args.skip_bench else bench_rows()), "adafactor_momentum"
     common = {"device": DEVICE, "date": datetime.date.today().isoformat(), "torch": torch.__version__}
-    write_results("adafactor_momentum", ["problem", "convention", "momentum", "loss@150", "loss@300", "loss@600",
+    write_results(name, ["problem", "convention", "momentum", "loss@150", "loss@300", "loss@600",
                                          "fp32_step_at_loss@150", "fp32_step_at_loss@300", "held_out",
                                          "ratio_to_adamw", "ratio_to_fp32_momentum"] + list(common), rows, common)
 
