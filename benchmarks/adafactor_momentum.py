@@ -15,7 +15,7 @@ codes, so that E[decode(encode(x))] = x; ``linear4_sr`` the same with 15 evenly 
 signed levels. Every row runs on the reference path (the probes have no kernel).
 Writes benchmarks/results/adafactor_momentum.csv/.md (device and date on every row).
 
-    python benchmarks/adafactor_momentum.py [--skip-bench | --adamw]
+    python benchmarks/adafactor_momentum.py [--skip-bench | --adamw | --no-clip]
 """
 
 from __future__ import annotations
@@ -82,7 +82,11 @@ CONVENTIONS = {  # the toy's settings (tests/rules/test_adafactor.py)
 }
 
 
-def toy_losses(convention: str, codec: str, steps: int) -> list[float]:
+# The same with RMS clipping switched off (a threshold no update reaches).
+NO_CLIP = {"torch": {**CONVENTIONS["torch"], "d": 1e9}, "hf": {**CONVENTIONS["hf"], "clip_threshold": 1e9}}
+
+
+def toy_losses(convention: str, codec: str, steps: int, settings=CONVENTIONS) -> list[float]:
     """Loss before each step of the toy regression."""
     if codec in PROBES:
         PROBES[codec].reseed(0)
@@ -92,7 +96,7 @@ def toy_losses(convention: str, codec: str, steps: int) -> list[float]:
     y = x @ true_w.T + 0.01 * torch.randn(256, 64, generator=g)
     weight = torch.zeros(64, 96, requires_grad=True)
     opt = tightfit.Adafactor([weight], convention=convention, beta1=0.9, state=codec, impl="reference",
-                             **CONVENTIONS[convention])
+                             **settings[convention])
     losses = []
     for _ in range(steps):
         opt.zero_grad()
@@ -103,17 +107,17 @@ def toy_losses(convention: str, codec: str, steps: int) -> list[float]:
     return losses
 
 
-def toy_rows(steps: int = 600) -> list[dict]:
+def toy_rows(steps: int = 600, settings=CONVENTIONS, codecs=CODEC_ROWS, label="") -> list[dict]:
     rows = []
-    for convention in CONVENTIONS:
-        reference = toy_losses(convention, "fp32", steps)
+    for convention in settings:
+        reference = toy_losses(convention, "fp32", steps, settings)
 
         def reached(loss):  # first step (1-based) where the fp32-momentum run was at or below ``loss``
             return next(i + 1 for i, value in enumerate(reference) if value <= loss)
 
-        for codec in CODEC_ROWS:
-            losses = reference if codec == "fp32" else toy_losses(convention, codec, steps)
-            rows.append({"problem": "toy least squares", "convention": convention, "momentum": codec,
+        for codec in codecs:
+            losses = reference if codec == "fp32" else toy_losses(convention, codec, steps, settings)
+            rows.append({"problem": "toy least squares", "convention": convention + label, "momentum": codec,
                          "loss@150": f"{losses[149]:.3e}", "loss@300": f"{losses[299]:.3e}",
                          "loss@600": f"{losses[599]:.3e}", "fp32_step_at_loss@150": reached(losses[149]),
                          "fp32_step_at_loss@300": reached(losses[299])})
@@ -154,9 +158,14 @@ def main() -> None:
     ap.add_argument("--adamw", action="store_true",
                     help="instead: AdamW's first moment in 4-bit vs 4-bit stochastic rounding on the bench "
                          "(results/adafactor_momentum_adamw.*)")
+    ap.add_argument("--no-clip", action="store_true",
+                    help="instead: the toy rows with RMS clipping off (results/adafactor_momentum_noclip.*)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # the machine is shared
-    if args.adamw:
+    if args.no_clip:
+        rows, name = toy_rows(settings=NO_CLIP, codecs=("fp32", "4bit", "4bit_sr"), label=", no clip"), \
+            "adafactor_momentum_noclip"
+    elif args.adamw:
         rows, name = bench_rows(rule="adamw"), "adafactor_momentum_adamw"
     else:
         rows, name = toy_rows() + ([] if args.skip_bench else bench_rows()), "adafactor_momentum"
