@@ -3,14 +3,14 @@ shakespeare-tiny preset), and whether their gap is a bug or float order amplifie
 
 Two measurements, each against AdamW fp32 on the same footing:
 
-1. One step from the same state (``--lockstep``, seed 0): along the native run, every
+1. One step from the same state (seed 0; skipped with ``--no-lockstep``): along the native run, every
    step also runs the reference path from a copy of the same params, grads and states;
    the worst ‖Δθ_native − Δθ_reference‖ / ‖Δθ_native‖ over the tensors and the worst
    relative state difference (per state, against its absmax) over the whole run.
 2. Free runs over seeds: per seed, each optimizer trains on its native path, on the
    reference path, and on the reference path perturbed only in rounding: initial weights
-   nudged by one ulp in random directions, or torch running the model on 2 threads instead
-   of 1 (another summation order in its matmuls). Reported: held-out loss, ratio to AdamW
+   nudged by one ulp in random directions, or (``--two-threads``) torch running the model
+   on 2 threads instead of 1 (another summation order in its matmuls). Reported: held-out loss, ratio to AdamW
    fp32 native of that seed (the bench's ratio), and how far each run ends from its
    reference run, ‖θ − θ_reference‖ / ‖θ_reference − θ_init‖. The baseline (AdamW)
    runs its reference and perturbed paths on the first seed only (a control).
@@ -41,8 +41,8 @@ from result_tables import write_results
 
 DEVICE = "2-core CPU"
 
-# (label, impl, initial weights nudged by one ulp, torch threads while stepping): every
-# variant but "native" runs the same reference code; they differ only in rounding.
+# (label, impl, initial weights nudged by one ulp, torch threads while stepping): the
+# reference variants run the same code and differ only in rounding.
 PATHS = (("native", "auto", False, 1), ("reference", "reference", False, 1),
          ("reference, init nudged 1 ulp", "reference", True, 1))
 # With --two-threads: torch's other summation order (slow where the 2 cores are shared:
