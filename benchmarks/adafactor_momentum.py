@@ -11,8 +11,8 @@ error comes from, and what unbiased (stochastic) rounding of the codes would cha
 
 Probe codecs (defined here, not offered by tightfit): ``4bit_sr`` is the 4-bit codec
 (block 128, dynamic4 signed map) with stochastic rounding between the two neighbouring
-codes, so that E[decode(encode(x))] = x; ``linear4_sr`` the same with 15 evenly spaced
-signed levels. Every row runs on the reference path (the probes have no kernel).
+codes, so that E[decode(encode(x))] = x; ``linear4_sr`` the same over the levels k/7
+(k = -7..7, plus 1/14). Every row runs on the reference path (the probes have no kernel).
 Writes benchmarks/results/adafactor_momentum.csv/.md (device and date on every row).
 
     python benchmarks/adafactor_momentum.py [--skip-bench | --adamw | --no-clip]
