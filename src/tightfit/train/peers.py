@@ -29,6 +29,9 @@ def _rule_family(name: str) -> str:
 LR_RULES: dict[str, tuple[Callable[[float], float | None], str]] = {
     "lion": (lambda lr: lr / 3, "Lion paper: 3-10x smaller lr than AdamW (sign updates have unit size)"),
     "adafactor": (lambda lr: None, "torch-convention Adafactor: lr only caps the relative step; rule default kept"),
+    "adafactor_hf": (lambda lr: None, "transformers-convention Adafactor: its relative step refuses an lr"),
+    "came": (lambda lr: lr / 10, "CAME has no bias correction: its first steps are ~10x AdamW's at the same lr "
+                                 "(measured: held-out 1.285x AdamW at lr, 1.026x at lr/10, default bench)"),
 }
 
 
