@@ -14,8 +14,9 @@ from typing import ClassVar
 import torch
 
 STATE_KINDS = ("signed", "unsigned", "small")  # small: fp32 only (see rules/base.py)
-# Bump when the stored layout or meaning of any codec changes. 2: 8-bit second moments on
-# the squared dynamic map (format 1 kept them on the dynamic map; converted on load).
+# Bump when the stored layout or meaning of any codec changes. 2: 8-bit and 4-bit second
+# moments on squared dynamic maps (format 1: the 8-bit dynamic map and the 4-bit linear
+# map; converted on load, codecs/upgrade.py).
 FORMAT_VERSION = 2
 
 

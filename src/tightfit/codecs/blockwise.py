@@ -104,4 +104,6 @@ class Blockwise4Codec(BlockwiseCodec):
     name = "4bit"
     bits = 4
     block_size = 128
-    map_names = {"signed": "dynamic4_signed", "unsigned": "linear4_unsigned"}
+    map_names = {"signed": "dynamic4_signed", "unsigned": "dynamic4_squared"}
+    # maps of earlier stored formats (state_io converts them on load)
+    legacy_map_names = {1: {"signed": "dynamic4_signed", "unsigned": "linear4_unsigned"}}

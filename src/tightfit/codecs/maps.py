@@ -17,9 +17,11 @@ arXiv 2110.02861, Li et al. 2023 arXiv 2309.01507):
 * ``dynamic8_signed`` / ``dynamic8_unsigned`` -- 8-bit dynamic-exponent maps.
 * ``dynamic8_squared`` -- the squares of ``dynamic8_unsigned``, for second moments: a
   second moment v stored on it is √v stored on the dynamic map (see below).
+* ``dynamic4_squared`` -- the squares of the 4-bit unsigned dynamic map (0, 1.06e-5 …
+  1), for 4-bit second moments, likewise.
 * ``dynamic4_signed`` -- 4-bit dynamic-exponent map for first moments.
-* ``linear4_unsigned`` -- {k/16 : k = 1..16}, zero-point free, for second moments
-  (a second moment rounded to 0 would blow up 1/sqrt(v)).
+* ``linear4_unsigned`` -- {k/16 : k = 1..16}, zero-point free: torchao's and Li et al.'s
+  4-bit second-moment map, tightfit's until format 2 (read for older states).
 
 8-bit second moments use ``dynamic8_squared``. The update divides by √v, so what must be
 precise is √v: quantizing v on the dynamic map spends codes on 7 decades of v (3.5 of
@@ -29,6 +31,8 @@ dynamic map's resolution applied to √v. On a quadratic whose curvatures span 1
 inside every block, 8-bit AdamW ends at 0.45x fp32's loss with it and 43x with the
 plain map (benchmarks/quality_stress.py; docs/numerics.md). bitsandbytes and torchao
 keep v on ``dynamic8_unsigned``; states stored so (format 1) are converted on load.
+4-bit second moments likewise use ``dynamic4_squared`` instead of the linear map (5
+decades of v instead of 1.2); measured in docs/numerics.md.
 
 Second-moment maps with a 0 entry round with ``exact_zero``: only an exact 0 takes code
 0, and a positive value below the smallest positive entry rounds up to it instead of
@@ -157,6 +161,7 @@ def get_map(name: str) -> QuantMap:
         "dynamic8_unsigned": lambda: (dynamic_exponent_values(False, 7, 8), True),
         "dynamic8_squared": lambda: ([v * v for v in dynamic_exponent_values(False, 7, 8)], True),
         "dynamic4_signed": lambda: (dynamic_exponent_values(True, 3, 4), False),
+        "dynamic4_squared": lambda: ([v * v for v in dynamic_exponent_values(False, 3, 4)], True),
         "linear4_unsigned": lambda: ([k / 16 for k in range(1, 17)], False),
     }
     if name not in builders:
