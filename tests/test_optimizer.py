@@ -112,7 +112,7 @@ def test_sparse_gradients_are_refused():
 
 
 BAD_HYPERPARAMETERS = [
-    (lambda p: tightfit.AdamW(p, lr=-1e-3), r"invalid lr: -0.001 \(allowed: a number >= 0\)"),
+    (lambda p: tightfit.AdamW(p, lr=-1e-3), r"invalid lr: -0.001 \(allowed: a finite number >= 0\)"),
     (lambda p: tightfit.AdamW(p, betas=(0.9, 1.0)), r"invalid betas\[1\]: 1.0 \(allowed: 0 <= betas\[1\] < 1\)"),
     (lambda p: tightfit.AdamW(p, betas=(0.9,)), r"invalid betas"),
     (lambda p: tightfit.AdamW(p, eps=-1.0), r"invalid eps: -1.0"),

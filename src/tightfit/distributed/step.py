@@ -99,7 +99,9 @@ def _step_on_dtensors(rule, hyper, group, param, state, rounding_key) -> None:
     stored = encoded_states(state)
     decoded = {name: as_dtensor(get_codec(enc.codec).decode(enc), specs[name], param) for name, enc in stored.items()}
     step = int(state["step"].item()) + 1
-    new_param, new_states = rule.update(param.detach().float(), param.grad.float(), decoded, step=step, **hyper)
+    extras = rule.update_extras(enc.codec for enc in stored.values())
+    new_param, new_states = rule.update(param.detach().float(), param.grad.float(), decoded, step=step, **hyper,
+                                        **extras)
     new_local = new_param.redistribute(param.device_mesh, param.placements).to_local()
     if rounding_key is not None and param.dtype == torch.bfloat16:
         new_local = stochastic_round_to_bf16(new_local, seed=rounding_key[0], salt=rounding_key[1], step=step)

@@ -45,7 +45,8 @@ def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
     step = int(state["step"].item()) + 1
     stored = encoded_states(state)
     decoded = {name: decode(enc) for name, enc in stored.items()}
-    new_param, new_states = rule.update(param.detach().float(), grad.float(), decoded, step=step, **hyper)
+    extras = rule.update_extras(enc.codec for enc in stored.values())
+    new_param, new_states = rule.update(param.detach().float(), grad.float(), decoded, step=step, **hyper, **extras)
     if rounding_key is not None and param.dtype == torch.bfloat16:
         seed, salt = rounding_key
         param.copy_(stochastic_round_to_bf16(new_param, seed=seed, salt=salt, step=step))

@@ -173,7 +173,10 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
                 (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
     first_program, total_programs = program_table(element_programs([p.numel() for p in params]), device)
     tensors = host_to_device(tensor_rows, torch.int64, device)
-    hyper_table = make_hyper_table(kernel_rule.slots(hyper), hyper["lr"], HYPER_SLOTS, device)
+    slots = kernel_rule.slots(hyper)
+    if kernel_rule.selector == pieces.RULE_ADAM.value:  # slot 7: lossy states (Rule.update_extras)
+        slots[7] = float(get_rule(rule_name).update_extras([codec_name])["lossy_states"])
+    hyper_table = make_hyper_table(slots, hyper["lr"], HYPER_SLOTS, device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
     nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)
 

@@ -111,7 +111,8 @@ def adam_moment_bound(beta1, beta2, step_int, step):
 @triton.jit
 def adam_update(param, grad, exp_avg, exp_avg_sq, hyper_ptr, step):
     """Adam/AdamW (rules/adamw.py). Slots: 0 lr, 1 beta1, 2 beta2, 3 eps,
-    4 decoupled weight decay, 5 coupled (L2) weight decay, 6 maximize (0/1)."""
+    4 decoupled weight decay, 5 coupled (L2) weight decay, 6 maximize (0/1),
+    7 lossy states (0/1: hold m to Adam's bound)."""
     lr = hyper(hyper_ptr, 0)
     beta1 = hyper(hyper_ptr, 1)
     beta2 = hyper(hyper_ptr, 2)
@@ -125,7 +126,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, hyper_ptr, step):
     param = param * (1.0 - lr * hyper(hyper_ptr, 4)).to(tl.float32)
     root = tl.sqrt_rn(exp_avg_sq)
     # m held to ±κₜ√v (rules/adamw.py clamp_moment); κₜ inf: inf*0 = NaN compares false
-    limit = root * adam_moment_bound(beta1, beta2, step_int, step).to(tl.float32)
+    bound = tl.where(hyper(hyper_ptr, 7) != 0.0, adam_moment_bound(beta1, beta2, step_int, step), float("inf"))
+    limit = root * bound.to(tl.float32)
     held = tl.where(tl.abs(exp_avg) > limit, tl.where(exp_avg < 0.0, -limit, limit), exp_avg)
     denom = tl.div_rn(root, bias2_sqrt.to(tl.float32)) + hyper(hyper_ptr, 3).to(tl.float32)
     param = param - (lr / bias1).to(tl.float32) * tl.div_rn(held, denom)

@@ -43,20 +43,23 @@ def adam_moment_bound(beta1: float, beta2: float, step: int) -> float:
     return (1.0 - beta1) * math.sqrt(series / (1.0 - beta2)) * MOMENT_BOUND_SLACK
 
 
-def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False):
+def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False, lossy_states=False):
     """AdamW, decoupled weight decay scaled by the (scheduled) learning rate:
 
         θ ← θ · (1 − η·λ)
         m ← β₁·m + (1 − β₁)·g
         v ← β₂·v + (1 − β₂)·g²
-        m̃ ← clamp(m, −κₜ√v, κₜ√v)                      (κₜ: adam_moment_bound)
+        m̃ ← clamp(m, −κₜ√v, κₜ√v)   lossy states only (κₜ: adam_moment_bound)
         θ ← θ − η/(1 − β₁ᵗ) · m̃ / (√v / √(1 − β₂ᵗ) + ε)
 
-    ε is added after bias-correcting √v, as torch.optim.AdamW does. The clamp is a no-op
-    for exact moments (|m| ≤ κₜ√v always holds; fp32 states match torch.optim.AdamW) and
-    keeps quantized ones from stepping further than fp32 Adam ever could: a second moment
-    rounded to 0 next to a first moment that is not would otherwise step η·m/ε (the
-    zero-point problem, Li et al. 2023, arXiv 2309.01507). The stored m is not clamped.
+    ε is added after bias-correcting √v, as torch.optim.AdamW does. ``lossy_states``
+    (the implementation sets it when a state is stored in a lossy codec: bf16, 8/4-bit)
+    holds m to Adam's own bound, so quantized moments never step further than fp32 Adam
+    could: a second moment rounded to 0 next to a first moment that is not would
+    otherwise step η·m/ε (the zero-point problem, Li et al. 2023, arXiv 2309.01507). The
+    bound assumes constant betas; exact fp32 moments need no guard and are never clamped
+    (schedules that cycle β₁, such as OneCycleLR, stay equal to torch.optim.AdamW). The
+    stored m is not clamped.
     Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
     """
     beta1, beta2 = betas
@@ -68,7 +71,7 @@ def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxi
     bias2_sqrt = (1 - beta2**step) ** 0.5
     param = param * (1 - lr * weight_decay)
     root = exp_avg_sq.sqrt()
-    limited = clamp_moment(exp_avg, root, adam_moment_bound(beta1, beta2, step))
+    limited = clamp_moment(exp_avg, root, adam_moment_bound(beta1, beta2, step)) if lossy_states else exp_avg
     denom = root / bias2_sqrt + eps
     param = param - (lr / bias1) * (limited / denom)
     return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
@@ -83,7 +86,7 @@ def clamp_moment(moment, root, bound: float):
 
 
 def adam_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False,
-                decoupled_weight_decay=False):
+                decoupled_weight_decay=False, lossy_states=False):
     """Adam with L2 weight decay coupled into the gradient (torch.optim.Adam):
 
         g ← g + λ·θ, then the AdamW moments and step with no decoupled decay.
@@ -93,12 +96,13 @@ def adam_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxim
     """
     if decoupled_weight_decay:
         return adamw_update(param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
-                            weight_decay=weight_decay, maximize=maximize)
+                            weight_decay=weight_decay, maximize=maximize, lossy_states=lossy_states)
     if maximize:
         grad = -grad
     if weight_decay:
         grad = grad + weight_decay * param
-    return adamw_update(param, grad, state, step=step, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+    return adamw_update(param, grad, state, step=step, lr=lr, betas=betas, eps=eps, weight_decay=0.0,
+                        lossy_states=lossy_states)
 
 
 def _validate(h) -> None:
@@ -119,6 +123,7 @@ ADAMW = register_rule(Rule(
     state_specs=lambda shape, hyper: MOMENTS,
     paper="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization, arXiv 1711.05101",
     torch_group_extras=_TORCH_EXTRAS,
+    guards_lossy_states=True,
 ))
 
 ADAM = register_rule(Rule(
@@ -130,4 +135,5 @@ ADAM = register_rule(Rule(
     state_specs=lambda shape, hyper: MOMENTS,
     paper="Kingma & Ba 2015, Adam: A Method for Stochastic Optimization, arXiv 1412.6980",
     torch_group_extras=_TORCH_EXTRAS,
+    guards_lossy_states=True,
 ))

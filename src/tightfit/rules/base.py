@@ -58,6 +58,15 @@ class Rule:
     # False when the update reduces across elements (factored statistics, RMS clipping):
     # on sharded params such a rule must see the whole tensor (distributed/step.py).
     elementwise: bool = True
+    # True when ``update`` takes ``lossy_states`` (a state is in a lossy codec: bf16, 8/4-bit)
+    # to guard against quantization error (AdamW's moment bound); implementations pass it.
+    guards_lossy_states: bool = False
+
+    def update_extras(self, codec_names) -> dict[str, Any]:
+        """Keyword arguments the implementation adds to ``update`` for states in these codecs."""
+        if not self.guards_lossy_states:
+            return {}
+        return {"lossy_states": any(name != "fp32" for name in codec_names)}
 
     @property
     def grad_limit(self) -> float:

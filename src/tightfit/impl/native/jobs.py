@@ -10,6 +10,7 @@ PyTorch casts a Python scalar), so the kernel rounds as the reference does.
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Mapping
@@ -65,7 +66,7 @@ class RuleCall:
     coeffs: tuple[float, ...]
 
 
-def _adamw(h: Mapping[str, Any], step: int, coupled_wd: float = 0.0) -> RuleCall:
+def _adamw(h: Mapping[str, Any], step: int, lossy: bool, coupled_wd: float = 0.0) -> RuleCall:
     # Same expressions as rules.adamw.adamw_update.
     beta1, beta2 = h["betas"]
     lr, weight_decay = h["lr"], (0.0 if coupled_wd else h["weight_decay"])
@@ -74,30 +75,30 @@ def _adamw(h: Mapping[str, Any], step: int, coupled_wd: float = 0.0) -> RuleCall
     flags = (F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if coupled_wd else 0)
     return RuleCall(R_ADAMW, flags, (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
                                      bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
-                                     adam_moment_bound(beta1, beta2, step)))
+                                     adam_moment_bound(beta1, beta2, step) if lossy else math.inf))
 
 
-def _adam(h: Mapping[str, Any], step: int) -> RuleCall:
+def _adam(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
     # rules.adamw.adam_update: coupled L2 unless decoupled_weight_decay.
     if h["decoupled_weight_decay"]:
-        return _adamw(h, step)
-    return _adamw(h, step, coupled_wd=h["weight_decay"])
+        return _adamw(h, step, lossy)
+    return _adamw(h, step, lossy, coupled_wd=h["weight_decay"])
 
 
-def _lion(h: Mapping[str, Any], step: int) -> RuleCall:
+def _lion(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
     beta1, beta2 = h["betas"]
     lr = h["lr"]
     return RuleCall(R_LION, 0, (beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * h["weight_decay"], lr))
 
 
-def _sgd(h: Mapping[str, Any], step: int) -> RuleCall:
+def _sgd(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
     flags = ((F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if h["weight_decay"] else 0)
              | (F_MOMENTUM if h["momentum"] else 0) | (F_NESTEROV if h["nesterov"] else 0)
              | (F_FIRST_STEP if step == 1 else 0))
     return RuleCall(R_SGD, flags, (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"]))
 
 
-def _sophiag(h: Mapping[str, Any], step: int) -> RuleCall:
+def _sophiag(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
     # rules.sophia.sophiag_update: (rho * bs) is a Python product before meeting h.
     beta1 = h["betas"][0]
     lr = h["lr"]
@@ -105,7 +106,8 @@ def _sophiag(h: Mapping[str, Any], step: int) -> RuleCall:
                     (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr))
 
 
-RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int], RuleCall]] = {
+# rule name -> (hyper, step, lossy states: Rule.update_extras) -> RuleCall
+RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int, bool], RuleCall]] = {
     "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd, "sophiag": _sophiag,
 }
 
