@@ -126,7 +126,7 @@ def _edit(edit):
 
 
 BAD_STATE_DICTS = [
-    (_edit(lambda sd: sd["tightfit"].update(format=99)), r"format 99; this tightfit reads format 1"),
+    (_edit(lambda sd: sd["tightfit"].update(format=99)), r"format 99; this tightfit reads formats \(1, 2\)"),
     (_edit(lambda sd: sd["tightfit"].update(rule="lion")), r"state_dict is for rule 'lion', this optimizer runs 'adamw'"),
     (_edit(lambda sd: _first_state(sd).update(codec="3bit")), r"unknown codec '3bit'"),
     (_edit(lambda sd: _first_state(sd).update(block_size=2048)), r"block size 2048 but codec '8bit' uses 256"),
