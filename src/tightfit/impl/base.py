@@ -53,7 +53,7 @@ def grad_usable(grad: torch.Tensor, limit: float) -> bool:
     One read of ``grad``: the largest |g| (an inf-norm reduction, no temporary);
     NaN propagates through it and fails the comparison.
     """
-    return bool(torch.linalg.vector_norm(grad, ord=float("inf"), dtype=torch.float32) < limit)
+    return bool(grad_usable_flag(grad, limit))
 
 
 def grad_usable_flag(grad: torch.Tensor, limit: float) -> torch.Tensor:

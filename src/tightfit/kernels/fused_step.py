@@ -175,7 +175,7 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
     tensors = host_to_device(tensor_rows, torch.int64, device)
     slots = kernel_rule.slots(hyper)
     if kernel_rule.selector == pieces.RULE_ADAM.value:  # slot 7: lossy states (Rule.update_extras)
-        slots[7] = float(get_rule(rule_name).update_extras([codec_name])["lossy_states"])
+        slots[7] = float(get_rule(rule_name).lossy_guard([codec_name]))
     hyper_table = make_hyper_table(slots, hyper["lr"], HYPER_SLOTS, device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
     nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)

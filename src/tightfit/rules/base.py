@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..codecs import get_codec
+
 STATE_KINDS_ALL = ("signed", "unsigned", "small")
 
 # A gradient element at or above a rule's limit makes the step skip that parameter, as a
@@ -62,11 +64,13 @@ class Rule:
     # to guard against quantization error (AdamW's moment bound); implementations pass it.
     guards_lossy_states: bool = False
 
+    def lossy_guard(self, codec_names) -> bool:
+        """Whether ``update`` guards states stored in these codecs (any of them lossy)."""
+        return self.guards_lossy_states and any(get_codec(name).quantized for name in codec_names)
+
     def update_extras(self, codec_names) -> dict[str, Any]:
         """Keyword arguments the implementation adds to ``update`` for states in these codecs."""
-        if not self.guards_lossy_states:
-            return {}
-        return {"lossy_states": any(name != "fp32" for name in codec_names)}
+        return {"lossy_states": self.lossy_guard(codec_names)} if self.guards_lossy_states else {}
 
     @property
     def grad_limit(self) -> float:

@@ -113,7 +113,7 @@ class NativeCpuImplementation(Implementation):
         make_call = RULE_CALLS[rule.name]
         for param, state in zip(params, states):
             names = [spec.name for spec in rule.state_specs(param.shape, hyper)]
-            lossy = rule.update_extras(state[n].codec for n in names).get("lossy_states", False)
+            lossy = rule.lossy_guard(state[n].codec for n in names)
             call = make_call(hyper, int(state["step"].item()) + 1, lossy)
             job = make_job(call, param.detach(), param.grad, [state[n] for n in names],
                            state["step"], state["nonfinite_skips"], n_threads)
