@@ -7,6 +7,7 @@ from .names import OPTIMIZER_NAMES, create_optimizer, register_codec_variants, r
 from .optimizer import TightfitOptimizer
 from .optimizers import SGD, Adam, AdamW, Lion
 from .optimizers_factored import CAME, Adafactor, SophiaG
+from .optimizers_ademamix_muon import AdEMAMix, Muon
 from .rules import RULES
 
 __version__ = "0.1.0"
