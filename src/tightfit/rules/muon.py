@@ -133,12 +133,6 @@ def _validate(h) -> None:
             as_matrices(p, h["nd_params"])
 
 
-def _state_specs(shape, hyper):
-    if len(shape) < 2:
-        as_matrices(torch.empty(shape, device="meta"), hyper["nd_params"])  # raises, naming the shape
-    return MOMENTUM
-
-
 MUON = register_rule(Rule(
     name="muon",
     update=muon_update,
@@ -146,7 +140,7 @@ MUON = register_rule(Rule(
               "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-7, "ns_steps": 5, "adjust_lr_fn": None,
               "ns_dtype": "fp32", "nd_params": "stacked"},
     validate=_validate,
-    state_specs=_state_specs,
+    state_specs=lambda shape, hyper: MOMENTUM,  # shape probes of any ndim (state checks, planner)
     paper="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks; Liu et al. 2025, "
           "Muon is Scalable for LLM Training, arXiv 2502.16982",
     elementwise=False,
