@@ -3,7 +3,9 @@ state codec, and their ``create_optimizer`` names."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
+
+import torch
 
 from .codecs import Codec
 from .names import register_codec_variants, register_name
@@ -29,25 +31,86 @@ class AdEMAMix(TightfitOptimizer):
                          weight_decay=weight_decay, state=state, **shell_options)
 
 
-class Muon(TightfitOptimizer):
-    """Muon with torch.optim.Muon semantics and defaults: momentum orthogonalized by
-    Newton–Schulz, for the matrices of hidden layers. ``state`` stores the momentum
-    (8-bit: 1 byte per parameter). Newton–Schulz runs in float32 (``ns_dtype="bf16"``: as
-    torch does); parameters with more than two dims follow ``nd_params`` (rules/muon.py).
-    Every parameter must have at least two dims (torch.optim.Muon: exactly two).
+def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module that maps hidden states to outputs: ``get_output_embeddings()`` where the
+    model has it (transformers' models: the LM head), else the last ``nn.Linear`` registered."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if isinstance(head, torch.nn.Module):
+        return head
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linears[-1] if linears else None
 
-    >>> opt = Muon(hidden_matrices, lr=0.02, state="8bit")
+
+def hidden_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(Muon's params, the rest) of a model: Muon takes every parameter of two or more dims
+    except embedding tables (``nn.Embedding``/``EmbeddingBag`` weights) and the output head's;
+    the rest are those, biases, norms and other vectors. A tied head is an embedding (and each
+    parameter is listed once)."""
+    outer = {id(p) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+             for p in m.parameters(recurse=False)}
+    head = output_head(model)
+    if head is not None:
+        outer |= {id(p) for p in head.parameters()}
+    hidden, rest = [], []
+    for p in model.parameters():
+        (hidden if p.ndim >= 2 and id(p) not in outer else rest).append(p)
+    return hidden, rest
+
+
+def route(params, adamw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Param groups for Muon: a module is split by hidden_matrices; an iterable of params (or of
+    (name, param) pairs) by dims: two or more to Muon, fewer to AdamW. Groups given as dicts
+    stay as given (a group without "rule" is Muon's); ``adamw`` fills the AdamW groups' options."""
+    if isinstance(params, torch.nn.Module):
+        hidden, rest = hidden_matrices(params)
+    else:
+        items = list(params)
+        if items and all(isinstance(item, dict) for item in items):
+            return [{**adamw, **group} if group.get("rule") == "adamw" else dict(group) for group in items]
+
+        def dims(item) -> int:
+            return (item[1] if isinstance(item, tuple) else item).ndim
+
+        hidden, rest = [i for i in items if dims(i) >= 2], [i for i in items if dims(i) < 2]
+    groups = [{"params": hidden}] if hidden else []
+    if rest:
+        groups.append({**adamw, "params": rest, "rule": "adamw"})
+    return groups  # empty: torch refuses the empty parameter list
+
+
+class Muon(TightfitOptimizer):
+    """Muon with torch.optim.Muon semantics and defaults (momentum orthogonalized by
+    Newton–Schulz) on hidden matrices, and AdamW on everything else, in one optimizer:
+
+    - ``Muon(model)``: Muon on the hidden matrices; embeddings, the output head (the model's
+      ``get_output_embeddings()``, else its last ``nn.Linear``), biases and norms run AdamW
+      (hidden_matrices).
+    - ``Muon(model.parameters())`` or ``named_parameters()``: split by dims only — params of two
+      or more dims run Muon (embeddings and the head too: pass the module to route them).
+    - Param groups (dicts): as given; a group runs Muon unless it names another ``"rule"``.
+
+    ``adamw`` (a dict) sets the AdamW groups' options (``lr``, ``betas``, ``eps``,
+    ``weight_decay``, ``state`` ...; default: AdamW's defaults, lr 1e-3). ``state`` stores
+    Muon's momentum and AdamW's moments (8-bit: 1 byte per parameter for Muon). Newton–Schulz
+    runs in float32 (``ns_dtype="bf16"``: as torch does); params of more than two dims follow
+    ``nd_params`` (rules/muon.py).
+
+    >>> opt = Muon(model, lr=0.02, adamw={"lr": 3e-4, "betas": (0.9, 0.95)}, state="8bit")
     """
 
     rule = MUON
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,
-                 ns_dtype: str = "fp32", nd_params: str = "stacked", state: str | Codec = "fp32",
-                 **shell_options: Any):
-        super().__init__(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
-                         ns_dtype=ns_dtype, nd_params=nd_params, state=state, **shell_options)
+                 ns_dtype: str = "fp32", nd_params: str = "auto", adamw: Mapping[str, Any] | None = None,
+                 state: str | Codec = "fp32", **shell_options: Any):
+        if adamw is not None and not isinstance(adamw, Mapping):
+            raise ValueError(f"invalid adamw: {adamw!r} (allowed: None or a dict of AdamW group options)")
+        super().__init__(route(params, dict(adamw or {})), lr=lr, weight_decay=weight_decay, momentum=momentum,
+                         nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                         adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, nd_params=nd_params, state=state,
+                         **shell_options)
 
 
 def register_family(prefix: str, cls: type[TightfitOptimizer]) -> None:

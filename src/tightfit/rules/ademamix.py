@@ -10,7 +10,6 @@ States: ``exp_avg`` (fast EMA, signed), ``exp_avg_slow`` (slow EMA, signed) and
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any, Mapping
 
 import torch
@@ -95,7 +94,7 @@ def ademamix_scalars(hyper: Mapping[str, Any], step, lossy: bool) -> dict[str, A
         slow_bound = ema_moment_bound(beta3, beta2, step, (1.0 - first) / (1.0 - beta3))
     else:
         fast_bound = slow_bound = math.inf
-    return OrderedDict(
+    return dict(
         beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
         beta3=beta3_t, one_minus_beta3=1.0 - beta3_t, alpha=scheduled_alpha(hyper["alpha"], hyper["t_alpha"], step),
         decay_factor=1.0 - lr * hyper["weight_decay"], bias1=1.0 - beta1**step, bias2_sqrt=(1.0 - beta2**step) ** 0.5,
@@ -107,6 +106,21 @@ def _held_to(moment, root, bound):
     """moment held to [−bound·root, bound·root]; a root of 0 zeroes it."""
     limit = root * bound
     return torch.where(moment.abs() > limit, limit.copysign(moment), moment)
+
+
+def ademamix_apply(param, grad, state, s):
+    """One AdEMAMix step from ``ademamix_scalars`` ``s`` (see ademamix_update for the math)."""
+    fast = state["exp_avg"] * s["beta1"] + s["one_minus_beta1"] * grad
+    slow = state["exp_avg_slow"] * s["beta3"] + s["one_minus_beta3"] * grad
+    second = state["exp_avg_sq"] * s["beta2"] + s["one_minus_beta2"] * (grad * grad)
+    root = second.sqrt()
+    fast_used, slow_used = fast, slow
+    if s["fast_bound"] != math.inf:  # lossy states (a Python float here: the reference path)
+        fast_used, slow_used = _held_to(fast, root, s["fast_bound"]), _held_to(slow, root, s["slow_bound"])
+    param = param * s["decay_factor"]
+    mixed = fast_used / s["bias1"] + s["alpha"] * slow_used
+    param = param - s["lr"] * (mixed / (root / s["bias2_sqrt"] + s["eps"]))
+    return param, {"exp_avg": fast, "exp_avg_slow": slow, "exp_avg_sq": second}
 
 
 def ademamix_update(param, grad, state, *, step, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay,
@@ -132,18 +146,7 @@ def ademamix_update(param, grad, state, *, step, lr, betas, alpha, t_alpha, t_be
     """
     hyper = {"lr": lr, "betas": betas, "alpha": alpha, "t_alpha": t_alpha, "t_beta3": t_beta3, "eps": eps,
              "weight_decay": weight_decay}
-    c = ademamix_scalars(hyper, step, lossy_states)
-    fast = state["exp_avg"] * c["beta1"] + c["one_minus_beta1"] * grad
-    slow = state["exp_avg_slow"] * c["beta3"] + c["one_minus_beta3"] * grad
-    second = state["exp_avg_sq"] * c["beta2"] + c["one_minus_beta2"] * (grad * grad)
-    root = second.sqrt()
-    fast_used, slow_used = fast, slow
-    if lossy_states:
-        fast_used, slow_used = _held_to(fast, root, c["fast_bound"]), _held_to(slow, root, c["slow_bound"])
-    param = param * c["decay_factor"]
-    mixed = fast_used / c["bias1"] + c["alpha"] * slow_used
-    param = param - c["lr"] * (mixed / (root / c["bias2_sqrt"] + c["eps"]))
-    return param, {"exp_avg": fast, "exp_avg_slow": slow, "exp_avg_sq": second}
+    return ademamix_apply(param, grad, state, ademamix_scalars(hyper, step, lossy_states))
 
 
 def _check_schedule_length(name: str, value: Any) -> None:
@@ -176,4 +179,5 @@ ADEMAMIX = register_rule(Rule(
     state_specs=lambda shape, hyper: STATES,
     paper="Pagliardini, Ablin & Grangier 2024, The AdEMAMix Optimizer: Better, Faster, Older, arXiv 2409.03137",
     guards_lossy_states=True,
+    scalars=ademamix_scalars,
 ))

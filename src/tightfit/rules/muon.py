@@ -8,10 +8,11 @@ nothing in stability, since the orthogonalization divides by its norm. The rule 
 over the whole matrix (``elementwise=False``).
 
 Parameters with more than two dims (``nd_params``):
-- ``"stacked"`` (default): the leading dims index a batch of matrices made of the last two
-  dims, each orthogonalized on its own — stacked experts (E, d_out, d_in), Q/K/V stacks.
-- ``"flatten"``: one matrix (d₀, d₁·d₂·…), the convention of Keller Jordan's and
-  Moonlight's Muon for convolution filters (out, in, kh, kw).
+- ``"stacked"``: the leading dims index a batch of matrices made of the last two dims, each
+  orthogonalized on its own — stacked experts (E, d_out, d_in), Q/K/V stacks.
+- ``"flatten"``: one matrix (d₀, d₁·d₂·…), the convention of Keller Jordan's and Moonlight's
+  Muon for convolution filters (out, in, kh, kw).
+- ``"auto"`` (default, Keller Jordan's Muon): 3-D stacked, 4-D and more flattened.
 One-dim parameters (biases, norms) are not Muon's: give them another rule.
 """
 
@@ -27,7 +28,7 @@ from .base import (Rule, StateSpec, _number, check_bool, check_nonnegative, chec
 
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 NS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ND_PARAMS = ("stacked", "flatten")
+ND_PARAMS = ("auto", "stacked", "flatten")
 MAX_NS_STEPS = 100  # torch.optim.Muon's limit (exclusive)
 MOMENTUM = (StateSpec("momentum_buffer", "signed"),)
 
@@ -39,7 +40,7 @@ def as_matrices(tensor: torch.Tensor, nd_params: str) -> torch.Tensor:
                          "biases and norms, another rule, e.g. a param group with rule 'adamw')")
     if tensor.ndim == 2:
         return tensor
-    if nd_params == "flatten":
+    if nd_params == "flatten" or (nd_params == "auto" and tensor.ndim > 3):
         return tensor.reshape(tensor.shape[0], -1)
     return tensor.reshape(-1, *tensor.shape[-2:])
 
@@ -93,7 +94,7 @@ def muon_update(param, grad, state, *, step, lr, weight_decay, momentum, nestero
     ``ns_dtype`` "fp32" (default) runs the iteration in float32; "bf16" rounds as
     torch.optim.Muon does (its result, step for step, and faster on GPUs). Defaults: lr 1e-3,
     weight_decay 0.1, momentum 0.95, nesterov True, ns_coefficients (3.4445, −4.775, 2.0315),
-    eps 1e-7, ns_steps 5, adjust_lr_fn None, ns_dtype "fp32", nd_params "stacked".
+    eps 1e-7, ns_steps 5, adjust_lr_fn None, ns_dtype "fp32", nd_params "auto".
     """
     buf = state["momentum_buffer"].lerp(grad, 1 - momentum)
     direction = grad.lerp(buf, momentum) if nesterov else buf
@@ -138,7 +139,7 @@ MUON = register_rule(Rule(
     update=muon_update,
     defaults={"lr": 1e-3, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True,
               "ns_coefficients": (3.4445, -4.775, 2.0315), "eps": 1e-7, "ns_steps": 5, "adjust_lr_fn": None,
-              "ns_dtype": "fp32", "nd_params": "stacked"},
+              "ns_dtype": "fp32", "nd_params": "auto"},
     validate=_validate,
     state_specs=lambda shape, hyper: MOMENTUM,  # shape probes of any ndim (state checks, planner)
     paper="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks; Liu et al. 2025, "
