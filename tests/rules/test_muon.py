@@ -221,6 +221,10 @@ def test_one_dim_params_in_a_muon_group_are_refused_at_construction(build):
 
 
 def final_loss(codec, impl="auto"):
+    """Loss after 150 steps of Muon (hidden) + AdamW (rest), both in ``codec``. Measured
+    (2026-11-29): fp32 7.6e-4, bf16 1.4e-3, 8-bit 6.5e-4, 4-bit 2.0e-3 (4-bit momentum alone,
+    AdamW in fp32: 2.1e-3). Muon's steps keep their size (no lr decay here), so the last loss
+    is a noisy floor: the bars hold through the shared absolute slack of 1e-3."""
     model = small_mlp()
     opt = tightfit.Muon(model, lr=2e-2, adamw={"lr": 1e-2}, state=codec, min_quantized_numel=0, impl=impl)
     return train(model, opt, 150)
