@@ -17,6 +17,7 @@ import torch
 
 from ..kernels import triton_available
 from .base import Implementation, encoded_states
+from .registry import register_implementation
 
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -96,6 +97,4 @@ class TritonImplementation(Implementation):
                 fused_step(rule, hyper, member_params, member_states, state_names, codec, **options)
 
 
-from . import register_implementation  # noqa: E402  (impl/__init__ defines it before importing us)
-
-register_implementation(TritonImplementation(), auto_on=("cuda",))
+register_implementation(TritonImplementation())
