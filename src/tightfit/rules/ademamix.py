@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .adamw import MOMENT_BOUND_SLACK
+from .adamw import adam_moment_bound
 from .base import Rule, StateSpec, _number, check_betas, check_nonnegative, register_rule
 
 STATES = (StateSpec("exp_avg", "signed"), StateSpec("exp_avg_slow", "signed"), StateSpec("exp_avg_sq", "unsigned"))
@@ -53,28 +53,14 @@ def ema_moment_bound(beta: float, beta2: float, step, weight_scale: float = 1.0)
     """κ with |m| ≤ κ·√v when m is an EMA of g at rate β (or at any rates ≤ β whose new-value
     weights are at most ``weight_scale``·(1 − β)) and v the exact EMA of g² at β₂.
 
-    Cauchy–Schwarz over m = Σ wᵢ gᵢ, wᵢ ≤ s·(1 − β)·β^(t−i), and v = (1 − β₂) Σ β₂^(t−i) gᵢ²:
-
-        m² ≤ s²(1 − β)²/(1 − β₂) · Sₜ · v,   Sₜ = Σ_{k<t} γᵏ,  γ = β²/β₂
-
-    (rules/adamw.py's adam_moment_bound for s = 1). For the slow EMA γ > 1 (β₃ = 0.9999,
+    Cauchy–Schwarz as in rules/adamw.py's adam_moment_bound (whose κ this scales): with
+    wᵢ ≤ s·(1 − β)·β^(t−i) the bound grows by s. For the slow EMA γ = β₃²/β₂ > 1 (β₃ = 0.9999,
     β₂ = 0.999): the bound is true but grows with t, as the exact ratio |m₂|/√v can once
-    gradients fade (m₂ forgets 10x slower than v). Held at FLOAT32_MAX when it overflows;
-    inf when β₂ = 0 (no bound). Returned with adamw's MOMENT_BOUND_SLACK. ``step`` may be a
-    tensor (only arithmetic and ** touch it).
+    gradients fade (m₂ forgets 10x slower than v). Held at FLOAT32_MAX where it overflows;
+    inf when β₂ = 0 (no bound). ``step`` may be a tensor.
     """
-    if beta2 == 0.0:
-        return math.inf
-    gamma = beta * beta / beta2
-    if gamma == 1.0:
-        series = step
-    else:
-        try:
-            series = (1.0 - gamma**step) / (1.0 - gamma)
-        except OverflowError:
-            return FLOAT32_MAX
-    bound = weight_scale * (1.0 - beta) * (series / (1.0 - beta2)) ** 0.5 * MOMENT_BOUND_SLACK
-    return _at_most(bound, FLOAT32_MAX)
+    bound = adam_moment_bound(beta, beta2, step)
+    return bound if beta2 == 0.0 else _at_most(weight_scale * bound, FLOAT32_MAX)
 
 
 def ademamix_scalars(hyper: Mapping[str, Any], step, lossy: bool) -> dict[str, Any]:
