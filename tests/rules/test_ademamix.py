@@ -44,7 +44,8 @@ PARITY_CASES = {
 }
 
 
-@pytest.mark.parametrize("case,impl", [(case, "reference") for case in PARITY_CASES] + [("warmups_inside_the_run", "auto")])
+@pytest.mark.parametrize("case,impl", [(case, "reference") for case in PARITY_CASES]
+                         + [("warmups_inside_the_run", "auto")])
 def test_fp32_equals_bitsandbytes_over_100_steps(case, impl):
     bnb_ademamix = peer("bitsandbytes", "optim").AdEMAMix
     model = small_mlp()
@@ -156,7 +157,8 @@ def test_auto_equals_reference_under_every_codec(codec):
 
 
 # codec -> bytes of three states for a 64x96 param (6144 elements: quantized)
-STATE_BYTES = {"fp32": 3 * 6144 * 4, "bf16": 3 * 6144 * 2, "8bit": 3 * (6144 + 4 * 24), "4bit": 3 * (6144 // 2 + 4 * 48)}
+STATE_BYTES = {"fp32": 3 * 6144 * 4, "bf16": 3 * 6144 * 2, "8bit": 3 * (6144 + 4 * 24),
+               "4bit": 3 * (6144 // 2 + 4 * 48)}
 SUFFIX = {"fp32": "32bit", "bf16": "bf16", "8bit": "8bit", "4bit": "4bit"}
 
 

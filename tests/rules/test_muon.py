@@ -82,7 +82,8 @@ def twins(shapes=SHAPES):
 @pytest.mark.parametrize("case,impl", [(case, "reference") for case in PARITY_CASES] + [("defaults", "auto")])
 def test_bf16_newton_schulz_equals_torch_muon(case, impl):
     ours, theirs = twins()
-    opts = tightfit.Muon(ours, ns_dtype="bf16", impl=impl, **PARITY_CASES[case]), torch.optim.Muon(theirs, **PARITY_CASES[case])
+    opts = (tightfit.Muon(ours, ns_dtype="bf16", impl=impl, **PARITY_CASES[case]),
+            torch.optim.Muon(theirs, **PARITY_CASES[case]))
     assert run_pair(*opts, ours, theirs, steps=20) <= MUON_TOL["vs_torch"]
 
 
