@@ -77,7 +77,7 @@ class CAME(TightfitOptimizer):
     """CAME (arXiv 2307.02047) with came-pytorch 0.1.3 semantics: Adafactor's factored
     second moment, momentum, and a factored confidence (instability) scaling.
 
-    ``lr`` is required (README: 0.5-0.9x the AdamW lr, e.g. 2e-4 with weight_decay 1e-2).
+    ``lr`` is required (about 0.5-0.9x the AdamW lr, e.g. 2e-4 with weight_decay 1e-2).
     Defaults: eps (1e-30, 1e-16), clip_threshold 1.0, betas (0.9, 0.999, 0.9999),
     weight_decay 0. Only ``exp_avg`` goes through ``state``; factored statistics stay fp32.
 

@@ -11,7 +11,7 @@ from factored_cases import assert_round_trip_continues_identically, loss_of, mak
 # Tolerances, with where each comes from.
 TOL = {
     # fp32 vs came_pytorch over 50 steps: same operations, same order; measured max 1.2e-6
-    # (lr 1e-2), 5e-8 at the README lr.
+    # (lr 1e-2), 5e-8 at lr 2e-4.
     "vs_external": 1e-5,
     # 8-bit first moment vs fp32 on the regression below: final loss within this factor
     # (REFERENCE §5: 8-bit Adam ~11 % above fp32 on least squares); measured 1.00x (4-bit 1.05x).

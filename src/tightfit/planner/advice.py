@@ -4,7 +4,7 @@ cumulative set that fits, and the largest micro-batch and sequence length that f
 Each change is a row of ``CHANGES`` (name, speed cost, and a function proposing new
 settings or None when it does not apply); every proposal is re-planned exactly
 (``plan(..., advise=False)``), so advice never relies on ratios. Speed costs are rough
-orders from REFERENCE.md §5 (torchtune, torchao, LOMO measurements), stated as such.
+orders from published torchtune, torchao and LOMO measurements, stated as such.
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ The reference takes Δ from the unquantized m', which pass 3 cannot keep unless 
 a full-size float32 scratch (4 bytes per element of the largest matrix, more memory than
 an 8-bit m itself). Recomputing m' in pass 4 from the still-stored old m costs one more
 decode of m per step and no memory, and gives the identical float m' (same operations);
-it was also no slower: passes 3 + 4 on 8000 x 1024, 2-thread Xeon, 2026-11-22 (min of 7):
-8-bit 11.2 ms recomputing vs 11.4 ms with a scratch, 4-bit 10.8 vs 11.0, fp32 6.6 vs 7.7.
+it was also no slower (measured in docs/benchmarks.md, "CAME: recompute m' or keep a scratch").
 Sums are in double where torch reduces in float32, so params and states agree with the
 reference to about 1e-7 relative on small matrices; on large ones (3e5 elements) the
 reference's own float32 norm and means drift ~1e-6 from the exact values, these sums do
