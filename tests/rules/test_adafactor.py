@@ -17,7 +17,7 @@ TOL = {
     # lerp, add with alpha, float vs tensor RMS); measured max 4.0e-7 (torch, lr 0.5), 8e-8 (hf).
     "vs_external": 1e-5,
     # 8-bit first moment vs fp32 on the regression below: final loss within this factor
-    # (REFERENCE §5 reports 8-bit Adam ~11 % above fp32 on least squares; measured here
+    # (bitsandbytes' 8-bit Adam ends ~11 % above fp32 on least squares; measured here
     # 1.07x torch convention, 1.04x hf; 4-bit momentum measured 20-40x, so not offered as "close":
     # a lag, not a floor -- round-to-nearest codes of a slowly changing momentum repeat the
     # same error every step; benchmarks/adafactor_momentum.py measures it).

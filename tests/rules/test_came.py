@@ -14,7 +14,7 @@ TOL = {
     # (lr 1e-2), 5e-8 at lr 2e-4.
     "vs_external": 1e-5,
     # 8-bit first moment vs fp32 on the regression below: final loss within this factor
-    # (REFERENCE §5: 8-bit Adam ~11 % above fp32 on least squares); measured 1.00x (4-bit 1.05x).
+    # (bitsandbytes' 8-bit Adam ends ~11 % above fp32 on least squares); measured 1.00x (4-bit 1.05x).
     "converge_8bit": 1.5,
 }
 

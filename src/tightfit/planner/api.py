@@ -26,7 +26,7 @@ from ..placement.paged import CHUNK_BYTES, SLOTS
 from .optimizer_specs import resolve_optimizer
 from .step_temporaries import fused_on_gpu, step_bytes_per_element
 
-CUDA_CONTEXT = int(0.4 * 2**30)  # REFERENCE §4.1: 0.3-0.4 GB with lazy module loading
+CUDA_CONTEXT = int(0.4 * 2**30)  # CUDA context: 0.3-0.4 GB with lazy module loading
 ALLOCATOR_SLACK = 0.05  # reserved - allocated, as a share of the allocated peak (assumption)
 DEVICES = ("cuda", "cpu")  # what the step runs on: a GPU (fused kernels, context, slack) or a CPU
 # the planner's defaults where they differ from a training run's (one long sequence)
