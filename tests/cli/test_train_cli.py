@@ -76,9 +76,9 @@ def test_bad_input_through_the_console_script(tmp_path, corpus, tightfit, extra,
 
 
 def test_offline_hub_id_fails_at_once_in_one_line(tmp_path, corpus, capsys, monkeypatch):
-    from tightfit.planner import model_facts
+    from tightfit import hub
 
-    monkeypatch.setattr(model_facts, "network_allowed", lambda: (False, "HF_HUB_OFFLINE is set"))
+    monkeypatch.setattr(hub, "network_allowed", lambda: (False, "HF_HUB_OFFLINE is set"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     began = time.perf_counter()
     assert main(micro_args(corpus, tmp_path / "out", "--model", "nobody/no-model")) == 2
