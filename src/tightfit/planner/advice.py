@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..finetune import FINETUNE_FIELDS, FineTune, check_finetune
-from ..names import OPTIMIZER_NAMES
-from .optimizer_specs import PAGED_PREFIX, PEERS
+from ..names import OPTIMIZER_NAMES, PAGED_PREFIX
+from ..peers import PEERS
 
 # cheaper codecs, in order (names: <base>_<suffix>)
 CODEC_STEPS = ("32bit", "bf16", "8bit", "4bit")
