@@ -108,7 +108,8 @@ def resolve_optimizer(name: str, paged_budget: str | None = None) -> OptimizerSp
         if paged_budget is not None:
             raise ValueError(f"--paged-budget needs a tightfit optimizer (got {name!r})")
         peer = PEERS[name]
-        return OptimizerSpec(name, peer.rule, peer.codec, {}, peer.min_quantized_numel, peer.paged, peer.library,
+        hyper = {k: v for k, v in peer.options.items() if k in peer.rule.defaults}
+        return OptimizerSpec(name, peer.rule, peer.codec, hyper, peer.min_quantized_numel, peer.paged, peer.library,
                              peer.layout)
     else:
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(allowed_optimizer_names())}")
