@@ -15,22 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..dtensor import DTensor, Replicate, is_dtensor, local_tensor  # noqa: F401  (re-exported)
 from ..rules import StateSpec
-
-try:  # torch >= 2.5 exposes DTensor publicly
-    from torch.distributed.tensor import DTensor, Replicate
-except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor, Replicate = None, None
-
-
-def is_dtensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
-
-
-def local_tensor(param: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank updates: a DTensor's local shard (an alias), else the param."""
-    return param._local_tensor if is_dtensor(param) else param
-
 
 def is_elementwise(spec: StateSpec) -> bool:
     return spec.shape is None

@@ -11,9 +11,9 @@ from typing import Callable
 
 import torch
 
-from ..codecs import Encoded, get_codec
+from ..codecs import Encoded, decode_encoded, encoded_states, store_encoded
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
-from .base import Implementation, StochasticRounding, encoded_states, grad_usable, plain_hyper
+from .base import Implementation, StochasticRounding, grad_usable, plain_hyper
 
 
 def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple[int, int] | None]:
@@ -23,17 +23,9 @@ def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple
     return [(rounding.seed, salt) for salt in rounding.salts]
 
 
-def codec_decode(enc: Encoded) -> torch.Tensor:
-    return get_codec(enc.codec).decode(enc)
-
-
-def codec_store(enc: Encoded, value: torch.Tensor) -> None:
-    get_codec(enc.codec).store(enc, value)
-
-
 def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
-                         decode: Callable[[Encoded], torch.Tensor] = codec_decode,
-                         store: Callable[[Encoded, torch.Tensor], None] = codec_store,
+                         decode: Callable[[Encoded], torch.Tensor] = decode_encoded,
+                         store: Callable[[Encoded, torch.Tensor], None] = store_encoded,
                          rounding_key: tuple[int, int] | None = None) -> None:
     """decode -> rule -> encode for one parameter; ``decode``/``store`` may be swapped
     for faster codec passes that give identical results (impl "native_codec").
