@@ -10,7 +10,7 @@ All but ``exp_avg`` are ``small`` (fp32): they are rsqrt-ed, and tiny next to th
 from __future__ import annotations
 
 from .adafactor import factored_ema, factored_rsqrt, scaled_by_second_moment
-from .base import Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
+from .base import Kernels, Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
 
 
 def came_update(param, grad, state, *, step, lr, eps, clip_threshold, betas, weight_decay):
@@ -89,4 +89,6 @@ CAME = register_rule(Rule(
     state_specs=_state_specs,
     elementwise=False,
     paper="Luo et al. 2023, CAME: Confidence-guided Adaptive Memory Efficient Optimization, arXiv 2307.02047",
+    kernels=Kernels(native_tile="came", native_driver="tightfit.impl.native.came",
+                    triton_driver="tightfit.kernels.factored_step"),
 ))
