@@ -136,7 +136,7 @@ class SophiaG(TightfitOptimizer):
                 if param.grad.is_sparse:
                     raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
                                        f"{tuple(param.shape)}); use a dense gradient")
-            states = [self._ensure_state(p, group) for p in params]
+            states = [self.ensure_state(p, group) for p in params]
             self.placement_for(group).run(params, states, lambda ps, ss, b=beta2: _hessian_ema(ps, ss, b))
 
 

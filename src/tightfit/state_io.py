@@ -150,7 +150,7 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
         check_groups_belong([opt.rule_of(g) for g in opt.param_groups], saved_groups)
     groups = _merged_groups(opt, saved_groups)
     for group in groups:
-        opt._validate_group(group)
+        opt.check_group(group)
     owner = {pid: (p, g) for saved, g in zip(saved_groups, groups) for pid, p in zip(saved["params"], g["params"])}
     state: dict[Any, Any] = {}
     for key, value in sd["state"].items():
@@ -205,7 +205,7 @@ def install(opt, loaded: LoadedState) -> None:
     for live, new in zip(opt.param_groups, loaded.groups):
         live.clear()
         live.update(new)
-    opt._placements.clear()
+    opt.forget_placements()
     opt.state = defaultdict(dict)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     for key, value in loaded.state.items():

@@ -42,7 +42,7 @@ def sharded_state_dict(opt) -> dict[str, Any]:
     """
     state: dict[str, dict[str, torch.Tensor]] = {}
     for index, param, group in _params(opt):
-        live = opt._ensure_state(param, group)
+        live = opt.ensure_state(param, group)
         entry = {key: live[key].clone() for key in SCALARS}
         for spec in opt.rule_of(group).state_specs(param.shape, group):
             enc = live[spec.name]
@@ -70,7 +70,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
     for saved, live in zip(sd["param_groups"], opt.param_groups):
         group = {**live, **{k: v for k, v in saved.items()
                             if k != "params" and (k != "state" or isinstance(live["state"], str))}}
-        opt._validate_group(group)
+        opt.check_group(group)
         groups.append(group)
     new_group = {id(live): group for live, group in zip(opt.param_groups, groups)}
     loaded = []
@@ -94,7 +94,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
     for live, group in zip(opt.param_groups, groups):
         live.update(group)
     for (index, param, group), (counters, values) in zip(params, loaded):
-        live = opt._ensure_state(param, group)
+        live = opt.ensure_state(param, group)
         for key, number in counters.items():
             live[key].fill_(number)
         for name, value in values.items():

@@ -60,12 +60,12 @@ def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> No
     live = []
     for p, bad in zip(params, _global_nonfinite(params, rule.grad_limit)):
         if bad:
-            opt._ensure_state(p, group)["nonfinite_skips"] += 1
+            opt.ensure_state(p, group)["nonfinite_skips"] += 1
         else:
             live.append(p)
     if not live:
         return
-    states = [opt._ensure_state(p, group) for p in live]
+    states = [opt.ensure_state(p, group) for p in live]
     placement = opt.placement_for(group)  # paged states stream in around the update, as unsharded
     if rule.elementwise:
         placement.run(live, states, lambda ps, ss: _step_local_shards(opt, group, ps, ss))
@@ -74,7 +74,7 @@ def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> No
 
 
 def _step_local_shards(opt, group, params, states) -> None:
-    rounding = opt._rounding(group, params)
+    rounding = opt.rounding_for(group, params)
     shards = [local_tensor(p) for p in params]
     for shard, p in zip(shards, params):
         shard.grad = local_tensor(p.grad)
@@ -90,7 +90,7 @@ def _step_local_shards(opt, group, params, states) -> None:
 def _step_whole_params(opt, group, params, states) -> None:
     rule = opt.rule_of(group)
     hyper = plain_hyper(rule.hyper(group))
-    rounding = opt._rounding(group, params)
+    rounding = opt.rounding_for(group, params)
     salts = rounding.salts if rounding is not None else [None] * len(params)
     for p, state, salt in zip(params, states, salts):
         key = None if salt is None else (rounding.seed, salt)
