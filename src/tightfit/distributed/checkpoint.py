@@ -25,6 +25,7 @@ import torch
 
 from ..codecs import Encoded, get_codec
 from ..state_checks import check_plain_state, scalar
+from ..state_io import encoded_to_dict
 from .shards import as_dtensor, is_dtensor, local_tensor, state_shape
 
 SCALARS = ("step", "nonfinite_skips")
@@ -114,10 +115,5 @@ def full_state_dict(opt) -> dict[str, Any]:
             enc = live[spec.name]
             codec = get_codec(enc.codec)
             whole = as_dtensor(codec.decode(enc), spec, param).full_tensor()
-            sd["state"][index][spec.name] = _encoded_dict(codec.encode(whole, enc.kind))
+            sd["state"][index][spec.name] = encoded_to_dict(codec.encode(whole, enc.kind))
     return sd
-
-
-def _encoded_dict(enc: Encoded) -> dict[str, Any]:
-    from ..state_io import _encoded_to_dict  # the one place the on-disk layout is written
-    return _encoded_to_dict(enc)
