@@ -15,14 +15,6 @@ import tightfit
 
 SRC = Path(tightfit.__file__).resolve().parent.parent
 
-# Tangles (modules on a common cycle) known and owned by pending work; each entry must still be a cycle (a stale entry
-# fails), so the list only shrinks. impl/__init__ imports native and triton_impl at its
-# bottom and they read names from the half-initialised package: an impl registry module
-# (issue 17) removes it.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"tightfit.impl", "tightfit.impl.native", "tightfit.impl.triton_impl"}),
-}
-
 
 def module_files(root: Path, package: str) -> dict[str, tuple[Path, bool]]:
     """Dotted module name -> (file, is a package __init__)."""
@@ -133,12 +125,8 @@ def path_through(graph: dict[str, set[str]], component: set[str]) -> list[str]:
 
 
 def test_tightfit_has_no_import_cycles():
-    graph = import_graph(SRC, "tightfit")
-    found = tangles(graph)
-    new = [path_through(graph, tangle) for tangle in found if frozenset(tangle) not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in new)
-    stale = KNOWN_CYCLES - {frozenset(tangle) for tangle in found}
-    assert not stale, f"no longer cycles, remove from KNOWN_CYCLES: {[sorted(s) for s in stale]}"
+    found = cycles(import_graph(SRC, "tightfit"))
+    assert not found, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in found)
 
 
 # (files of a tiny package, the cycles expected) — proves the detector, including what it skips

@@ -13,6 +13,7 @@ import torch
 
 from ..codecs import Encoded, decode_encoded, encoded_states, store_encoded
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
+from .registry import register_implementation
 from .base import Implementation, StochasticRounding, grad_usable, plain_hyper
 
 
@@ -66,3 +67,6 @@ class ReferenceImplementation(Implementation):
         hyper = plain_hyper(hyper)
         for param, state, key in zip(params, states, rounding_keys(rounding, len(params))):
             reference_param_step(rule, hyper, param, state, rounding_key=key)
+
+
+register_implementation(ReferenceImplementation())

@@ -90,5 +90,6 @@ CAME = register_rule(Rule(
     elementwise=False,
     paper="Luo et al. 2023, CAME: Confidence-guided Adaptive Memory Efficient Optimization, arXiv 2307.02047",
     kernels=Kernels(native_tile="came", native_driver="tightfit.impl.native.came",
+                    triton_tile="tightfit.kernels.factored_rules.came",
                     triton_driver="tightfit.kernels.factored_step"),
 ))
