@@ -28,7 +28,7 @@ from typing import Iterable
 
 import torch
 
-from .distributed.shards import is_dtensor
+from .dtensor import is_dtensor
 from .optimizer import TightfitOptimizer
 
 
