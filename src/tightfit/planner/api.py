@@ -17,6 +17,7 @@ from typing import Any
 from ..finetune import (FINETUNE_FIELDS, LOSS_CHUNK_TOKENS, PRECISIONS, FineTune, check_finetune, from_dict,
                         lora_target_modules)
 from . import components as C
+from .advice import advise as make_advice
 from .activations import (Setup, block_saved, host_activations, loss_backward, loss_tokens, saved_activations,
                           step_timeline)
 from .lora import DEFAULT_TARGETS
@@ -195,8 +196,9 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
             result.simulation["notes"].append("simulated as a CPU step (reference implementation, no context or "
                                               "slack); compared with the CPU plan of the same step")
     if advise and gpu and on_gpu:  # advice is for a GPU
-        from .advice import advise as make_advice
-        result.advice = make_advice(facts, result)
+        # the device total does not depend on the GPU, only its capacity (which advice holds)
+        result.advice = make_advice(facts, result, lambda settings: plan(
+            facts, device=device, advise=False, **settings).device_total)
     return result
 
 

@@ -60,8 +60,10 @@ class Kernels:
     fused pass per tensor does the step (elementwise rules); else the module (dotted path)
     whose ``param_step`` drives several passes (factored rules). ``triton_tile``: the module
     (dotted path) holding the rule's ``@triton.jit`` tile ``update``, which reads the same
-    scalars as float64 slots. ``triton_driver``: None for kernels/fused_step.py, else the
-    module driving the factored kernels.
+    scalars as float64 slots (kernels/tiles/), or for a factored rule its ``BINDING`` to the
+    shared factored kernels (kernels/factored_rules/). ``triton_driver``: None for the fused
+    elementwise step (kernels/fused_step.py), else the module driving the rule's kernels
+    (``factored_step``, ``small_state_problem``).
     """
 
     native_tile: str | None = None
@@ -105,7 +107,7 @@ class Rule:
 
     @property
     def has_triton(self) -> bool:
-        return self.kernels.triton_tile is not None or self.kernels.triton_driver is not None
+        return self.kernels.triton_tile is not None
 
     def state_names(self, shape: torch.Size, hyper: Mapping[str, Any]) -> list[str]:
         """The names of the states kept for a parameter of ``shape``, in the kernels' order."""

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import hub
 from .errors import TrainInputError
 from .tokenizer import ByteTokenizer, HFTokenizer
 
@@ -192,9 +193,7 @@ def folder_tokenizer(folder: str | Path) -> ByteTokenizer | HFTokenizer:
 
 def hub_model(ref: str, quantization: Any) -> LoadedModel:
     """A hub id: from the hub when it answers, else from the local cache, else one line at once."""
-    from ..planner.model_facts import network_allowed
-
-    online, reason = network_allowed()
+    online, reason = hub.network_allowed()
     if online:
         return LoadedModel(folder_model(ref, quantization, hub=True), folder_tokenizer(ref), f"hub {ref}")
     from huggingface_hub import snapshot_download
