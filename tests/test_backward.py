@@ -191,13 +191,13 @@ def test_removing_a_stale_handle_leaves_the_new_one_attached():
     old.remove()
     before = [p.detach().clone() for p in model.parameters()]
     loss_of(model, regression_batch()).backward()
-    assert opt._in_backward_handle is new
+    assert opt.in_backward_handle is new
     assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
     with pytest.raises(RuntimeError, match="removed"):
         old.backward(loss_of(model, regression_batch()))
     new.remove()
     new.remove()  # idempotent
-    assert opt._in_backward_handle is None
+    assert opt.in_backward_handle is None
 
 
 def test_a_parameter_unfrozen_after_hooking_is_refused_loudly():

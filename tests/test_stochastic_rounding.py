@@ -99,8 +99,8 @@ def test_fused_native_refuses_and_auto_falls_back():
     p = torch.randn(4096, dtype=torch.bfloat16, requires_grad=True)
     p.grad = torch.randn_like(p)
     opt = tightfit.AdamW([p], state="8bit", stochastic_rounding=True)
-    state = opt._ensure_state(p, opt.param_groups[0])
-    rounding = opt._rounding(opt.param_groups[0], [p])
+    state = opt.ensure_state(p, opt.param_groups[0])
+    rounding = opt.rounding_for(opt.param_groups[0], [p])
     assert select_implementation("auto", opt.rule, [p], [state], rounding).name == "native_codec"
     with pytest.raises(ValueError, match="stochastic rounding"):
         select_implementation("native", opt.rule, [p], [state], rounding)

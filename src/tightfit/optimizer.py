@@ -125,12 +125,13 @@ class TightfitOptimizer(torch.optim.Optimizer):
                 details = ", ".join(f"{k}={group[k]!r} (a hyperparameter of {owners})" for k, owners in foreign.items())
                 raise ValueError(f"param group has {details}, which rule {rule.name!r} does not have; allowed "
                                  f"hyperparameters: {sorted(rule.defaults)} (or set 'rule' to the rule you mean)")
-            self._validate_group(group)
+            self.check_group(group)
         except BaseException:
             self.param_groups.pop()
             raise
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
+    def check_group(self, group: dict[str, Any]) -> None:
+        """ValueError naming a bad hyperparameter or shell option of ``group`` (also for loaded groups)."""
         validate_group(self.rule_of(group), group)
 
     # -- state -------------------------------------------------------------------------
@@ -153,6 +154,10 @@ class TightfitOptimizer(torch.optim.Optimizer):
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
 
+    def forget_placements(self) -> None:
+        """Drop the cached placements (after the groups are replaced); each is rebuilt when used."""
+        self._placements.clear()
+
     def _budget_pool(self, group: dict[str, Any]) -> list[dict[str, Any]]:
         """The groups whose states share ``group``'s device budget: every group asking for
         the same budget, so ``paged="4GiB"`` bounds the whole optimizer however its params
@@ -170,7 +175,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
             self._warned.add(message)
             warnings.warn(message, UserWarning, stacklevel=2)
 
-    def _ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+    def ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """``param``'s state: counters and the group's states created, re-encoded when the group's
+        codec changed, and settled where the group's placement keeps them."""
         state = self.state[param]
         placement = self.placement_for(group)
         if "step" not in state:  # counters stay with the param (a few bytes; read by every impl)
@@ -190,7 +197,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
     # -- step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        if getattr(self, "_in_backward_handle", None) is not None:
+        if getattr(self, "in_backward_handle", None) is not None:
             raise RuntimeError(f"{type(self).__name__} updates inside backward (tightfit.step_in_backward); "
                                "step() would update twice. Call handle.remove() first to step normally.")
         loss = None
@@ -215,18 +222,18 @@ class TightfitOptimizer(torch.optim.Optimizer):
             params = [p for p in params if not is_dtensor(p)]
             if not params:
                 return
-        states = [self._ensure_state(p, group) for p in params]
+        states = [self.ensure_state(p, group) for p in params]
         rule = self.rule_of(group)
         hyper, requested = rule.hyper(group), group["impl"]
 
         def step_fn(chunk_params: list[torch.Tensor], chunk_states: list[dict[str, Any]]) -> None:
-            rounding = self._rounding(group, chunk_params)
+            rounding = self.rounding_for(group, chunk_params)
             impl = select_implementation(requested, rule, chunk_params, chunk_states, rounding)
             impl.step_group(rule, hyper, chunk_params, chunk_states, rounding)
 
         self.placement_for(group).run(params, states, step_fn)
 
-    def _rounding(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
+    def rounding_for(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
         """Stochastic rounding for this call, salted by each param's position in the optimizer."""
         if not group["stochastic_rounding"]:
             return None
@@ -250,9 +257,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
             self._step_params(group, [param])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        handle = getattr(self, "_in_backward_handle", None)
+        handle = getattr(self, "in_backward_handle", None)
         if handle is not None:
-            handle._recover_if_abandoned()
+            handle.recover_if_abandoned()
             if handle.micro_batch > 0:
                 raise RuntimeError(f"zero_grad() inside an accumulation window (micro-batch {handle.micro_batch} of "
                                    f"{handle.accumulation_steps}) would drop the accumulated gradients; updates "

@@ -24,7 +24,7 @@ import torch
 from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
 from .codecs.upgrade import READABLE_FORMATS, upgrade_encoded
 from .codecs.validate import check_encoded
-from .distributed.shards import state_shape
+from .dtensor import state_shape
 from .state_checks import (SAME_MEANING, TORCH_ONLY_GROUP_KEYS, check_groups_belong, check_plain_state,
                            check_states_belong, check_structure, same, scalar)
 
@@ -38,7 +38,8 @@ def _own_storage(buf: torch.Tensor) -> torch.Tensor:
     return buf if buf.untyped_storage().nbytes() == buf.numel() * buf.element_size() else buf.clone()
 
 
-def _encoded_to_dict(enc: Encoded) -> dict[str, Any]:
+def encoded_to_dict(enc: Encoded) -> dict[str, Any]:
+    """The saved form of one encoded state (the one place this layout is written)."""
     codec = get_codec(enc.codec)
     return {"codec": enc.codec, "kind": enc.kind, "block_size": codec.block_size, "format": FORMAT_VERSION,
             "shape": list(enc.shape), **{k: _own_storage(b) for k, b in enc.buffers.items()}}
@@ -92,7 +93,7 @@ def export_state_dict(opt) -> dict[str, Any]:
     state = {}
     for key, value in opt.state.items():
         if isinstance(value, dict):
-            value = {k: (_encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in value.items()}
+            value = {k: (encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in value.items()}
         state[index[id(key)] if isinstance(key, torch.Tensor) else key] = value
     return {"tightfit": {"format": FORMAT_VERSION, "rule": opt.rule.name}, "state": state, "param_groups": groups}
 
@@ -150,7 +151,7 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
         check_groups_belong([opt.rule_of(g) for g in opt.param_groups], saved_groups)
     groups = _merged_groups(opt, saved_groups)
     for group in groups:
-        opt._validate_group(group)
+        opt.check_group(group)
     owner = {pid: (p, g) for saved, g in zip(saved_groups, groups) for pid, p in zip(saved["params"], g["params"])}
     state: dict[Any, Any] = {}
     for key, value in sd["state"].items():
@@ -205,7 +206,7 @@ def install(opt, loaded: LoadedState) -> None:
     for live, new in zip(opt.param_groups, loaded.groups):
         live.clear()
         live.update(new)
-    opt._placements.clear()
+    opt.forget_placements()
     opt.state = defaultdict(dict)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     for key, value in loaded.state.items():

@@ -20,7 +20,7 @@ import tightfit
 CODECS = ["fp32", "bf16", "8bit", "4bit"]
 # Options of torch's inputs that tightfit refuses (amsgrad) or has no use for (foreach,
 # fused, capturable, differentiable: torch's kernel choices); inputs that use them are
-# dropped, and the README lists the exclusion.
+# dropped, and docs/architecture.md lists the exclusion.
 UNSUPPORTED_OPTIONS = {"amsgrad", "foreach", "fused", "capturable", "differentiable"}
 
 

@@ -17,7 +17,7 @@ TOL = {
     # lerp, add with alpha, float vs tensor RMS); measured max 4.0e-7 (torch, lr 0.5), 8e-8 (hf).
     "vs_external": 1e-5,
     # 8-bit first moment vs fp32 on the regression below: final loss within this factor
-    # (REFERENCE §5 reports 8-bit Adam ~11 % above fp32 on least squares; measured here
+    # (bitsandbytes' 8-bit Adam ends ~11 % above fp32 on least squares; measured here
     # 1.07x torch convention, 1.04x hf; 4-bit momentum measured 20-40x, so not offered as "close":
     # a lag, not a floor -- round-to-nearest codes of a slowly changing momentum repeat the
     # same error every step; benchmarks/adafactor_momentum.py measures it).
@@ -85,7 +85,7 @@ def test_state_layout_and_exact_bytes(convention, options, shape, expected):
     # meta device: a 4096x4096 layout costs nothing; the shell creates states lazily
     param = torch.empty(shape, device="meta")
     opt = tightfit.Adafactor([param], convention=convention, **options)
-    state = opt._ensure_state(param, opt.param_groups[0])
+    state = opt.ensure_state(param, opt.param_groups[0])
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, tightfit.codecs.Encoded)}
     assert shapes == expected
     numel = lambda s: int(torch.Size(s).numel())
@@ -95,7 +95,7 @@ def test_state_layout_and_exact_bytes(convention, options, shape, expected):
 def test_4096_square_without_momentum_keeps_two_vectors():
     param = torch.empty(4096, 4096, device="meta")
     opt = tightfit.Adafactor([param], state="8bit")  # nothing to quantize: only small states
-    opt._ensure_state(param, opt.param_groups[0])
+    opt.ensure_state(param, opt.param_groups[0])
     assert opt.state_nbytes() == 2 * 4096 * 4
 
 

@@ -11,10 +11,10 @@ from factored_cases import assert_round_trip_continues_identically, loss_of, mak
 # Tolerances, with where each comes from.
 TOL = {
     # fp32 vs came_pytorch over 50 steps: same operations, same order; measured max 1.2e-6
-    # (lr 1e-2), 5e-8 at the README lr.
+    # (lr 1e-2), 5e-8 at lr 2e-4.
     "vs_external": 1e-5,
     # 8-bit first moment vs fp32 on the regression below: final loss within this factor
-    # (REFERENCE §5: 8-bit Adam ~11 % above fp32 on least squares); measured 1.00x (4-bit 1.05x).
+    # (bitsandbytes' 8-bit Adam ends ~11 % above fp32 on least squares); measured 1.00x (4-bit 1.05x).
     "converge_8bit": 1.5,
 }
 
@@ -51,7 +51,7 @@ STATE_LAYOUT = [
 def test_state_layout_and_exact_bytes(shape, expected):
     param = torch.empty(shape, device="meta")  # layout only: no memory
     opt = tightfit.CAME([param], lr=1e-3)
-    state = opt._ensure_state(param, opt.param_groups[0])
+    state = opt.ensure_state(param, opt.param_groups[0])
     assert {k: tuple(v.shape) for k, v in state.items() if isinstance(v, tightfit.codecs.Encoded)} == expected
     assert opt.state_nbytes() == sum(4 * int(torch.Size(s).numel()) for s in expected.values())
 

@@ -16,7 +16,7 @@ TOL = {
     # out-of-place ops; measured max 2.8e-7 (lr 1e-2), 0.0 at lr 1e-4.
     "vs_reference": 1e-6,
     # 8-bit exp_avg + hessian vs fp32 on the classification toy: final loss within this factor
-    # (REFERENCE §5: 8-bit Adam ~11 % above fp32); measured 0.93x (bf16 0.97x, 4-bit 1.07x).
+    # (bitsandbytes' 8-bit Adam: ~11 % above fp32); measured 0.93x (bf16 0.97x, 4-bit 1.07x).
     "converge_8bit": 1.5,
 }
 

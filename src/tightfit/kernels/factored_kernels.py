@@ -94,8 +94,9 @@ def rsqrt_rn(x):
 
 
 @triton.jit
-def power_fp64(base, exponent):
-    """base ** exponent for float64 base > 0 and any real exponent (t^τ, t^decay_rate)."""
+def real_power_fp64(base, exponent):
+    """base ** exponent for a float64 base > 0 and any real exponent (t^τ, t^decay_rate), as
+    exp(exponent·log base); kernels/pieces.py's power_fp64 takes integer exponents only."""
     return tl.exp(exponent * tl.log(base))
 
 
@@ -109,11 +110,11 @@ def statistic_ema(RULE: tl.constexpr, SOURCE: tl.constexpr, old, mean, hyper_ptr
     transformers/CAME: β·old + (1 − β)·mean with β = 1 − t^decay_rate, β₂ or β₃.
     """
     if RULE == RULE_ADAFACTOR:
-        weight = power_fp64(step, _hyper(hyper_ptr, 3)).to(tl.float32)
+        weight = real_power_fp64(step, _hyper(hyper_ptr, 3)).to(tl.float32)
         new = tl.where(weight < 0.5, old + weight * (mean - old), mean - (mean - old) * (1.0 - weight))
     else:
         if RULE == RULE_ADAFACTOR_HF:
-            beta = 1.0 - power_fp64(step, _hyper(hyper_ptr, 3))
+            beta = 1.0 - real_power_fp64(step, _hyper(hyper_ptr, 3))
         elif SOURCE == SOURCE_GRAD_SQ:
             beta = _hyper(hyper_ptr, 11)
         else:

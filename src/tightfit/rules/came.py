@@ -9,16 +9,8 @@ All but ``exp_avg`` are ``small`` (fp32): they are rsqrt-ed, and tiny next to th
 
 from __future__ import annotations
 
-import math
-
-import torch
-
 from .adafactor import factored_ema, factored_rsqrt, scaled_by_second_moment
 from .base import Kernels, Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.norm(2) / math.sqrt(x.numel())
 
 
 def came_update(param, grad, state, *, step, lr, eps, clip_threshold, betas, weight_decay):
