@@ -14,6 +14,7 @@ from .codecs import CODECS
 from .optimizer import TightfitOptimizer
 from .optimizers import SGD, Adam, AdamW, Lion
 from .optimizers_factored import CAME, Adafactor, SophiaG
+from .optimizers_ademamix_muon import AdEMAMix, Muon
 
 # How a codec shows up in a name (HF uses 32bit / 8bit; we add bf16 and 4bit).
 CODEC_SUFFIX = {"fp32": "32bit", "bf16": "bf16", "8bit": "8bit", "4bit": "4bit"}
@@ -53,6 +54,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("adafactor_hf", Adafactor, {"convention": "hf", "beta1": 0.9}, bare_options={"convention": "hf"}),
     Family("came", CAME, bare_options={}),
     Family("sophiag", SophiaG, bare_options={}),
+    Family("ademamix", AdEMAMix, bare_options={}),  # HF Trainer: ademamix, ademamix_8bit, paged_ademamix_*
+    Family("muon", Muon, bare_options={}),
 )
 PAGED_PREFIX = "paged_"
 

@@ -1,5 +1,5 @@
-"""AdEMAMix and Muon: thin names over their rules (rules/ademamix.py, rules/muon.py) x any
-state codec, and their ``create_optimizer`` names."""
+"""AdEMAMix and Muon: thin presets over their rules (rules/ademamix.py, rules/muon.py) x any
+state codec; their ``create_optimizer`` names are rows of names.FAMILIES."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any, Mapping
 import torch
 
 from .codecs import Codec
-from .names import register_codec_variants, register_name
 from .optimizer import TightfitOptimizer
 from .rules.ademamix import ADEMAMIX
 from .rules.muon import MUON
@@ -111,14 +110,3 @@ class Muon(TightfitOptimizer):
                          nesterov=nesterov, ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
                          adjust_lr_fn=adjust_lr_fn, ns_dtype=ns_dtype, nd_params=nd_params, state=state,
                          **shell_options)
-
-
-def register_family(prefix: str, cls: type[TightfitOptimizer]) -> None:
-    """``prefix`` (fp32 states, HF Trainer's ``ademamix``) and ``prefix_{32bit,bf16,8bit,4bit}``;
-    the ``paged_`` names follow from them (names.register_paged_variants)."""
-    register_name(prefix, cls)
-    register_codec_variants(prefix, cls)
-
-
-register_family("ademamix", AdEMAMix)
-register_family("muon", Muon)
