@@ -88,7 +88,9 @@ def check_groups_belong(rules: list[Rule], groups: list[dict[str, Any]]) -> None
     for i, (rule, group) in enumerate(zip(rules, groups)):
         foreign = foreign_keys(rule, group)
         if foreign:
-            rules = sorted({r for owners in foreign.values() for r in owners})
+            # the rules owning every foreign key (SGD's momentum and dampening: sgd, not muon) if any
+            shared = set.intersection(*(set(owners) for owners in foreign.values()))
+            rules = sorted(shared or {r for owners in foreign.values() for r in owners})
             details = ", ".join(f"{k}={group[k]!r}" for k in foreign)
             raise ValueError(f"state_dict param group {i} has {details}: hyperparameters of rule(s) {rules}, not of "
                              f"rule {rule.name!r} that this optimizer runs; load it into the matching optimizer")
@@ -100,7 +102,8 @@ def check_states_belong(rule: Rule, saved: dict[str, Any], kept: list[str], wher
     for name in saved:
         if name in owners and name not in kept:
             others = sorted(owners[name] - {rule.name})
-            whose = f"a state of rule(s) {others}" if others else f"a state rule {rule.name!r} keeps only with other hyperparameters"
+            whose = (f"a state rule {rule.name!r} keeps only with other hyperparameters" if rule.name in owners[name]
+                     else f"a state of rule(s) {others}")
             raise ValueError(f"{where}: saved state {name!r} is {whose}; rule {rule.name!r} keeps {kept} here. "
                              "Refusing to load it and drop that state silently")
 
