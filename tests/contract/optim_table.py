@@ -65,6 +65,8 @@ OPTIMIZERS = [
     ("came", tightfit.CAME, {"lr": 1e-3}, [({}, "default"), ({"weight_decay": 0.1}, "weight decay")], None),
     ("sophiag", tightfit.SophiaG, {}, [({}, "default"), ({"lr": 1e-3, "weight_decay": 0.0, "maximize": True},
                                                         "maximize")], None),
+    ("ademamix", tightfit.AdEMAMix, {}, [({}, "default"), ({"lr": 1e-2, "t_alpha": 5, "t_beta3": 5}, "warm-ups"),
+                                         ({"lr": torch.tensor(1e-3)}, "tensor lr")], None),
 ]
 
 NO_TORCH_CLASS = "no torch.optim class with this rule: the cross-library load is tests/test_state_io.py's"
@@ -73,6 +75,7 @@ EXCLUDED = {
     "lion": {"cross_library_load": NO_TORCH_CLASS},
     "came": {"cross_library_load": NO_TORCH_CLASS},
     "sophiag": {"cross_library_load": NO_TORCH_CLASS},
+    "ademamix": {"cross_library_load": NO_TORCH_CLASS},
 }
 
 # Every optimizer x codec, unpaged; paged rows for the 8-bit codec (on CPU paging keeps
