@@ -123,18 +123,21 @@ def test_more_than_two_dims_equal_the_matrices_they_stand_for(nd_params, shape, 
                                    [torch.stack([p.detach() for p in pieces])]) <= MUON_TOL["vs_torch"]
 
 
-@given(rows=st.integers(1, 24), cols=st.integers(1, 24), scale=st.integers(-30, 20), seed=st.integers(0, 2**16))
+# scales up to 1e13: the rule skips gradients with an element at or above 2^47 (grad_limit)
+@given(rows=st.integers(1, 24), cols=st.integers(1, 24), scale=st.integers(-30, 13), seed=st.integers(0, 2**16))
 @PROPERTY
 def test_newton_schulz_bounds_every_singular_value(rows, cols, scale, seed):
-    """Any matrix, any scale: singular values of the result stay in [0, SIGMA_MAX]; a
-    well-spread Gaussian matrix lands in the iteration's band around 1."""
+    """Any matrix, any scale: singular values of the result stay in [0, SIGMA_MAX]. Where
+    every singular value of M/‖M‖_F starts at 0.1 or more (and ‖M‖_F ≥ ε, so it is not
+    divided by ε instead), 5 steps land them in the iteration's band [0.68, 1.14]."""
     m = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 10.0**scale
     out = newton_schulz(m, (3.4445, -4.775, 2.0315), 5, 1e-7, torch.float32)
     sigma = torch.linalg.svdvals(out.double())
     assert out.shape == m.shape and torch.isfinite(out).all()
     assert float(sigma.max()) <= SIGMA_MAX * (1 + 1e-4)
-    if min(rows, cols) >= 2 and max(rows, cols) >= 4 * min(rows, cols):  # well conditioned
-        assert float(sigma.min()) >= 0.6
+    start = torch.linalg.svdvals(m.double()) / m.double().norm()
+    if float(m.norm()) >= 1e-7 and float(start.min()) >= 0.1:
+        assert float(sigma.min()) >= 0.68 * (1 - 1e-4)
 
 
 def test_zero_momentum_steps_nothing():
