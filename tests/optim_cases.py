@@ -69,6 +69,14 @@ TOLERANCES = {
     # Lion takes sign(momentum): the 4-bit signed map's smallest non-zero value is 0.0055 * absmax,
     # so small momenta round to 0 and stop moving; measured 3.2x fp32's loss on this toy (2026-11-22).
     "converge_4bit_lion": 4.0,
+    # SophiaG in the generic loop never refreshes h (update_hessian), so it is sign descent
+    # clip(m/ε, 1)·lr and ends in an lr-sized oscillation: the final losses of two runs differ
+    # by its phase. Measured 1.76x (bf16), 1.83x (8-bit), 1.42x (4-bit) fp32's loss (2026-11-29);
+    # tests/rules/test_sophia.py checks 8-bit convergence with the Hessian refreshed.
+    "converge_bf16_sophiag": 2.5,
+    "converge_8bit_sophiag": 2.5,
+    # (Adafactor-family 4-bit first moments: measured 2.05x (torch convention), 2.24x (hf,
+    # fixed lr) on this toy: within converge_4bit.)
     # --- implementations vs the reference ---------------------------------------------
     # native_codec runs the reference's own PyTorch rule; its C++ codec passes give the
     # reference codec's codes and absmax bit for bit (impl/test_native_codec.py): no slack.
@@ -149,11 +157,6 @@ def _preset(cls, **hyper: Any) -> Callable[..., tightfit.TightfitOptimizer]:
 
 NO_REFERENCE_SOPHIA = "no installable SophiaG exists (Liuhong99/Sophia is a script, not a package)"
 NO_REFERENCE_BETA1 = "torch.optim.Adafactor has no first moment (beta1 is a tightfit extension)"
-# The Adafactor-family first moment at 4 bits lags (round-to-nearest codes of a slowly
-# changing momentum repeat the same error every step): measured 20-40x fp32's loss
-# (benchmarks/adafactor_momentum.py); not offered as "close to fp32".
-FACTORED_4BIT_LAG = "4-bit first moment of a factored rule lags: measured 20-40x fp32's loss, documented"
-
 CASES: list[Case] = [
     # AdamW: torch.optim.AdamW semantics.
     Case("adamw", "adamw", _preset(tightfit.AdamW, lr=1e-2), torch_optim("AdamW", lr=1e-2), matrix=True),
@@ -201,7 +204,7 @@ CASES: list[Case] = [
     Case("adafactor", "adafactor", _preset(tightfit.Adafactor, lr=1e-2, weight_decay=0.1),
          torch_optim("Adafactor", lr=1e-2, weight_decay=0.1), reference_tol="factored_vs_external"),
     Case("adafactor_beta1", "adafactor", _preset(tightfit.Adafactor, lr=1e-2, beta1=0.9), matrix=True,
-         excluded={"external_parity": NO_REFERENCE_BETA1, "converge_4bit": FACTORED_4BIT_LAG}),
+         excluded={"external_parity": NO_REFERENCE_BETA1}),
     Case("adafactor_momentum_maximize", "adafactor", _preset(tightfit.Adafactor, lr=1e-2, beta1=0.9, maximize=True),
          maximize=True, excluded={"external_parity": NO_REFERENCE_BETA1}),
     # Adafactor, transformers convention: relative step, parameter scaling, warmup.
@@ -211,11 +214,7 @@ CASES: list[Case] = [
          _preset(tightfit.Adafactor, convention="hf", lr=1e-3, relative_step=False, scale_parameter=False, beta1=0.9,
                  weight_decay=0.1),
          external("transformers", "Adafactor", lr=1e-3, relative_step=False, scale_parameter=False, beta1=0.9,
-                  weight_decay=0.1), reference_tol="factored_vs_external"),
-    Case("adafactor_hf_beta1", "adafactor_hf",
-         _preset(tightfit.Adafactor, convention="hf", lr=1e-2, relative_step=False, beta1=0.9),
-         external("transformers", "Adafactor", lr=1e-2, relative_step=False, beta1=0.9),
-         reference_tol="factored_vs_external", matrix=True, excluded={"converge_4bit": FACTORED_4BIT_LAG}),
+                  weight_decay=0.1), reference_tol="factored_vs_external", matrix=True),
     Case("adafactor_hf_warmup", "adafactor_hf",
          _preset(tightfit.Adafactor, convention="hf", warmup_init=True, beta1=0.5),
          external("transformers", "Adafactor", warmup_init=True, beta1=0.5), reference_tol="factored_vs_external"),
