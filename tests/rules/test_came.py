@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tightfit
-from cases import peer
+from optim_cases import peer
 from factored_cases import assert_round_trip_continues_identically, loss_of, make_params, max_rel_err, run
 
 # Tolerances, with where each comes from.
