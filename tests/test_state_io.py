@@ -8,7 +8,7 @@ import torch
 
 import tightfit
 from optim_cases import CODECS, rule_by_codec
-from toy_problem import regression_batch, small_mlp, train
+from toy_problem import small_mlp, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: far faster on one thread on a shared CPU
 
