@@ -67,10 +67,10 @@ class Adafactor(TightfitOptimizer):
                  **options: Any):
         if convention not in ADAFACTOR_CONVENTIONS:
             raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
-        self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule (pickled by name)
         if lr is not _UNSET:
             options["lr"] = lr
-        super().__init__(params, state=state, **options)  # hyperparameters and shell options
+        # the convention is the default rule (defaults["rule"]: survives pickling and deepcopy)
+        super().__init__(params, rule=ADAFACTOR_CONVENTIONS[convention], state=state, **options)
 
 
 class CAME(TightfitOptimizer):

@@ -103,7 +103,8 @@ def test_lr_as_tensor_and_changing_between_steps(codec):
 
 def test_hyperparameters_are_runtime_values():
     # lr, betas, eps, decay and the step live in tensors, so changing them never recompiles:
-    # the only compile-time parameters are the layout/dtype/rule selectors.
+    # the only compile-time parameters are the layout/dtype selectors, the rule's tile and
+    # its number of scalars.
     import inspect
 
     import triton.language as tl
@@ -113,7 +114,7 @@ def test_hyperparameters_are_runtime_values():
     kernel = fused_kernels.fused_update_kernel
     signature = inspect.signature(getattr(kernel, "fn", kernel))
     constexprs = {name for name, p in signature.parameters.items() if p.annotation in (tl.constexpr, "tl.constexpr")}
-    assert constexprs == {"RULE", "NSTATES", "CODEC", "VALUE_DTYPE", "PARAM_DTYPE", "GRAD_DTYPE", "STOCHASTIC",
+    assert constexprs == {"TILE", "SLOTS", "NSTATES", "CODEC", "VALUE_DTYPE", "PARAM_DTYPE", "GRAD_DTYPE", "STOCHASTIC",
                           "ROWS", "BLOCK", "LANES", "BITS", "COLUMNS", "SEARCH_LEVELS"}
 
 
@@ -155,7 +156,9 @@ def test_unavailable_without_interpreter_on_cpu(monkeypatch):
 def test_unavailable_for_rule_without_kernel():
     from dataclasses import replace
 
-    rule = replace(tightfit.RULES["adamw"], name="not_a_kernel_rule")
+    from tightfit.rules.base import Kernels
+
+    rule = replace(tightfit.RULES["adamw"], name="not_a_kernel_rule", kernels=Kernels(native_tile="adam"))
     reason = IMPLEMENTATIONS["triton"].unavailable_reason(rule, [torch.zeros(3)], [{}])
     assert "not_a_kernel_rule" in reason
 

@@ -44,7 +44,7 @@ def sharded_state_dict(opt) -> dict[str, Any]:
     for index, param, group in _params(opt):
         live = opt._ensure_state(param, group)
         entry = {key: live[key].clone() for key in SCALARS}
-        for spec in opt.rule.state_specs(param.shape, group):
+        for spec in opt.rule_of(group).state_specs(param.shape, group):
             enc = live[spec.name]
             value = get_codec(enc.codec).decode(enc)
             entry[spec.name] = as_dtensor(value, spec, param) if is_dtensor(param) else value
@@ -81,7 +81,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
         counters = {key: scalar(f"param {index} {key!r}", saved.get(key), integral=key == "nonfinite_skips")
                     for key in SCALARS}
         values = {}
-        for spec in opt.rule.state_specs(param.shape, new_group[id(live_group)]):
+        for spec in opt.rule_of(live_group).state_specs(param.shape, new_group[id(live_group)]):
             if spec.name not in saved:
                 raise ValueError(f"param {index}: checkpoint lacks state {spec.name!r}")
             value = saved[spec.name]
@@ -110,7 +110,7 @@ def full_state_dict(opt) -> dict[str, Any]:
         if not is_dtensor(param) or index not in sd["state"]:
             continue
         live = opt.state[param]
-        for spec in opt.rule.state_specs(param.shape, group):
+        for spec in opt.rule_of(group).state_specs(param.shape, group):
             enc = live[spec.name]
             codec = get_codec(enc.codec)
             whole = as_dtensor(codec.decode(enc), spec, param).full_tensor()

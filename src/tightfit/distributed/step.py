@@ -56,8 +56,9 @@ def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) 
 
 
 def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    rule = opt.rule_of(group)
     live = []
-    for p, bad in zip(params, _global_nonfinite(params, opt.rule.grad_limit)):
+    for p, bad in zip(params, _global_nonfinite(params, rule.grad_limit)):
         if bad:
             opt._ensure_state(p, group)["nonfinite_skips"] += 1
         else:
@@ -66,7 +67,7 @@ def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> No
         return
     states = [opt._ensure_state(p, group) for p in live]
     placement = opt.placement_for(group)  # paged states stream in around the update, as unsharded
-    if opt.rule.elementwise:
+    if rule.elementwise:
         placement.run(live, states, lambda ps, ss: _step_local_shards(opt, group, ps, ss))
     else:
         placement.run(live, states, lambda ps, ss: _step_whole_params(opt, group, ps, ss))
@@ -78,20 +79,22 @@ def _step_local_shards(opt, group, params, states) -> None:
     for shard, p in zip(shards, params):
         shard.grad = local_tensor(p.grad)
     try:
-        impl = select_implementation(group["impl"], opt.rule, shards, states, rounding)
-        impl.step_group(opt.rule, opt.rule.hyper(group), shards, states, rounding)
+        rule = opt.rule_of(group)
+        impl = select_implementation(group["impl"], rule, shards, states, rounding)
+        impl.step_group(rule, rule.hyper(group), shards, states, rounding)
     finally:
         for shard in shards:
             shard.grad = None
 
 
 def _step_whole_params(opt, group, params, states) -> None:
-    hyper = plain_hyper(opt.rule.hyper(group))
+    rule = opt.rule_of(group)
+    hyper = plain_hyper(rule.hyper(group))
     rounding = opt._rounding(group, params)
     salts = rounding.salts if rounding is not None else [None] * len(params)
     for p, state, salt in zip(params, states, salts):
         key = None if salt is None else (rounding.seed, salt)
-        _step_on_dtensors(opt.rule, hyper, group, p, state, key)
+        _step_on_dtensors(rule, hyper, group, p, state, key)
 
 
 def _step_on_dtensors(rule, hyper, group, param, state, rounding_key) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from ..codecs import Encoded, get_codec
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
+from .registry import register_implementation
 from .base import Implementation, StochasticRounding, encoded_states, grad_usable, plain_hyper
 
 
@@ -64,3 +65,6 @@ class ReferenceImplementation(Implementation):
         hyper = plain_hyper(hyper)
         for param, state, key in zip(params, states, rounding_keys(rounding, len(params))):
             reference_param_step(rule, hyper, param, state, rounding_key=key)
+
+
+register_implementation(ReferenceImplementation())
