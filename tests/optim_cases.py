@@ -150,6 +150,13 @@ class Case:
             pytest.skip(self.excluded[test])
 
 
+def _adamw_with_a_lion_group(params, **options: Any) -> tightfit.TightfitOptimizer:
+    """AdamW on every other param, a ``"rule": "lion"`` group on the rest: one optimizer, two rules."""
+    params = list(params)
+    lion = {"params": params[1::2], "rule": "lion", "lr": 1e-3, "weight_decay": 0.1}
+    return tightfit.AdamW([{"params": params[0::2]}, lion], **{"lr": 1e-2, **options})
+
+
 def _preset(cls, **hyper: Any) -> Callable[..., tightfit.TightfitOptimizer]:
     """``params, **options -> cls(params, **hyper, **options)``; options override hyper."""
     return lambda params, **options: cls(params, **{**hyper, **options})
@@ -224,6 +231,9 @@ CASES: list[Case] = [
     Case("came", "came", _preset(tightfit.CAME, lr=1e-3, weight_decay=0.1),
          external("came_pytorch", "CAME", lr=1e-3, weight_decay=0.1), reference_tol="factored_vs_external",
          reference_steps=50, matrix=True),
+    # Two rules in one optimizer (the rule is a param-group key).
+    Case("adamw_with_lion_group", "adamw", _adamw_with_a_lion_group,
+         excluded={"external_parity": "two rules: test_mixed_rules.py compares with one optimizer per rule"}),
 ]
 CASES_BY_ID = {case.id: case for case in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"

@@ -53,10 +53,10 @@ def test_every_registered_rule_has_a_matrix_row_and_every_row_a_registered_rule(
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_each_row_builds_an_optimizer_of_its_rule(case):
-    param = torch.nn.Parameter(torch.zeros(3))
-    opt = case.make([param], state="8bit", impl="reference")
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    opt = case.make(params, state="8bit", impl="reference")
     assert opt.rule.name == case.rule
-    assert opt.param_groups[0]["state"] == "8bit" and opt.param_groups[0]["impl"] == "reference"
+    assert all(g["state"] == "8bit" and g["impl"] == "reference" for g in opt.param_groups)
     assert case.maximize == bool(opt.param_groups[0].get("maximize", False))
     assert not (case.matrix and case.maximize), "matrix rows train the toy loss down"
     assert case.reference_tol in TOLERANCES
