@@ -157,6 +157,8 @@ class Case:
     reference: Callable[[Any], torch.optim.Optimizer] | None = None
     reference_tol: str = "fp32_vs_external"
     reference_steps: int = 100
+    # Implementations that must equal impl="reference" on this row (a rule without a native
+    # or Triton tile lists fewer; impl/test_impls_match_reference.py runs these).
     impls: tuple[str, ...] = IMPLS
     # The rule's row in the rule x codec matrix: hyperparameters that train the toy
     # regression in 150 steps (no maximize), every state in the codec.
