@@ -17,7 +17,7 @@ from . import state_io
 from .codecs import Codec, Encoded, get_codec
 from .group_checks import validate_group
 from .impl import select_implementation
-from .distributed.shards import is_dtensor, state_shape
+from .dtensor import is_dtensor, state_shape
 from .distributed.step import step_dtensor_params
 from .impl.base import StochasticRounding
 from .memory_report import MemoryReport, memory_report

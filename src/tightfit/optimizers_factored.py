@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .codecs import Codec, get_codec
-from .distributed.shards import local_tensor
+from .dtensor import local_tensor
 from .impl.base import grad_usable
 from .optimizer import TightfitOptimizer
 from .rules import Rule

@@ -11,22 +11,25 @@ from tightfit.kernels import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
-from kernel_cases import (SHAPES, TOL, assert_states_match, make_params, relative_error,  # noqa: E402
-                          set_grads, step_without_syncs, twin_optimizers)
+from compare import assert_states_match, relative_error  # noqa: E402
+from kernel_cases import SHAPES, make_params, set_grads, step_without_syncs, twin_optimizers  # noqa: E402
+from optim_cases import TOLERANCES as TOL  # noqa: E402
 
 PARAM_TOL = {torch.float32: TOL["fp32_relative"], torch.bfloat16: TOL["bf16_relative"],
              torch.float16: TOL["fp16_relative"]}
 STATE_TOL = {"fp32": TOL["fp32_relative"], "bf16": TOL["bf16_relative"], "8bit": None, "4bit": None}
 
+# (case of the table, codec, param dtype) beyond impl/test_impls_match_reference.py's rule x
+# codec matrix (fp32 params, and 8-bit states of bf16 params): variants with every term on
+# (decay, dampening, maximize), bf16 and fp16 params.
 MATRIX = [
-    (rule, codec, dtype)
-    for rule, codec, dtype in itertools.product(["adamw", "adam", "lion", "sgd"], ["fp32", "bf16", "8bit", "4bit"],
-                                                [torch.float32, torch.bfloat16])
-] + [("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32),
-     ("adamw", "8bit", torch.float16), ("lion", "fp32", torch.float16),
-     ("sgd_plain", "fp32", torch.bfloat16),
-     ("sophiag", "fp32", torch.float32), ("sophiag", "8bit", torch.float32), ("sophiag", "4bit", torch.bfloat16),
-     ("sophiag_maximize", "bf16", torch.float32)]
+    (case, codec, dtype)
+    for case, codec, dtype in itertools.product(["adam_maximize", "lion_decay", "sgd_momentum_dampening"],
+                                                ["fp32", "bf16", "8bit", "4bit"], [torch.float32, torch.bfloat16])
+] + [("adamw_decay", codec, torch.bfloat16) for codec in ("fp32", "bf16", "4bit")] + [
+    ("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32), ("adamw", "8bit", torch.float16),
+    ("lion", "fp32", torch.float16), ("sgd_plain", "fp32", torch.bfloat16), ("sophiag", "4bit", torch.bfloat16),
+    ("sophiag_maximize", "bf16", torch.float32)]
 
 
 def run_and_compare(rule, codec, dtype, shapes=SHAPES, steps=3, nonfinite=None, **options):

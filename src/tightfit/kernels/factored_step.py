@@ -21,7 +21,7 @@ from ..rules import Rule
 from . import factored_kernels as K
 from . import fused_kernels
 from .fused_step import (ELEMENTS_PER_PROGRAM, KERNEL_CODECS, TL_DTYPES, codec_block, element_programs,
-                         host_to_device, make_hyper_table, map_tables, program_table, search_levels)
+                         host_to_device, make_hyper_table, padded_map_tables, program_table, search_levels)
 
 TILE_ROWS, TILE_COLS = 8, 128  # stats tiles: rows reduce to TILE_ROWS sums, columns to TILE_COLS
 STAT_SPAN = 1024  # statistic entries per finish program
@@ -144,7 +144,7 @@ def factored_step(update_rule: Rule, hyper: Mapping[str, Any], params: Sequence[
     tensors = host_to_device(rows, torch.int64, device)
     hyper_table = make_hyper_table(rule.slots(hyper), hyper["lr"] or 0.0, K.HYPER_SLOTS, device)
     if kernel_codec.bits:
-        map_values, midpoints = map_tables(get_codec(codec_name).map_names[states[0]["exp_avg"].kind], device)
+        map_values, midpoints = padded_map_tables(get_codec(codec_name).map_names[states[0]["exp_avg"].kind], device)
     else:
         map_values = midpoints = hyper_table  # unused by unquantized codecs
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import pieces
-from .pieces import CODEC_4BIT, CODEC_8BIT
+from . import tile_io
+from .tile_io import CODEC_4BIT, CODEC_8BIT
 
 FIXED_COLUMNS = 7  # param, grad, step, nonfinite_skips, numel, seed, salt
 _STATE_COLUMN0: tl.constexpr = tl.constexpr(FIXED_COLUMNS)
@@ -68,7 +68,7 @@ def finite_check_kernel(first_program, tensors, nonfinite, step_snapshot, GRAD_D
 def _store_values(row, column, elem, value, mask, DTYPE: tl.constexpr):
     """Store float32 ``value`` as DTYPE at the address in ``column`` (bf16: round to nearest even)."""
     if DTYPE == tl.bfloat16:
-        tl.store(_address(row, column, tl.int16) + elem, pieces.nearest_bf16_bits(value), mask=mask)
+        tl.store(_address(row, column, tl.int16) + elem, tile_io.nearest_bf16_bits(value), mask=mask)
     else:
         tl.store(_address(row, column, DTYPE) + elem, value.to(DTYPE), mask=mask)
 
@@ -77,12 +77,12 @@ def _store_values(row, column, elem, value, mask, DTYPE: tl.constexpr):
 def _decode_lane(CODEC: tl.constexpr, values_ptr, codes_ptr, map_values, elem, byte, mask, absmax_rows,
                  NIBBLE: tl.constexpr):
     if CODEC == CODEC_8BIT:
-        state = pieces.decode_code(map_values, tl.load(codes_ptr + elem, mask=mask, other=0), absmax_rows)
+        state = tile_io.decode_code(map_values, tl.load(codes_ptr + elem, mask=mask, other=0), absmax_rows)
     elif CODEC == CODEC_4BIT:
         packed = tl.load(codes_ptr + byte, mask=mask, other=0)
-        state = pieces.decode_code(map_values, (packed >> (4 * NIBBLE)) & 0xF, absmax_rows)
+        state = tile_io.decode_code(map_values, (packed >> (4 * NIBBLE)) & 0xF, absmax_rows)
     else:
-        state = pieces.decode_values(values_ptr, elem, mask)
+        state = tile_io.decode_values(values_ptr, elem, mask)
     # Lanes past numel decode map[0] * absmax; zero them so the rule sees 0 there, not garbage.
     return tl.where(mask, state, 0.0)
 
@@ -111,15 +111,15 @@ def _store_state(CODEC: tl.constexpr, VALUE_DTYPE: tl.constexpr, row, INDEX: tl.
     """Encode and store state INDEX: new absmax per block, nearest codes, nibble packing."""
     column: tl.constexpr = _STATE_COLUMN0 + 2 * INDEX
     if CODEC == CODEC_8BIT or CODEC == CODEC_4BIT:
-        absmax = pieces.block_absmax(lane0, mask0, lane1, mask1, LANES == 2)
+        absmax = tile_io.block_absmax(lane0, mask0, lane1, mask1, LANES == 2)
         tl.store(_address(row, column + 1, tl.float32) + block, absmax, mask=block_mask)
-        code0 = pieces.nearest_code(lane0, absmax[:, None], midpoints, BITS)
+        code0 = tile_io.nearest_code(lane0, absmax[:, None], midpoints, BITS)
         codes_ptr = _address(row, column, tl.uint8)
         if CODEC == CODEC_8BIT:
             tl.store(codes_ptr + elem0, code0.to(tl.uint8), mask=mask0)
         else:
             # An odd element past numel packs as code 0, like codecs.blockwise.pack_nibbles.
-            code1 = tl.where(mask1, pieces.nearest_code(lane1, absmax[:, None], midpoints, BITS), 0)
+            code1 = tl.where(mask1, tile_io.nearest_code(lane1, absmax[:, None], midpoints, BITS), 0)
             tl.store(codes_ptr + byte, (code0 | (code1 << 4)).to(tl.uint8), mask=mask0)
     else:
         _store_values(row, column, elem0, lane0, mask0, VALUE_DTYPE)
@@ -129,7 +129,7 @@ def _store_state(CODEC: tl.constexpr, VALUE_DTYPE: tl.constexpr, row, INDEX: tl.
 def _store_param(row, elem, mask, value, step, seed, salt, PARAM_DTYPE: tl.constexpr,
                  STOCHASTIC: tl.constexpr):
     if STOCHASTIC:
-        bits = pieces.stochastic_bf16_bits(value, elem, step, seed, salt)
+        bits = tile_io.stochastic_bf16_bits(value, elem, step, seed, salt)
         tl.store(_address(row, 0, tl.int16) + elem, bits, mask=mask)
     else:
         _store_values(row, 0, elem, value, mask, PARAM_DTYPE)

@@ -21,7 +21,7 @@ import triton.language as tl
 from ..codecs import get_codec
 from ..codecs.maps import get_map
 from ..rules import Rule
-from . import fused_kernels, pieces
+from . import fused_kernels, tile_io
 
 ELEMENTS_PER_PROGRAM = 1024  # ROWS * BLOCK: few programs under the interpreter, full tiles on a GPU
 MAX_STATES = 4  # the update kernel's state slots (fused_kernels.fused_update_kernel)
@@ -58,10 +58,10 @@ class KernelCodec:
 
 
 KERNEL_CODECS: dict[str, KernelCodec] = {
-    "fp32": KernelCodec(pieces.CODEC_FP32.value, tl.float32, 1, 0),
-    "bf16": KernelCodec(pieces.CODEC_BF16.value, tl.bfloat16, 1, 0),
-    "8bit": KernelCodec(pieces.CODEC_8BIT.value, tl.float32, 1, 8),
-    "4bit": KernelCodec(pieces.CODEC_4BIT.value, tl.float32, 2, 4),
+    "fp32": KernelCodec(tile_io.CODEC_FP32.value, tl.float32, 1, 0),
+    "bf16": KernelCodec(tile_io.CODEC_BF16.value, tl.bfloat16, 1, 0),
+    "8bit": KernelCodec(tile_io.CODEC_8BIT.value, tl.float32, 1, 8),
+    "4bit": KernelCodec(tile_io.CODEC_4BIT.value, tl.float32, 2, 4),
 }
 
 
@@ -71,7 +71,7 @@ def codec_block(codec_name: str) -> int:
 
 
 @lru_cache(maxsize=None)
-def map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, midpoints padded with +inf to a power of two) on ``device``."""
     qmap = get_map(map_name)
     size = 1 << max(1, math.ceil(math.log2(qmap.size)))
@@ -178,7 +178,7 @@ def fused_step(rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tens
     map_addresses = [0] * (2 * MAX_STATES)
     if kernel_codec.bits:
         for index, name in enumerate(state_names):
-            values, midpoints = map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
+            values, midpoints = padded_map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
             map_addresses[2 * index: 2 * index + 2] = values.data_ptr(), midpoints.data_ptr()
     maps = host_to_device(map_addresses, torch.int64, device)
 

@@ -22,9 +22,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..codecs import get_codec
+from ..codecs import STATE_KINDS, get_codec
 
-STATE_KINDS_ALL = ("signed", "unsigned", "small")
 
 # A gradient element at or above a rule's limit makes the step skip that parameter, as a
 # NaN/Inf does (counted in ``nonfinite_skips``): its square, or a sum of squares, would
@@ -44,8 +43,8 @@ class StateSpec:
     shape: Callable[[torch.Size], torch.Size] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in STATE_KINDS_ALL:
-            raise ValueError(f"state {self.name!r}: kind {self.kind!r} not in {STATE_KINDS_ALL}")
+        if self.kind not in STATE_KINDS:
+            raise ValueError(f"state {self.name!r}: kind {self.kind!r} not in {STATE_KINDS}")
 
     def shape_for(self, param_shape: torch.Size) -> torch.Size:
         return param_shape if self.shape is None else torch.Size(self.shape(param_shape))
