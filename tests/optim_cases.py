@@ -270,6 +270,11 @@ CASES: list[Case] = [
     Case("came", "came", _preset(tightfit.CAME, lr=1e-3, weight_decay=0.1),
          external("came_pytorch", "CAME", lr=1e-3, weight_decay=0.1), reference_tol="factored_vs_external",
          reference_steps=50, matrix=True),
+    # AdEMAMix and Muon: their parity with bitsandbytes / torch.optim.Muon is in tests/rules/.
+    Case("ademamix", "ademamix", _preset(tightfit.AdEMAMix, lr=3e-3, t_alpha=50, t_beta3=50), matrix=True,
+         impls=("native_codec",), excluded={"external_parity": "tests/rules/test_ademamix.py: vs bitsandbytes"}),
+    Case("muon", "muon", _preset(tightfit.Muon, lr=2e-2, adamw={"lr": 1e-2}), matrix=True, impls=("native_codec",),
+         excluded={"external_parity": "tests/rules/test_muon.py: vs torch.optim.Muon (+ AdamW on vectors)"}),
     # Two rules in one optimizer (the rule is a param-group key).
     Case("adamw_with_lion_group", "adamw", _adamw_with_a_lion_group,
          excluded={"external_parity": "two rules: test_mixed_rules.py compares with one optimizer per rule"}),

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 import tightfit
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from cases import TOL, max_relative_difference, regression_batch, small_mlp, train
+from optim_cases import TOLERANCES as TOL
+from toy_problem import max_relative_difference, regression_batch, small_mlp, train
 from distributed import workers
 from test_update_bounds import N, PROPERTY, ROW, gradient_sequence, scenarios
 from tightfit.codecs import Encoded, get_codec
