@@ -71,3 +71,6 @@ def validate_group(rule: Rule, group: dict[str, Any]) -> None:
     rule.validate(group)
     check_shell_options(group)
     check_param_dtypes(group["params"])
+    if rule.check_param is not None:
+        for p in group["params"]:
+            rule.check_param(p.shape)

@@ -67,10 +67,20 @@ OPTIMIZERS = [
                                                         "maximize")], None),
     ("ademamix", tightfit.AdEMAMix, {}, [({}, "default"), ({"lr": 1e-2, "t_alpha": 5, "t_beta3": 5}, "warm-ups"),
                                          ({"lr": torch.tensor(1e-3)}, "tensor lr")], None),
+    ("muon", tightfit.Muon, {}, [({}, "default"), ({"lr": 2e-2, "weight_decay": 0.0, "nesterov": False},
+                                                    "no nesterov, no decay"),
+                                 ({"adjust_lr_fn": "match_rms_adamw"}, "AdamW-matched lr")], None),
 ]
 
 NO_TORCH_CLASS = "no torch.optim class with this rule: the cross-library load is tests/test_state_io.py's"
+# Muon orthogonalizes matrices and refuses 1-D params in its groups (as torch.optim.Muon
+# does); these tests build explicit groups holding biases. tests/rules/test_muon.py covers
+# Muon's groups (routed to AdamW), state_dicts and bad inputs with matrices.
+MUON_VECTORS = "the test puts 1-D params in a Muon group, which Muon refuses (tests/rules/test_muon.py)"
 EXCLUDED = {
+    "muon": {key: MUON_VECTORS for key in ("param_group_lr", "no_grad_no_op", "named_parameters", "bad_inputs",
+                                           "other_rule_refused")} | {"cross_library_load": "torch.optim.Muon refuses "
+                                                                     "the contract model's 1-D params"},
     "adafactor_hf": {"cross_library_load": NO_TORCH_CLASS},
     "lion": {"cross_library_load": NO_TORCH_CLASS},
     "came": {"cross_library_load": NO_TORCH_CLASS},

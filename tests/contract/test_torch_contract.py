@@ -55,6 +55,7 @@ def test_tensor_lr_equals_float_lr(row):
 
 
 def test_param_group_lr_and_weight_decay(row):
+    skip_if_excluded(row, "param_group_lr")
     model = tiny_model()
     first, rest = list(model[0].parameters()), list(model[2].parameters())
     opt = row.make([{"params": first, "lr": 0.0, "weight_decay": 0.0}, {"params": rest, "weight_decay": 0.0}],
@@ -67,6 +68,7 @@ def test_param_group_lr_and_weight_decay(row):
 
 
 def test_step_without_gradients_is_a_no_op(row):
+    skip_if_excluded(row, "no_grad_no_op")
     model = tiny_model()
     opt = row.make(model.parameters(), weight_decay=0.0)
     before = [p.detach().clone() for p in model.parameters()]
@@ -117,6 +119,7 @@ def test_older_state_dict_without_newer_flags_loads(row):
 
 
 def test_named_parameters_state_dict(row):
+    skip_if_excluded(row, "named_parameters")
     model = tiny_model()
     opt = row.make(list(model.named_parameters()))
     train(model, opt, 2)
@@ -261,6 +264,7 @@ BAD_OPTIONS = [({"lr": -0.01}, r"invalid lr: -0.01"), ({"lr": math.inf}, r"inval
 
 
 def test_bad_inputs_raise_value_errors_naming_the_value(row):
+    skip_if_excluded(row, "bad_inputs")
     for options, message in BAD_OPTIONS:
         if "lr" in options and row.optimizer == "adafactor_hf":
             options = {**options, "relative_step": False}
@@ -297,6 +301,7 @@ def test_cross_library_load(row):
 
 
 def test_a_state_dict_of_another_rule_is_refused_naming_both(row):
+    skip_if_excluded(row, "other_rule_refused")
     model = tiny_model()
     foreign = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9) if row.optimizer != "sgd" \
         else torch.optim.AdamW(model.parameters())

@@ -99,6 +99,9 @@ class Rule:
     # reads the values as c[0], c[1], ... and the Triton tile as slots 0, 1, ...
     scalars: Scalars | None = None
     kernels: Kernels = field(default_factory=Kernels)
+    # check_param(shape) raises ValueError for a parameter the rule cannot update (Muon:
+    # fewer than two dims); called when a group is added, before any step.
+    check_param: Callable[[torch.Size], None] | None = None
 
     @property
     def has_native(self) -> bool:

@@ -33,11 +33,16 @@ MAX_NS_STEPS = 100  # torch.optim.Muon's limit (exclusive)
 MOMENTUM = (StateSpec("momentum_buffer", "signed"),)
 
 
+def check_matrix(shape: torch.Size) -> None:
+    """Muon orthogonalizes matrices: a parameter of fewer than two dims is refused."""
+    if len(shape) < 2:
+        raise ValueError(f"Muon needs a matrix; got a parameter of shape {tuple(shape)} (give 1-D params, "
+                         "biases and norms, another rule, e.g. a param group with rule 'adamw')")
+
+
 def as_matrices(tensor: torch.Tensor, nd_params: str) -> torch.Tensor:
     """The matrix (2-D) or batch of matrices (3-D) that Muon orthogonalizes."""
-    if tensor.ndim < 2:
-        raise ValueError(f"Muon needs a matrix; got a parameter of shape {tuple(tensor.shape)} (give 1-D params, "
-                         "biases and norms, another rule, e.g. a param group with rule 'adamw')")
+    check_matrix(tensor.shape)
     if tensor.ndim == 2:
         return tensor
     if nd_params == "flatten" or (nd_params == "auto" and tensor.ndim > 3):
@@ -145,4 +150,5 @@ MUON = register_rule(Rule(
     paper="Jordan et al. 2024, Muon: An optimizer for hidden layers in neural networks; Liu et al. 2025, "
           "Muon is Scalable for LLM Training, arXiv 2502.16982",
     elementwise=False,
+    check_param=check_matrix,
 ))
