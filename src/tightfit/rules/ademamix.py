@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from .adamw import adam_moment_bound
-from .base import Rule, StateSpec, _number, check_betas, check_nonnegative, register_rule
+from .base import Kernels, Rule, StateSpec, _number, check_betas, check_nonnegative, register_rule
 
 STATES = (StateSpec("exp_avg", "signed"), StateSpec("exp_avg_slow", "signed"), StateSpec("exp_avg_sq", "unsigned"))
 
@@ -166,4 +166,5 @@ ADEMAMIX = register_rule(Rule(
     paper="Pagliardini, Ablin & Grangier 2024, The AdEMAMix Optimizer: Better, Faster, Older, arXiv 2409.03137",
     guards_lossy_states=True,
     scalars=ademamix_scalars,
+    kernels=Kernels(native_tile="ademamix", triton_tile="tightfit.kernels.tiles.ademamix"),
 ))
