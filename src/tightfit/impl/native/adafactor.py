@@ -23,7 +23,7 @@ import torch
 from ...rules.adafactor import adafactor_step_scalars, factored_lerp
 from ..reference import reference_param_step
 from .factored import decode_small, grad_sq_means, store_small
-from .jobs import F_GRAD_CHECKED, F_MAXIMIZE, R_ADAFACTOR, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, RuleCall, make_job
 
 # The states the kernel streams (row/col statistics are read through job.row / job.col).
 KERNEL_STATES = ("exp_avg",)
@@ -36,15 +36,15 @@ def adafactor_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tenso
         return
     rows, cols = param.shape
     beta1, weight_decay = hyper["beta1"], hyper["weight_decay"]
-    # c = [max(mean R, ε₁), ε₁², clip divisor, αₜ, 1-ηλ (1: none), β₁, 1-β₁, has momentum];
+    # c = [max(mean R, ε₁), ε₁², clip divisor, αₜ, 1-ηλ (1: none), β₁, 1-β₁, has momentum, maximize];
     # c[0] is first the ε₁ that pass 1 adds to g²: none in this convention.
     coeffs = (0.0, 0.0, 1.0, 0.0, 1 - hyper["lr"] * weight_decay if weight_decay != 0 else 1.0,
-              beta1 or 0.0, 1 - (beta1 or 0.0), 1.0 if beta1 is not None else 0.0)
-    flags = F_GRAD_CHECKED | (F_MAXIMIZE if hyper["maximize"] else 0)
+              beta1 or 0.0, 1 - (beta1 or 0.0), 1.0 if beta1 is not None else 0.0,
+              1.0 if hyper["maximize"] else 0.0)
     moments = [state["exp_avg"]] if beta1 is not None else []
-    job = make_job(RuleCall(R_ADAFACTOR, flags, coeffs), param.detach(), param.grad, moments,
+    job = make_job(RuleCall("adafactor", coeffs, reducing=True), param.detach(), param.grad, moments,
                    state["step"], state["nonfinite_skips"], n_threads)
-    job.cols = cols
+    job.cols, job.flags = cols, F_GRAD_CHECKED
     means = grad_sq_means(lib, job, rows, cols, param_rms=True)  # g² is even in g: maximize does not matter
     if means is None:
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were

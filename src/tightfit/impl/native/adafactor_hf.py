@@ -21,7 +21,7 @@ from ...rules.adafactor import adafactor_hf_step_scalars
 from ..reference import reference_param_step
 from .codec_passes import native_decode, native_store
 from .factored import clip_divisor, grad_sq_means, second_moment, store_second_moment
-from .jobs import F_GRAD_CHECKED, R_ADAFACTOR_HF, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, RuleCall, make_job
 
 KERNEL_STATES = ("exp_avg",)
 
@@ -37,9 +37,9 @@ def adafactor_hf_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Te
     # c = [ε₁, clip divisor, αₜ, β₁, 1-β₁, λαₜ, has decay, has momentum]: αₜ after pass 1, the divisor after pass 2.
     coeffs = (hyper["eps"][0], 1.0, 0.0, beta1 or 0.0, 1 - (beta1 or 0.0), 0.0, 1.0 if weight_decay != 0 else 0.0,
               1.0 if beta1 is not None else 0.0)
-    job = make_job(RuleCall(R_ADAFACTOR_HF, F_GRAD_CHECKED, coeffs), param.detach(), param.grad, moments,
+    job = make_job(RuleCall("adafactor_hf", coeffs, reducing=True), param.detach(), param.grad, moments,
                    state["step"], state["nonfinite_skips"], n_threads)
-    job.cols = cols
+    job.cols, job.flags = cols, F_GRAD_CHECKED
     means = grad_sq_means(lib, job, rows, cols, param_rms=hyper["scale_parameter"])
     if means is None:
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were

@@ -39,7 +39,7 @@ from ..reference import reference_param_step
 from .codec_passes import native_decode, native_store
 from .factored import (clip_divisor, decode_small, factors_into, grad_sq_means, row_col_means, second_moment,
                        store_second_moment, store_small)
-from .jobs import F_GRAD_CHECKED, R_CAME, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, RuleCall, make_job
 
 # The states the kernel streams (the statistics are read through job.row/col/row2/col2).
 KERNEL_STATES = ("exp_avg",)
@@ -56,9 +56,9 @@ def came_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, st
     lr, weight_decay = hyper["lr"], hyper["weight_decay"]
     # c[1], the clip divisor, is filled in after pass 2.
     coeffs = (eps1, 1.0, beta1, 1 - beta1, eps2, weight_decay * lr, lr, 1.0 if weight_decay != 0 else 0.0)
-    job = make_job(RuleCall(R_CAME, F_GRAD_CHECKED, coeffs), param.detach(), param.grad, [state["exp_avg"]],
+    job = make_job(RuleCall("came", coeffs, reducing=True), param.detach(), param.grad, [state["exp_avg"]],
                    state["step"], state["nonfinite_skips"], n_threads)
-    job.cols = cols
+    job.cols, job.flags = cols, F_GRAD_CHECKED
     means = grad_sq_means(lib, job, rows, cols)
     if means is None:
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were

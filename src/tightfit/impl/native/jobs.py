@@ -23,16 +23,10 @@ from ...rules.adamw import adam_moment_bound
 from ...rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING
 from .bounds import checked_filler
 
-MAX_STATES = 2
-N_COEFFS = 10
+MAX_STATES = 4
+N_COEFFS = 16
 
-# Flags (must match step_kernel.cpp).
-F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM, F_GRAD_CHECKED = 1, 2, 4, 8, 16, 32
-# Rule kernels (must match RuleId in step_kernel.cpp).
-R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF = 0, 1, 2, 3, 4, 5, 6
-# Kernels of rules that reduce over the tensor (Rule.elementwise False): their gradient
-# limit is GRAD_LIMIT_REDUCING (tests/impl check this against each rule's grad_limit).
-REDUCING_KERNELS = frozenset({R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF})
+F_GRAD_CHECKED = 1  # must match abi.h
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -47,7 +41,7 @@ class TfState(ctypes.Structure):
 
 
 class TfJob(ctypes.Structure):
-    _fields_ = [("rule", ctypes.c_int32), ("flags", ctypes.c_int32),
+    _fields_ = [("tile", ctypes.c_int32), ("flags", ctypes.c_int32),
                 ("param_dtype", ctypes.c_int32), ("grad_dtype", ctypes.c_int32),
                 ("n_states", ctypes.c_int32), ("n_threads", ctypes.c_int32),
                 ("grad_limit_bits", ctypes.c_uint32), ("pad_", ctypes.c_int32),
@@ -58,28 +52,26 @@ class TfJob(ctypes.Structure):
                 ("row2", ctypes.c_void_p), ("col2", ctypes.c_void_p)]
 
 
-# ---- rules: name -> (hyper, step) -> (kernel id, flags, coefficients) ---------------
+# ---- rules: name -> (hyper, step) -> (tile, coefficients) ---------------
 @dataclass(frozen=True)
 class RuleCall:
-    kernel: int
-    flags: int
+    tile: str
     coeffs: tuple[float, ...]
+    reducing: bool = False
 
 
 def _adamw(h: Mapping[str, Any], step: int, lossy: bool, coupled_wd: float = 0.0) -> RuleCall:
-    # Same expressions as rules.adamw.adamw_update.
     beta1, beta2 = h["betas"]
     lr, weight_decay = h["lr"], (0.0 if coupled_wd else h["weight_decay"])
     bias1 = 1 - beta1**step
     bias2_sqrt = (1 - beta2**step) ** 0.5
-    flags = (F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if coupled_wd else 0)
-    return RuleCall(R_ADAMW, flags, (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
-                                     bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
-                                     adam_moment_bound(beta1, beta2, step) if lossy else math.inf))
+    return RuleCall("adam", (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
+                             bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
+                             adam_moment_bound(beta1, beta2, step) if lossy else math.inf,
+                             float(bool(h["maximize"]))))
 
 
 def _adam(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    # rules.adamw.adam_update: coupled L2 unless decoupled_weight_decay.
     if h["decoupled_weight_decay"]:
         return _adamw(h, step, lossy)
     return _adamw(h, step, lossy, coupled_wd=h["weight_decay"])
@@ -88,25 +80,21 @@ def _adam(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
 def _lion(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
     beta1, beta2 = h["betas"]
     lr = h["lr"]
-    return RuleCall(R_LION, 0, (beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * h["weight_decay"], lr))
+    return RuleCall("lion", (beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * h["weight_decay"], lr))
 
 
 def _sgd(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    flags = ((F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if h["weight_decay"] else 0)
-             | (F_MOMENTUM if h["momentum"] else 0) | (F_NESTEROV if h["nesterov"] else 0)
-             | (F_FIRST_STEP if step == 1 else 0))
-    return RuleCall(R_SGD, flags, (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"]))
+    return RuleCall("sgd", (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"],
+                            float(bool(h["maximize"])), float(bool(h["nesterov"])), float(step == 1)))
 
 
 def _sophiag(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    # rules.sophia.sophiag_update: (rho * bs) is a Python product before meeting h.
     beta1 = h["betas"][0]
     lr = h["lr"]
-    return RuleCall(R_SOPHIAG, F_MAXIMIZE if h["maximize"] else 0,
-                    (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr))
+    return RuleCall("sophiag", (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr,
+                                float(bool(h["maximize"]))))
 
 
-# rule name -> (hyper, step, lossy states: Rule.update_extras) -> RuleCall
 RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int, bool], RuleCall]] = {
     "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd, "sophiag": _sophiag,
 }
@@ -164,19 +152,19 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
 CODEC_FILLERS = {name: (dtypes, checked_filler(fill)) for name, (dtypes, fill) in CODEC_FILLERS.items()}
 
 
-def grad_limit_bits(kernel: int) -> int:
-    """float32 bit pattern of the gradient limit of a rule kernel (a power of two)."""
-    limit = GRAD_LIMIT_REDUCING if kernel in REDUCING_KERNELS else GRAD_LIMIT_ELEMENTWISE
+def grad_limit_bits(reducing: bool) -> int:
+    limit = GRAD_LIMIT_REDUCING if reducing else GRAD_LIMIT_ELEMENTWISE
     return int(torch.tensor(limit, dtype=torch.float32).view(torch.int32))
 
 
 def make_job(call: RuleCall, param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
              step: torch.Tensor, skips: torch.Tensor, n_threads: int) -> TfJob:
     job = TfJob()
-    job.rule, job.flags = call.kernel, call.flags
+    from .build import tile_id
+    job.tile, job.flags = tile_id(call.tile), 0
     job.param_dtype, job.grad_dtype = DTYPE_IDS[param.dtype], DTYPE_IDS[grad.dtype]
     job.n_states, job.n_threads = len(states), n_threads
-    job.grad_limit_bits = grad_limit_bits(call.kernel)
+    job.grad_limit_bits = grad_limit_bits(call.reducing)
     job.numel = param.numel()
     job.param, job.grad = param.data_ptr(), grad.data_ptr()
     job.step, job.skips = step.data_ptr(), skips.data_ptr()
