@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .base import (Rule, StateSpec, check_bool, check_nonnegative, check_positive, check_unit_interval,
+from .base import (Kernels, Rule, StateSpec, check_bool, check_nonnegative, check_positive, check_unit_interval,
                    register_rule)
 
 
@@ -153,6 +153,8 @@ ADAFACTOR = register_rule(Rule(
     elementwise=False,
     paper="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, arXiv 1804.04235",
     torch_group_extras={"foreach": None},
+    kernels=Kernels(native_tile="adafactor", native_driver="tightfit.impl.native.adafactor",
+                    triton_driver="tightfit.kernels.factored_step"),
 ))
 
 
@@ -277,4 +279,6 @@ ADAFACTOR_HF = register_rule(Rule(
                                 ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")),
     elementwise=False,
     paper="Shazeer & Stern 2018, arXiv 1804.04235; transformers.Adafactor (fairseq port)",
+    kernels=Kernels(native_tile="adafactor_hf", native_driver="tightfit.impl.native.adafactor_hf",
+                    triton_driver="tightfit.kernels.factored_step"),
 ))

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .base import Rule, StateSpec, check_betas, check_bool, check_nonnegative, register_rule
+from .base import Kernels, Rule, StateSpec, check_betas, check_bool, check_nonnegative, register_rule
 
 MOMENTS = (StateSpec("exp_avg", "signed"), StateSpec("exp_avg_sq", "unsigned"))
 _TORCH_EXTRAS = {"amsgrad": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None}
@@ -28,11 +28,14 @@ def adam_moment_bound(beta1: float, beta2: float, step: int) -> float:
 
     (Sₜ ≤ 1/(1−γ) when β₁² < β₂, e.g. ≈ 5.3 for the defaults; Kingma & Ba 2015, §2.1,
     state the same limit on |m̂/√v̂|.) Returned with MOMENT_BOUND_SLACK; inf when there
-    is no bound (β₂ = 0, or Sₜ overflows).
+    is no bound (β₂ = 0, or Sₜ overflows). ``step`` may be a float64 tensor (Rule.scalars).
     """
     if beta2 == 0.0:
         return math.inf
     gamma = beta1 * beta1 / beta2
+    if isinstance(step, torch.Tensor):  # overflow gives inf here, which is "no bound"
+        series = step.double() if gamma == 1.0 else (1.0 - gamma**step) / (1.0 - gamma)
+        return (1.0 - beta1) * (series / (1.0 - beta2)) ** 0.5 * MOMENT_BOUND_SLACK
     if gamma == 1.0:
         series = float(step)
     else:
@@ -41,6 +44,46 @@ def adam_moment_bound(beta1: float, beta2: float, step: int) -> float:
         except OverflowError:
             return math.inf
     return (1.0 - beta1) * math.sqrt(series / (1.0 - beta2)) * MOMENT_BOUND_SLACK
+
+
+def adam_scalars(hyper, step, lossy: bool) -> dict:
+    """Adam/AdamW's per-step scalars (the tile ``adam``'s coefficients, in this order).
+
+    decay_factor is 1 − η·λ for decoupled decay (AdamW), coupled_wd is λ for L2 decay
+    coupled into the gradient (Adam), each 1 / 0 when unused; step_size = η/(1 − β₁ᵗ),
+    bias2_sqrt = √(1 − β₂ᵗ); moment_bound = κₜ for lossy states, else inf (no clamp).
+    """
+    beta1, beta2 = hyper["betas"]
+    lr, weight_decay = hyper["lr"], hyper["weight_decay"]
+    coupled = not hyper.get("decoupled_weight_decay", True)  # Adam's default: L2 in the gradient
+    return {
+        "one_minus_beta1": 1 - beta1,
+        "beta2": beta2,
+        "one_minus_beta2": 1 - beta2,
+        "decay_factor": 1 - lr * (0.0 if coupled else weight_decay),
+        "bias2_sqrt": (1 - beta2**step) ** 0.5,
+        "eps": hyper["eps"],
+        "step_size": lr / (1 - beta1**step),
+        "coupled_wd": weight_decay if coupled else 0.0,
+        "moment_bound": adam_moment_bound(beta1, beta2, step) if lossy else math.inf,
+        "maximize": 1.0 if hyper["maximize"] else 0.0,
+    }
+
+
+def adam_apply(param, grad, state, s):
+    """One Adam/AdamW step from ``adam_scalars`` ``s`` (see adamw_update for the math)."""
+    if s["maximize"]:
+        grad = -grad
+    if s["coupled_wd"]:
+        grad = grad + s["coupled_wd"] * param
+    exp_avg = state["exp_avg"] + s["one_minus_beta1"] * (grad - state["exp_avg"])
+    exp_avg_sq = state["exp_avg_sq"] * s["beta2"] + s["one_minus_beta2"] * (grad * grad)
+    param = param * s["decay_factor"]
+    root = exp_avg_sq.sqrt()
+    limited = clamp_moment(exp_avg, root, s["moment_bound"])
+    denom = root / s["bias2_sqrt"] + s["eps"]
+    param = param - s["step_size"] * (limited / denom)
+    return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
 def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maximize=False, lossy_states=False):
@@ -62,19 +105,8 @@ def adamw_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxi
     stored m is not clamped.
     Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight_decay 1e-2.
     """
-    beta1, beta2 = betas
-    if maximize:
-        grad = -grad
-    exp_avg = state["exp_avg"] + (1 - beta1) * (grad - state["exp_avg"])
-    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * (grad * grad)
-    bias1 = 1 - beta1**step
-    bias2_sqrt = (1 - beta2**step) ** 0.5
-    param = param * (1 - lr * weight_decay)
-    root = exp_avg_sq.sqrt()
-    limited = clamp_moment(exp_avg, root, adam_moment_bound(beta1, beta2, step)) if lossy_states else exp_avg
-    denom = root / bias2_sqrt + eps
-    param = param - (lr / bias1) * (limited / denom)
-    return param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    hyper = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
+    return adam_apply(param, grad, state, adam_scalars(hyper, step, lossy_states))
 
 
 def clamp_moment(moment, root, bound: float):
@@ -94,15 +126,9 @@ def adam_update(param, grad, state, *, step, lr, betas, eps, weight_decay, maxim
     ``decoupled_weight_decay=True`` makes it AdamW. Defaults: lr 1e-3, betas
     (0.9, 0.999), eps 1e-8, weight_decay 0.
     """
-    if decoupled_weight_decay:
-        return adamw_update(param, grad, state, step=step, lr=lr, betas=betas, eps=eps,
-                            weight_decay=weight_decay, maximize=maximize, lossy_states=lossy_states)
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay * param
-    return adamw_update(param, grad, state, step=step, lr=lr, betas=betas, eps=eps, weight_decay=0.0,
-                        lossy_states=lossy_states)
+    hyper = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "maximize": maximize,
+             "decoupled_weight_decay": decoupled_weight_decay}
+    return adam_apply(param, grad, state, adam_scalars(hyper, step, lossy_states))
 
 
 def _validate(h) -> None:
@@ -115,6 +141,9 @@ def _validate(h) -> None:
         check_bool("decoupled_weight_decay", h["decoupled_weight_decay"])
 
 
+# Adam and AdamW share one tile (coupled_wd / decay_factor tell them apart).
+ADAM_KERNELS = Kernels(native_tile="adam", triton_tile="tightfit.kernels.tiles.adam")
+
 ADAMW = register_rule(Rule(
     name="adamw",
     update=adamw_update,
@@ -124,6 +153,8 @@ ADAMW = register_rule(Rule(
     paper="Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization, arXiv 1711.05101",
     torch_group_extras=_TORCH_EXTRAS,
     guards_lossy_states=True,
+    scalars=adam_scalars,
+    kernels=ADAM_KERNELS,
 ))
 
 ADAM = register_rule(Rule(
@@ -136,4 +167,6 @@ ADAM = register_rule(Rule(
     paper="Kingma & Ba 2015, Adam: A Method for Stochastic Optimization, arXiv 1412.6980",
     torch_group_extras=_TORCH_EXTRAS,
     guards_lossy_states=True,
+    scalars=adam_scalars,
+    kernels=ADAM_KERNELS,
 ))

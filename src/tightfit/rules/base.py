@@ -7,6 +7,11 @@ encodes them after, so the same function serves every codec and placement.
 
 Each state is declared with its kind: ``signed`` (first moments), ``unsigned`` (second
 moments), or ``small`` (factored statistics and scalars: always fp32, never quantized).
+
+A rule also carries its per-step scalar precomputation (``scalars``: one function that the
+reference, the native kernel and the Triton kernels all use) and where its fast paths live
+(``kernels``: a native tile, a Triton tile, by name). Nothing else in the package keys a
+table by rule name; docs/architecture.md lists what adding a rule touches.
 """
 
 from __future__ import annotations
@@ -47,6 +52,28 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class Kernels:
+    """Where a rule's fast paths live, by name; each is imported only when a step uses it.
+
+    ``native_tile``: the rule's tile in the native CPU kernel (impl/native/csrc/rules/<name>.h),
+    reading ``Rule.scalars`` in order as its coefficients. ``native_driver``: None when one
+    fused pass per tensor does the step (elementwise rules); else the module (dotted path)
+    whose ``param_step`` drives several passes (factored rules). ``triton_tile``: the module
+    (dotted path) holding the rule's ``@triton.jit`` tile ``update``, which reads the same
+    scalars as float64 slots. ``triton_driver``: None for kernels/fused_step.py, else the
+    module driving the factored kernels.
+    """
+
+    native_tile: str | None = None
+    native_driver: str | None = None
+    triton_tile: str | None = None
+    triton_driver: str | None = None
+
+
+Scalars = Callable[[Mapping[str, Any], Any, bool], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     update: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -63,6 +90,26 @@ class Rule:
     # True when ``update`` takes ``lossy_states`` (a state is in a lossy codec: bf16, 8/4-bit)
     # to guard against quantization error (AdamW's moment bound); implementations pass it.
     guards_lossy_states: bool = False
+    # scalars(hyper, step, lossy) -> ordered {name: value}: everything the update needs
+    # that depends on hyperparameters and the step count only (bias corrections, 1 − η·λ,
+    # flags as 0/1). ``step`` is the step this update makes: a Python int, or a float64
+    # tensor with one entry per param (Triton: computed on the device, no host sync), so
+    # it uses arithmetic and ``**`` only. The order is the kernels' ABI: the native tile
+    # reads the values as c[0], c[1], ... and the Triton tile as slots 0, 1, ...
+    scalars: Scalars | None = None
+    kernels: Kernels = field(default_factory=Kernels)
+
+    @property
+    def has_native(self) -> bool:
+        return self.kernels.native_tile is not None
+
+    @property
+    def has_triton(self) -> bool:
+        return self.kernels.triton_tile is not None or self.kernels.triton_driver is not None
+
+    def state_names(self, shape: torch.Size, hyper: Mapping[str, Any]) -> list[str]:
+        """The names of the states kept for a parameter of ``shape``, in the kernels' order."""
+        return [spec.name for spec in self.state_specs(shape, hyper)]
 
     def lossy_guard(self, codec_names) -> bool:
         """Whether ``update`` guards states stored in these codecs (any of them lossy)."""

@@ -14,7 +14,7 @@ import math
 import torch
 
 from .adafactor import factored_ema, factored_rsqrt, scaled_by_second_moment
-from .base import Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
+from .base import Kernels, Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -97,4 +97,6 @@ CAME = register_rule(Rule(
     state_specs=_state_specs,
     elementwise=False,
     paper="Luo et al. 2023, CAME: Confidence-guided Adaptive Memory Efficient Optimization, arXiv 2307.02047",
+    kernels=Kernels(native_tile="came", native_driver="tightfit.impl.native.came",
+                    triton_driver="tightfit.kernels.factored_step"),
 ))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .base import Rule, StateSpec, check_betas, check_nonnegative, register_rule
+from .base import Kernels, Rule, StateSpec, check_betas, check_nonnegative, register_rule
+
+
+def lion_scalars(hyper, step, lossy: bool) -> dict:
+    """Lion's per-step scalars (the tile ``lion``'s coefficients, in this order)."""
+    beta1, beta2 = hyper["betas"]
+    lr = hyper["lr"]
+    return {"beta1": beta1, "one_minus_beta1": 1 - beta1, "beta2": beta2, "one_minus_beta2": 1 - beta2,
+            "decay_factor": 1 - lr * hyper["weight_decay"], "lr": lr}
 
 
 def lion_update(param, grad, state, *, step, lr, betas, weight_decay):
@@ -16,11 +24,11 @@ def lion_update(param, grad, state, *, step, lr, betas, weight_decay):
     betas (0.9, 0.99), weight_decay 0. Use a 3-10x smaller lr and 3-10x larger
     weight decay than for AdamW.
     """
-    beta1, beta2 = betas
+    s = lion_scalars({"lr": lr, "betas": betas, "weight_decay": weight_decay}, step, False)
     exp_avg = state["exp_avg"]
-    direction = (exp_avg * beta1 + (1 - beta1) * grad).sign()
-    param = param * (1 - lr * weight_decay) - lr * direction
-    return param, {"exp_avg": exp_avg * beta2 + (1 - beta2) * grad}
+    direction = (exp_avg * s["beta1"] + s["one_minus_beta1"] * grad).sign()
+    param = param * s["decay_factor"] - s["lr"] * direction
+    return param, {"exp_avg": exp_avg * s["beta2"] + s["one_minus_beta2"] * grad}
 
 
 def _validate(h) -> None:
@@ -36,4 +44,6 @@ LION = register_rule(Rule(
     validate=_validate,
     state_specs=lambda shape, hyper: (StateSpec("exp_avg", "signed"),),
     paper="Chen et al. 2023, Symbolic Discovery of Optimization Algorithms, arXiv 2302.06675",
+    scalars=lion_scalars,
+    kernels=Kernels(native_tile="lion", triton_tile="tightfit.kernels.tiles.lion"),
 ))

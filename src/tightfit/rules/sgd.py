@@ -3,7 +3,15 @@
 
 from __future__ import annotations
 
-from .base import Rule, StateSpec, check_bool, check_nonnegative, check_unit_interval, register_rule
+from .base import Kernels, Rule, StateSpec, check_bool, check_nonnegative, check_unit_interval, register_rule
+
+
+def sgd_scalars(hyper, step, lossy: bool) -> dict:
+    """SGD's per-step scalars (the tile ``sgd``'s coefficients, in this order); momentum ≠ 0
+    means the rule keeps a momentum buffer, weight_decay ≠ 0 that L2 decay applies."""
+    return {"lr": hyper["lr"], "momentum": hyper["momentum"], "one_minus_dampening": 1 - hyper["dampening"],
+            "weight_decay": hyper["weight_decay"], "maximize": 1.0 if hyper["maximize"] else 0.0,
+            "nesterov": 1.0 if hyper["nesterov"] else 0.0, "first_step": (step == 1) * 1.0}
 
 
 def sgd_update(param, grad, state, *, step, lr, momentum, dampening, weight_decay, nesterov, maximize):
@@ -18,15 +26,17 @@ def sgd_update(param, grad, state, *, step, lr, momentum, dampening, weight_deca
     η stays outside the buffer (torch convention). Defaults: lr 1e-3, momentum 0,
     dampening 0, weight_decay 0, nesterov False. momentum 0 keeps no state.
     """
-    if maximize:
+    s = sgd_scalars({"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+                     "nesterov": nesterov, "maximize": maximize}, step, False)
+    if s["maximize"]:
         grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay * param
-    if not momentum:
-        return param - lr * grad, {}
-    buf = grad if step == 1 else state["momentum_buffer"] * momentum + (1 - dampening) * grad
-    direction = grad + momentum * buf if nesterov else buf
-    return param - lr * direction, {"momentum_buffer": buf}
+    if s["weight_decay"]:
+        grad = grad + s["weight_decay"] * param
+    if not s["momentum"]:
+        return param - s["lr"] * grad, {}
+    buf = grad if s["first_step"] else state["momentum_buffer"] * s["momentum"] + s["one_minus_dampening"] * grad
+    direction = grad + s["momentum"] * buf if s["nesterov"] else buf
+    return param - s["lr"] * direction, {"momentum_buffer": buf}
 
 
 def _validate(h) -> None:
@@ -51,4 +61,6 @@ SGD = register_rule(Rule(
     state_specs=lambda shape, hyper: (StateSpec("momentum_buffer", "signed"),) if hyper["momentum"] else (),
     paper="Sutskever et al. 2013, On the importance of initialization and momentum in deep learning",
     torch_group_extras={"foreach": None, "differentiable": False, "fused": None},
+    scalars=sgd_scalars,
+    kernels=Kernels(native_tile="sgd", triton_tile="tightfit.kernels.tiles.sgd"),
 ))

@@ -9,10 +9,18 @@ States: ``exp_avg`` (signed) and ``hessian`` (unsigned), both through the group'
 
 from __future__ import annotations
 
-from .base import Rule, StateSpec, check_betas, check_bool, check_nonnegative, check_positive, register_rule
+from .base import Kernels, Rule, StateSpec, check_betas, check_bool, check_nonnegative, check_positive, register_rule
 
 # sophia.py's guard against h = 0 in the denominator.
 HESSIAN_FLOOR = 1e-15
+
+
+def sophiag_scalars(hyper, step, lossy: bool) -> dict:
+    """SophiaG's per-step scalars (the tile ``sophiag``'s coefficients, in this order)."""
+    beta1 = hyper["betas"][0]
+    lr = hyper["lr"]
+    return {"decay_factor": 1 - lr * hyper["weight_decay"], "beta1": beta1, "one_minus_beta1": 1 - beta1,
+            "rho_bs": hyper["rho"] * hyper["bs"], "lr": lr, "maximize": 1.0 if hyper["maximize"] else 0.0}
 
 
 def sophiag_update(param, grad, state, *, step, lr, betas, rho, weight_decay, bs, maximize):
@@ -27,13 +35,14 @@ def sophiag_update(param, grad, state, *, step, lr, betas, rho, weight_decay, bs
     Hessian refresh) every coordinate clips and the step is η·sign(m).
     Defaults: lr 1e-4, betas (0.965, 0.99), rho 0.04, weight_decay 0.1, bs 5120.
     """
-    beta1, _ = betas
-    if maximize:
+    s = sophiag_scalars({"lr": lr, "betas": betas, "rho": rho, "weight_decay": weight_decay, "bs": bs,
+                         "maximize": maximize}, step, False)
+    if s["maximize"]:
         grad = -grad
-    param = param * (1 - lr * weight_decay)
-    exp_avg = state["exp_avg"] * beta1 + (1 - beta1) * grad
-    ratio = (exp_avg.abs() / (rho * bs * state["hessian"] + HESSIAN_FLOOR)).clamp(max=1.0)
-    return param - lr * exp_avg.sign() * ratio, {"exp_avg": exp_avg}
+    param = param * s["decay_factor"]
+    exp_avg = state["exp_avg"] * s["beta1"] + s["one_minus_beta1"] * grad
+    ratio = (exp_avg.abs() / (s["rho_bs"] * state["hessian"] + HESSIAN_FLOOR)).clamp(max=1.0)
+    return param - s["lr"] * exp_avg.sign() * ratio, {"exp_avg": exp_avg}
 
 
 def sophiag_hessian_update(hessian, grad, *, beta2):
@@ -62,4 +71,6 @@ SOPHIAG = register_rule(Rule(
     state_specs=lambda shape, hyper: (StateSpec("exp_avg", "signed"), StateSpec("hessian", "unsigned")),
     paper="Liu et al. 2023, Sophia: A Scalable Stochastic Second-order Optimizer for Language Model "
           "Pre-training, arXiv 2305.14342",
+    scalars=sophiag_scalars,
+    kernels=Kernels(native_tile="sophiag", triton_tile="tightfit.kernels.tiles.sophiag"),
 ))
