@@ -1,27 +1,26 @@
 """What one native step call receives: ctypes mirrors of ``TfJob`` / ``TfState`` in
-step_kernel.cpp, and the registries that fill them (rule -> coefficients, codec ->
-buffers and map tables, dtype -> id).
+csrc/abi.h, and what fills them (codec -> buffers and map tables, dtype -> id).
 
-Rule coefficients are computed here with the same Python expressions as the rule
-functions in tightfit/rules (same double-precision scalars, cast to float32 like
-PyTorch casts a Python scalar), so the kernel rounds as the reference does.
+A job's coefficients are the rule's own ``Rule.scalars(hyper, step, lossy)`` in order
+(double-precision Python scalars, cast to float32 as PyTorch casts a Python scalar), so
+the tile rounds as the reference does; its tile id is the kernel's for
+``rule.kernels.native_tile``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Callable, Sequence
 
 import torch
 
 from ...codecs import Encoded, get_codec
 from ...codecs.maps import QuantMap
-from ...rules.adamw import adam_moment_bound
-from ...rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING
+from ...rules import Rule
 from .bounds import checked_filler
+from .build import tile_id
 
 MAX_STATES = 4
 N_COEFFS = 16
@@ -50,54 +49,6 @@ class TfJob(ctypes.Structure):
                 ("c", ctypes.c_float * N_COEFFS), ("states", TfState * MAX_STATES),
                 ("row", ctypes.c_void_p), ("col", ctypes.c_void_p), ("cols", ctypes.c_int64),
                 ("row2", ctypes.c_void_p), ("col2", ctypes.c_void_p)]
-
-
-# ---- rules: name -> (hyper, step) -> (tile, coefficients) ---------------
-@dataclass(frozen=True)
-class RuleCall:
-    tile: str
-    coeffs: tuple[float, ...]
-    reducing: bool = False
-
-
-def _adamw(h: Mapping[str, Any], step: int, lossy: bool, coupled_wd: float = 0.0) -> RuleCall:
-    beta1, beta2 = h["betas"]
-    lr, weight_decay = h["lr"], (0.0 if coupled_wd else h["weight_decay"])
-    bias1 = 1 - beta1**step
-    bias2_sqrt = (1 - beta2**step) ** 0.5
-    return RuleCall("adam", (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
-                             bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
-                             adam_moment_bound(beta1, beta2, step) if lossy else math.inf,
-                             float(bool(h["maximize"]))))
-
-
-def _adam(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    if h["decoupled_weight_decay"]:
-        return _adamw(h, step, lossy)
-    return _adamw(h, step, lossy, coupled_wd=h["weight_decay"])
-
-
-def _lion(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    beta1, beta2 = h["betas"]
-    lr = h["lr"]
-    return RuleCall("lion", (beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * h["weight_decay"], lr))
-
-
-def _sgd(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    return RuleCall("sgd", (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"],
-                            float(bool(h["maximize"])), float(bool(h["nesterov"])), float(step == 1)))
-
-
-def _sophiag(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    beta1 = h["betas"][0]
-    lr = h["lr"]
-    return RuleCall("sophiag", (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr,
-                                float(bool(h["maximize"]))))
-
-
-RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int, bool], RuleCall]] = {
-    "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd, "sophiag": _sophiag,
-}
 
 
 # ---- codecs: name -> how its buffers and map tables fill a TfState -----------------
@@ -152,23 +103,26 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
 CODEC_FILLERS = {name: (dtypes, checked_filler(fill)) for name, (dtypes, fill) in CODEC_FILLERS.items()}
 
 
-def grad_limit_bits(reducing: bool) -> int:
-    limit = GRAD_LIMIT_REDUCING if reducing else GRAD_LIMIT_ELEMENTWISE
+def grad_limit_bits(limit: float) -> int:
+    """float32 bit pattern of a rule's gradient limit (a power of two)."""
     return int(torch.tensor(limit, dtype=torch.float32).view(torch.int32))
 
 
-def make_job(call: RuleCall, param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
-             step: torch.Tensor, skips: torch.Tensor, n_threads: int) -> TfJob:
+def make_job(rule: Rule, coeffs: Sequence[float], param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
+             step: torch.Tensor, skips: torch.Tensor, n_threads: int, flags: int = 0) -> TfJob:
+    """The job of one parameter's step through ``rule``'s native tile, with ``coeffs`` as c[]."""
+    if len(coeffs) > N_COEFFS or len(states) > MAX_STATES:
+        raise ValueError(f"rule {rule.name!r}: {len(coeffs)} scalars and {len(states)} states; the native kernel "
+                         f"takes at most {N_COEFFS} and {MAX_STATES}")
     job = TfJob()
-    from .build import tile_id
-    job.tile, job.flags = tile_id(call.tile), 0
+    job.tile, job.flags = tile_id(rule.kernels.native_tile), flags
     job.param_dtype, job.grad_dtype = DTYPE_IDS[param.dtype], DTYPE_IDS[grad.dtype]
     job.n_states, job.n_threads = len(states), n_threads
-    job.grad_limit_bits = grad_limit_bits(call.reducing)
+    job.grad_limit_bits = grad_limit_bits(rule.grad_limit)
     job.numel = param.numel()
     job.param, job.grad = param.data_ptr(), grad.data_ptr()
     job.step, job.skips = step.data_ptr(), skips.data_ptr()
-    job.c[:len(call.coeffs)] = call.coeffs
+    job.c[:len(coeffs)] = [float(c) for c in coeffs]
     for slot, enc in zip(job.states, states):
         CODEC_FILLERS[enc.codec][1](slot, enc)
     return job
