@@ -202,11 +202,11 @@ def test_build_failure_is_a_reason_not_a_crash(case, monkeypatch, tmp_path):
     else:
         monkeypatch.setattr(build, "COMPILERS", patch["COMPILERS"])
         monkeypatch.setattr(build.shutil, "which", lambda name: None)
-    build.load_kernel.cache_clear()
+    build.load_level.cache_clear()
     try:
         lib, reason = build.load_kernel()
         assert lib is None and words in reason
     finally:
         monkeypatch.undo()
-        build.load_kernel.cache_clear()
+        build.load_level.cache_clear()
     assert build.load_kernel()[0] is not None  # the real kernel comes back (from the cache)

@@ -33,10 +33,9 @@ DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 class TfState(ctypes.Structure):
     _fields_ = [("codec", ctypes.c_int32), ("block", ctypes.c_int32),
                 ("data", ctypes.c_void_p), ("absmax", ctypes.c_void_p),
-                ("values", ctypes.c_void_p), ("bucket_mid", ctypes.c_void_p),
-                ("bucket_low", ctypes.c_void_p),
+                ("values", ctypes.c_void_p), ("bucket_packed", ctypes.c_void_p),
                 ("shift", ctypes.c_int32), ("top", ctypes.c_int32),
-                ("n_buckets", ctypes.c_int32), ("pad_", ctypes.c_int32)]
+                ("n_buckets", ctypes.c_int32), ("n_values", ctypes.c_int32)]
 
 
 class TfJob(ctypes.Structure):
@@ -57,19 +56,31 @@ class MapTables:
     """A QuantMap's encode/decode tables as contiguous CPU tensors (kept alive here)."""
 
     values: torch.Tensor
-    bucket_mid: torch.Tensor  # padded_midpoints[bucket_low]: the one midpoint a bucket can hold
-    bucket_low: torch.Tensor  # int32: the kernel gathers 32-bit lanes
+    bucket_packed: torch.Tensor  # int32 per bucket: lowest code | (midpoint key - bucket's lowest key) << 8
     shift: int
     top: int
 
 
+def _monotone_key(x: torch.Tensor) -> torch.Tensor:
+    bits = x.view(torch.int32).long()
+    magnitude = bits & 0x7FFFFFFF
+    return torch.where(bits < 0, -magnitude, magnitude)
+
+
 @lru_cache(maxsize=None)
 def map_tables(qmap: QuantMap) -> MapTables:
-    # The bucket layout is QuantMap's (maps.py): bucket = (key >> shift) + top + 1.
-    top = 0x3F800000 >> qmap._shift
+    """QuantMap's bucket table (maps.py: bucket = (key >> shift) + top + 1, its lowest code
+    and the one midpoint that can lie in it) packed into one int32 per bucket: the code in
+    bits 0-7, the midpoint's key offset from the bucket's lowest key in bits 8+ (2^shift
+    when the midpoint lies beyond the bucket, +inf padding included): y > midpoint is then
+    an integer comparison of y's offset inside its bucket (csrc/quant.h)."""
+    shift = qmap._shift
+    top = 0x3F800000 >> shift
     low = qmap._bucket_low.long()
-    return MapTables(qmap.values.contiguous(), qmap._padded_midpoints[low].contiguous(),
-                     low.to(torch.int32).contiguous(), qmap._shift, top)
+    lowest_key = torch.arange(-top - 1, top + 1, dtype=torch.int64) << shift
+    mid_offset = (_monotone_key(qmap._padded_midpoints[low].contiguous()) - lowest_key).clamp(0, 1 << shift)
+    packed = low | (mid_offset << 8)
+    return MapTables(qmap.values.contiguous(), packed.to(torch.int32).contiguous(), shift, top)
 
 
 def _fill_plain(codec_id: int) -> Callable[[TfState, Encoded], None]:
@@ -87,9 +98,9 @@ def _fill_blockwise(codec_id: int) -> Callable[[TfState, Encoded], None]:
         st.data = enc.buffers["codes"].data_ptr()
         st.absmax = enc.buffers["absmax"].data_ptr()
         st.values = tables.values.data_ptr()
-        st.bucket_mid = tables.bucket_mid.data_ptr()
-        st.bucket_low = tables.bucket_low.data_ptr()
-        st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_low.numel()
+        st.bucket_packed = tables.bucket_packed.data_ptr()
+        st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_packed.numel()
+        st.n_values = tables.values.numel()
     return fill
 
 

@@ -29,13 +29,12 @@ struct TfState {
   int32_t block;
   void* data;
   float* absmax;
-  const float* values;        // map values (decode)
-  const float* bucket_mid;    // the one midpoint that can lie in each bucket, or +inf (encode)
-  const int32_t* bucket_low;  // code of each bucket's lowest float (encode)
-  int32_t shift;              // bucket = (monotone key >> shift) + top + 1
+  const float* values;           // map values (decode)
+  const int32_t* bucket_packed;  // per bucket: lowest code | midpoint key offset << 8 (quant.h)
+  int32_t shift;                 // bucket = (monotone key >> shift) + top + 1
   int32_t top;
   int32_t n_buckets;
-  int32_t pad_;
+  int32_t n_values;              // map size (a NaN encodes to the last code, as torch.bucketize)
 };
 
 struct TfJob {
