@@ -66,10 +66,12 @@ struct TfJob {
 
 namespace tf {
 
-// A rule tile: the update of one tile [start, start + n) of the parameter, on float
-// buffers: p (param), g (grad; the tile may overwrite it), s[k] (decoded state k, updated
-// in place). `start` locates the tile in the tensor (factored rules index rows by it).
-using TileFn = void (*)(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
+// A rule tile: the update of one tile [start, start + n) of the parameter, on float32
+// views: p (param, updated in place), g (grad, read only), s[k] (state k, updated in
+// place). A view is the tensor's own memory when it is float32, else a buffer decoded
+// before and encoded after. `start` locates the tile in the tensor (factored rules index
+// rows by it).
+using TileFn = void (*)(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g,
                         float* const* s, int n);
 
 }  // namespace tf

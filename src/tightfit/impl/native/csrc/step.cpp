@@ -1,10 +1,10 @@
 // The fused step driver: one pass per tile of TILE elements.
 //
-// Per tile: load param + grad into float buffers, decode each state into a float
-// buffer, apply the rule's tile, store the param, encode each state. Every stage is a
-// short loop over an L1-resident float buffer, so the compiler vectorizes it and the
-// stages compose: one decode/encode per codec (codecs.cpp), one tile per rule
-// (rules/<name>.h), chosen per tensor, never per element.
+// Per tile: load param + grad as floats, decode each state into a float buffer, apply
+// the rule's tile, store the param, encode each state (float32 tensors are used in
+// place). Every stage is a short loop over L1-resident floats, so the compiler
+// vectorizes it and the stages compose: one decode/encode per codec (codecs.cpp), one
+// tile per rule (rules/<name>.h), chosen per tensor, never per element.
 //
 // The tiles mirror tightfit/rules/*.py operation by operation (built with
 // -ffp-contract=off); their coefficients are Rule.scalars(...), computed in Python
@@ -33,17 +33,27 @@ constexpr NamedTile TILES[] = {TF_TILES(TF_TILE_ENTRY)};
 #undef TF_TILE_ENTRY
 constexpr int N_TILES = int(sizeof(TILES) / sizeof(TILES[0]));
 
+// Float32 tensors are updated in place (no copy); others go through the tile buffers.
 void process_tile(const TfJob& job, TileFn tile, int64_t start, int n) {
-  alignas(64) float p[TILE];
-  alignas(64) float g[TILE];
-  alignas(64) float s[MAX_STATES][TILE];
-  float* const states[MAX_STATES] = {s[0], s[1], s[2], s[3]};
-  load_floats(job.param_dtype, job.param, start, n, p);
-  load_floats(job.grad_dtype, job.grad, start, n, g);
-  for (int k = 0; k < job.n_states; ++k) decode_state(job.states[k], start, n, s[k]);
-  tile(job, start, p, g, states, n);
-  store_floats(job.param_dtype, job.param, start, n, p);
-  for (int k = 0; k < job.n_states; ++k) encode_state(job.states[k], start, n, s[k]);
+  alignas(64) float p_buf[TILE];
+  alignas(64) float g_buf[TILE];
+  alignas(64) float s_buf[MAX_STATES][TILE];
+  const bool p_direct = job.param_dtype == F32, g_direct = job.grad_dtype == F32;
+  float* p = p_direct ? static_cast<float*>(job.param) + start : p_buf;
+  const float* g = g_direct ? static_cast<const float*>(job.grad) + start : g_buf;
+  float* s[MAX_STATES];
+  if (!p_direct) load_floats(job.param_dtype, job.param, start, n, p_buf);
+  if (!g_direct) load_floats(job.grad_dtype, job.grad, start, n, g_buf);
+  for (int k = 0; k < job.n_states; ++k) {
+    const TfState& st = job.states[k];
+    s[k] = st.codec == C_FP32 ? static_cast<float*>(st.data) + start : s_buf[k];
+    if (st.codec != C_FP32) decode_state(st, start, n, s_buf[k]);
+  }
+  for (int k = job.n_states; k < MAX_STATES; ++k) s[k] = s_buf[k];  // a rule may use a state it does not keep
+  tile(job, start, p, g, s, n);
+  if (!p_direct) store_floats(job.param_dtype, job.param, start, n, p_buf);
+  for (int k = 0; k < job.n_states; ++k)
+    if (job.states[k].codec != C_FP32) encode_state(job.states[k], start, n, s_buf[k]);
 }
 
 }  // namespace

@@ -19,14 +19,18 @@ inline float adafactor_u(float row_mean, float eps1_sq, float ri, float cj, floa
   return (1.0f / std::sqrt(clamped)) * g;           // torch's rsqrt is 1 / sqrt
 }
 
-inline void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
+inline void adafactor_tile(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g_in,
                            float* const* s, int n) {
   const float row_mean = job.c[0], eps1_sq = job.c[1];
   const float clip = job.c[2], alpha = job.c[3], decay = job.c[4], b1 = job.c[5], one_m_b1 = job.c[6];
   const bool momentum = job.c[7] != 0.0f, decayed = decay != 1.0f, maximize = job.c[8] != 0.0f;
   float* __restrict m = s[0];
-  if (maximize)
-    for (int i = 0; i < n; ++i) g[i] = -g[i];
+  alignas(64) float negated[TILE];
+  const float* g = g_in;
+  if (maximize) {
+    for (int i = 0; i < n; ++i) negated[i] = -g_in[i];
+    g = negated;
+  }
   for_row_runs(start, n, job.cols, [&](int64_t i, int64_t j0, int k0, int len) {
     const float ri = job.row[i];
     const float* cj = job.col + j0;

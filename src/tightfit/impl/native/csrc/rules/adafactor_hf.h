@@ -10,7 +10,7 @@
 
 namespace tf {
 
-inline void adafactor_hf_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g,
+inline void adafactor_hf_tile(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g,
                               float* const* s, int n) {
   const float divisor = job.c[1], alpha = job.c[2], b1 = job.c[3], one_m_b1 = job.c[4], wd_alpha = job.c[5];
   const bool decay = job.c[6] != 0.0f, momentum = job.c[7] != 0.0f;

@@ -16,7 +16,7 @@ inline float came_u_hat(const TfJob& job, float u) { return u / job.c[1]; }
 inline float came_moment(const TfJob& job, float u_hat, float m) { return m * job.c[2] + job.c[3] * u_hat; }
 
 // The update pass: theta <- theta - (wd*lr)*theta - lr * (R'^-1/2 x C'^-1/2) * m', m <- m'.
-inline void came_tile(const TfJob& job, int64_t start, float* __restrict p, float* __restrict g, float* const* s,
+inline void came_tile(const TfJob& job, int64_t start, float* __restrict p, const float* __restrict g, float* const* s,
                       int n) {
   const float wd_lr = job.c[5], lr = job.c[6];
   const bool decay = job.c[7] != 0.0f;

@@ -5,7 +5,7 @@
 
 namespace tf {
 
-inline void lion_tile(const TfJob& job, int64_t, float* __restrict p, float* __restrict g, float* const* s, int n) {
+inline void lion_tile(const TfJob& job, int64_t, float* __restrict p, const float* __restrict g, float* const* s, int n) {
   const float b1 = job.c[0], one_m_b1 = job.c[1], b2 = job.c[2], one_m_b2 = job.c[3];
   const float decay = job.c[4], lr = job.c[5];
   float* __restrict m = s[0];
