@@ -33,7 +33,7 @@ DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 class TfState(ctypes.Structure):
     _fields_ = [("codec", ctypes.c_int32), ("block", ctypes.c_int32),
                 ("data", ctypes.c_void_p), ("absmax", ctypes.c_void_p),
-                ("values", ctypes.c_void_p), ("bucket_packed", ctypes.c_void_p),
+                ("values", ctypes.c_void_p), ("bucket_packed", ctypes.c_void_p), ("midpoints", ctypes.c_void_p),
                 ("shift", ctypes.c_int32), ("top", ctypes.c_int32),
                 ("n_buckets", ctypes.c_int32), ("n_values", ctypes.c_int32)]
 
@@ -57,6 +57,7 @@ class MapTables:
 
     values: torch.Tensor
     bucket_packed: torch.Tensor  # int32 per bucket: lowest code | (midpoint key - bucket's lowest key) << 8
+    midpoints: torch.Tensor  # the map's midpoints, then +inf (as many as values)
     shift: int
     top: int
 
@@ -80,7 +81,8 @@ def map_tables(qmap: QuantMap) -> MapTables:
     lowest_key = torch.arange(-top - 1, top + 1, dtype=torch.int64) << shift
     mid_offset = (_monotone_key(qmap._padded_midpoints[low].contiguous()) - lowest_key).clamp(0, 1 << shift)
     packed = low | (mid_offset << 8)
-    return MapTables(qmap.values.contiguous(), packed.to(torch.int32).contiguous(), shift, top)
+    return MapTables(qmap.values.contiguous(), packed.to(torch.int32).contiguous(),
+                     qmap._padded_midpoints.contiguous(), shift, top)
 
 
 def _fill_plain(codec_id: int) -> Callable[[TfState, Encoded], None]:
@@ -99,6 +101,7 @@ def _fill_blockwise(codec_id: int) -> Callable[[TfState, Encoded], None]:
         st.absmax = enc.buffers["absmax"].data_ptr()
         st.values = tables.values.data_ptr()
         st.bucket_packed = tables.bucket_packed.data_ptr()
+        st.midpoints = tables.midpoints.data_ptr()
         st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_packed.numel()
         st.n_values = tables.values.numel()
     return fill

@@ -31,6 +31,7 @@ struct TfState {
   float* absmax;
   const float* values;           // map values (decode)
   const int32_t* bucket_packed;  // per bucket: lowest code | midpoint key offset << 8 (quant.h)
+  const float* midpoints;        // n_values: the map's midpoints, then +inf (4-bit encode in registers)
   int32_t shift;                 // bucket = (monotone key >> shift) + top + 1
   int32_t top;
   int32_t n_buckets;

@@ -18,6 +18,7 @@ namespace tf {
 struct Quant {
   const float* values;    // map values (decode)
   const int32_t* packed;  // per bucket: lowest code | midpoint offset << 8 (encode)
+  const float* midpoints; // n_values: midpoints, then +inf
   int32_t shift;          // bucket = (key >> shift) + top + 1
   int32_t offset;         // top + 1
   int32_t last;           // n_buckets - 1
@@ -26,7 +27,7 @@ struct Quant {
 };
 
 inline Quant quant_of(const TfState& st) {
-  return {st.values, st.bucket_packed, st.shift, st.top + 1, st.n_buckets - 1, st.block, st.n_values - 1};
+  return {st.values, st.bucket_packed, st.midpoints, st.shift, st.top + 1, st.n_buckets - 1, st.block, st.n_values - 1};
 }
 
 // Integer key of a float that orders like its value (sign * magnitude bits; -0 = +0).
