@@ -70,3 +70,43 @@ def test_a_rule_without_a_tile_is_unavailable():
     state = opt._ensure_state(p, opt.param_groups[0])
     reason = IMPLEMENTATIONS["native"].unavailable_reason(lion, [p], [state])
     assert reason is not None and "no native tile" in reason
+
+
+AVX2 = {"avx2", "fma", "f16c", "bmi2"}
+AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+ISA_CHOICES = [  # (CPU flags, forced level, chosen level or the words of the error)
+    (AVX512, None, "avx512"),
+    (AVX2, None, "avx2"),
+    (AVX512 - {"avx512bw"}, None, "avx2"),
+    (set(), None, "portable"),
+    (AVX512, "avx2", "avx2"),
+    (AVX512, "portable", "portable"),
+    (AVX2, "avx512", ValueError("lacks: avx512f")),
+    (AVX512, "sse9", ValueError("allowed: avx512, avx2, portable")),
+]
+
+
+@pytest.mark.parametrize("flags, forced, expected", ISA_CHOICES)
+def test_the_isa_level_follows_the_cpu_flags_or_the_environment(flags, forced, expected):
+    if isinstance(expected, ValueError):
+        with pytest.raises(ValueError, match=str(expected)):
+            build.choose_isa(flags, forced)
+    else:
+        assert build.choose_isa(flags, forced) == expected
+
+
+@pytest.mark.parametrize("level", [lv for lv, (needs, _) in build.ISA_LEVELS.items()
+                                   if all(f in build.cpu_flags() for f in needs)])
+def test_a_forced_level_loads_the_library_built_for_it(level, monkeypatch):
+    monkeypatch.setenv(build.ISA_ENV, level)
+    assert build.isa() == level
+    lib, why = build.load_kernel()
+    assert why is None and lib.tf_isa().decode() == level
+
+
+def test_too_many_scalars_is_a_clear_error():
+    from tightfit.impl.native.jobs import N_COEFFS, make_job
+
+    p = torch.zeros(4)
+    with pytest.raises(ValueError, match=f"at most {N_COEFFS}"):
+        make_job(get_rule("lion"), [0.0] * (N_COEFFS + 1), p, p, [], torch.zeros(()), torch.zeros((), dtype=torch.int64), 1)
