@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import tightfit
-from cases import CODEC_NAMES, RULE_CLASSES, regression_batch, small_mlp
+from optim_cases import TOLERANCES, rule_by_codec
+from toy_problem import regression_batch, small_mlp
 
-RULES_AND_CODECS = [(r, c) for r in sorted(RULE_CLASSES) for c in CODEC_NAMES]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: far faster on one thread on a shared CPU
 
 
 def loss_of(model, batch):
@@ -16,12 +17,12 @@ def loss_of(model, batch):
     return torch.nn.functional.mse_loss(model(x), y)
 
 
-@pytest.mark.parametrize("rule,codec", RULES_AND_CODECS)
-def test_in_backward_equals_normal_step(rule, codec):
+@pytest.mark.parametrize("case, codec", rule_by_codec())
+def test_in_backward_equals_normal_step(case, codec):
     model = small_mlp()
     twin = copy.deepcopy(model)
-    normal = RULE_CLASSES[rule](model.parameters(), state=codec, min_quantized_numel=0)
-    inside = RULE_CLASSES[rule](twin.parameters(), state=codec, min_quantized_numel=0)
+    normal = case.make(model.parameters(), state=codec, min_quantized_numel=0)
+    inside = case.make(twin.parameters(), state=codec, min_quantized_numel=0)
     handle = tightfit.step_in_backward(twin, inside)
     for _ in range(5):
         normal.zero_grad()
@@ -29,8 +30,9 @@ def test_in_backward_equals_normal_step(rule, codec):
         normal.step()
         loss_of(twin, regression_batch()).backward()
     handle.remove()
+    tol = TOLERANCES["in_backward"]
     for a, b in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
         assert b.grad is None
 
 
@@ -191,13 +193,13 @@ def test_removing_a_stale_handle_leaves_the_new_one_attached():
     old.remove()
     before = [p.detach().clone() for p in model.parameters()]
     loss_of(model, regression_batch()).backward()
-    assert opt._in_backward_handle is new
+    assert opt.in_backward_handle is new
     assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
     with pytest.raises(RuntimeError, match="removed"):
         old.backward(loss_of(model, regression_batch()))
     new.remove()
     new.remove()  # idempotent
-    assert opt._in_backward_handle is None
+    assert opt.in_backward_handle is None
 
 
 def test_a_parameter_unfrozen_after_hooking_is_refused_loudly():

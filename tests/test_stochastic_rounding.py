@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import tightfit
+from optim_cases import MATRIX, case
 from tightfit.impl import select_implementation
 
-FACTORIES = {
-    "adamw_8bit": lambda p, **k: tightfit.AdamW(p, lr=1e-3, state="8bit", min_quantized_numel=0, **k),
-    "lion_fp32": lambda p, **k: tightfit.Lion(p, lr=1e-4, **k),
-    "sgd_momentum": lambda p, **k: tightfit.SGD(p, lr=1e-3, momentum=0.9, **k),
-    "came_4bit": lambda p, **k: tightfit.CAME(p, lr=1e-3, state="4bit", min_quantized_numel=0, **k),
-}
+# (case of the table, state codec): every rule with a lossy codec, and fp32 states.
+ROWS = {f"{c.id}_{codec}": (c, codec) for c in MATRIX for codec in ("fp32", "8bit")}
+ROWS.update({"lion_decay_fp32": (case("lion_decay"), "fp32"), "came_4bit": (case("came"), "4bit")})
+FACTORIES = {name: (lambda p, c=c, codec=codec, **k: c.make(p, state=codec, min_quantized_numel=0, **k))
+             for name, (c, codec) in ROWS.items()}
 SHAPES = [(40, 33), (300,), ()]
 
 
@@ -36,12 +36,10 @@ def _run(factory, impl, steps=3, seed=0, split_at=None):
     return params
 
 
-IMPLS = {  # rule -> implementations that must equal the reference bit for bit
-    "adamw_8bit": ["native_codec", "triton"],
-    "lion_fp32": ["native_codec", "triton"],
-    "sgd_momentum": ["native_codec", "triton"],
-    "came_4bit": ["native_codec"],
-}
+# row -> implementations that must equal the reference bit for bit: native_codec for every
+# row; the Triton kernels for the elementwise rules (the factored kernels sum statistics in
+# another order: tests/kernels/test_factored_step.py compares their rounding within an ulp).
+IMPLS = {name: ["native_codec"] + (["triton"] if c.elementwise else []) for name, (c, _) in ROWS.items()}
 
 
 @pytest.mark.parametrize("rule, impl", [(r, i) for r, impls in IMPLS.items() for i in impls])
@@ -62,8 +60,8 @@ def test_resume_draws_the_same_bits(rule):
 
 
 def test_seed_changes_the_bits():
-    a = _run(FACTORIES["sgd_momentum"], "auto", seed=0)
-    b = _run(FACTORIES["sgd_momentum"], "auto", seed=1)
+    a = _run(FACTORIES["sgd_fp32"], "auto", seed=0)
+    b = _run(FACTORIES["sgd_fp32"], "auto", seed=1)
     assert not torch.equal(a[0], b[0])
 
 
@@ -99,8 +97,8 @@ def test_fused_native_refuses_and_auto_falls_back():
     p = torch.randn(4096, dtype=torch.bfloat16, requires_grad=True)
     p.grad = torch.randn_like(p)
     opt = tightfit.AdamW([p], state="8bit", stochastic_rounding=True)
-    state = opt._ensure_state(p, opt.param_groups[0])
-    rounding = opt._rounding(opt.param_groups[0], [p])
+    state = opt.ensure_state(p, opt.param_groups[0])
+    rounding = opt.rounding_for(opt.param_groups[0], [p])
     assert select_implementation("auto", opt.rule, [p], [state], rounding).name == "native_codec"
     with pytest.raises(ValueError, match="stochastic rounding"):
         select_implementation("native", opt.rule, [p], [state], rounding)

@@ -28,7 +28,7 @@ from typing import Iterable
 
 import torch
 
-from .distributed.shards import is_dtensor
+from .dtensor import is_dtensor
 from .optimizer import TightfitOptimizer
 
 
@@ -60,7 +60,7 @@ class InBackwardHandle:
         self._in_handle_backward = False
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in params]
         self._hooks += [p.register_hook(self._before_accumulate(p)) for p in params]
-        optimizer._in_backward_handle = self
+        optimizer.in_backward_handle = self
 
     @property
     def updating(self) -> bool:
@@ -69,7 +69,7 @@ class InBackwardHandle:
 
     @property
     def active(self) -> bool:
-        return self.optimizer._in_backward_handle is self
+        return self.optimizer.in_backward_handle is self
 
     def restart_window(self) -> None:
         """Drop the gradients accumulated in this window and start a new one."""
@@ -77,7 +77,9 @@ class InBackwardHandle:
             p.grad = None
         self.micro_batch, self._mode, self._clip_coef, self._task = 0, "update", None, None
 
-    def _recover_if_abandoned(self) -> None:
+    def recover_if_abandoned(self) -> None:
+        """Restart the window when a backward began and never finished (it raised); the
+        optimizer calls this before zero_grad() judges the window."""
         if self._task is not None:  # a backward began and never reached its end: it raised
             self.restart_window()
 
@@ -86,7 +88,7 @@ class InBackwardHandle:
         task = torch._C._current_graph_task_id()
         if task == self._task:
             return
-        self._recover_if_abandoned()
+        self.recover_if_abandoned()
         woke = [tuple(p.shape) for p in self._frozen if p.requires_grad]
         if woke:
             raise RuntimeError(f"{len(woke)} parameter(s) (shapes {woke[:3]}) became trainable after step_in_backward "
@@ -140,7 +142,7 @@ class InBackwardHandle:
         """``loss.backward()``, with the extra norm pass when clipping on an updating pass."""
         if not self.active:
             raise RuntimeError("this in-backward handle was removed; backward() through it would not update")
-        self._recover_if_abandoned()
+        self.recover_if_abandoned()
         self._in_handle_backward = True
         try:
             if self.max_grad_norm is None or not self.updating:
@@ -168,7 +170,7 @@ class InBackwardHandle:
             hook.remove()
         self._hooks = []
         if self.active:
-            self.optimizer._in_backward_handle = None
+            self.optimizer.in_backward_handle = None
 
 
 def step_in_backward(model_or_params: torch.nn.Module | Iterable[torch.Tensor], optimizer: TightfitOptimizer, *,
@@ -187,7 +189,7 @@ def step_in_backward(model_or_params: torch.nn.Module | Iterable[torch.Tensor], 
         raise ValueError(f"invalid accumulation_steps: {accumulation_steps!r} (allowed: an int >= 1)")
     if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
         raise ValueError(f"invalid max_grad_norm: {max_grad_norm!r} (allowed: None or a number > 0)")
-    if getattr(optimizer, "_in_backward_handle", None) is not None:
+    if getattr(optimizer, "in_backward_handle", None) is not None:
         raise ValueError("this optimizer already steps inside backward; remove the existing handle first")
     if isinstance(model_or_params, torch.nn.parallel.DistributedDataParallel):
         raise ValueError("step_in_backward cannot wrap a DistributedDataParallel model: its hooks would update with "

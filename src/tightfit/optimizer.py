@@ -17,22 +17,37 @@ from . import state_io
 from .codecs import Codec, Encoded, get_codec
 from .group_checks import validate_group
 from .impl import select_implementation
-from .distributed.shards import is_dtensor, state_shape
+from .dtensor import is_dtensor, state_shape
 from .distributed.step import step_dtensor_params
 from .impl.base import StochasticRounding
 from .memory_report import MemoryReport, memory_report
 from .placement import Placement, device_budget, make_placement
-from .rules import Rule, StateSpec, get_rule
+from .rules import RULES, Rule, StateSpec, get_rule
 from .state_bytes import codec_for_state, state_bytes
+from .state_checks import foreign_keys
 
 
-# Group keys the shell understands besides the rule's hyperparameters.
+def _registered(rule: str | Rule | None) -> Rule:
+    """A registered rule from its name (or the registered Rule itself); ValueError otherwise."""
+    if isinstance(rule, Rule) and RULES.get(rule.name) is rule:
+        return rule
+    if isinstance(rule, str):
+        return get_rule(rule)
+    raise ValueError(f"invalid rule {rule!r} (allowed: a registered rule name: {sorted(RULES)})")
+
+
+# Group keys the shell understands besides the rule's hyperparameters ("rule" names the rule).
 SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto", "paged": False,
                   "stochastic_rounding": False, "rounding_seed": 0}
 
 
 class TightfitOptimizer(torch.optim.Optimizer):
     """Base of every tightfit optimizer: ``rule`` x ``state`` codec x implementation.
+
+    ``rule`` (a registered name, e.g. "adamw") is a param-group key like any other: the
+    named classes (AdamW, Lion ...) are presets that set the default, and a group may run
+    another rule (``{"params": ..., "rule": "lion"}``), taking that rule's defaults for the
+    hyperparameters it does not give; one state_dict and one memory_report cover all groups.
 
     Group keys (each may be overridden per param group): the rule's hyperparameters,
     ``state`` (codec name or Codec object), ``min_quantized_numel`` (parameters with
@@ -46,10 +61,12 @@ class TightfitOptimizer(torch.optim.Optimizer):
     implementation, paged or not, and a resumed run draw the same ones.
     """
 
-    rule: ClassVar[Rule]
+    rule: ClassVar[Rule]  # a preset's rule; on an instance: the optimizer's default rule
 
-    def __init__(self, params: Iterable, **options: Any) -> None:
-        defaults = {**self.rule.defaults, **SHELL_DEFAULTS}
+    def __init__(self, params: Iterable, *, rule: str | Rule | None = None, **options: Any) -> None:
+        rule = _registered(rule if rule is not None else getattr(self, "rule", None))
+        self.rule = rule  # per instance: the default rule of groups that name none
+        defaults = {**rule.defaults, **SHELL_DEFAULTS, "rule": rule.name}
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown options {unknown}; allowed: {sorted(defaults)}")
@@ -59,38 +76,63 @@ class TightfitOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def __getstate__(self) -> dict[str, Any]:
-        # torch pickles only defaults, state and param_groups; the rule may be chosen per
-        # instance (Adafactor's convention), so it travels by its registered name
-        state = super().__getstate__()
-        if "rule" in self.__dict__:
-            state["rule_name"] = self.rule.name
-        return state
+        # torch pickles only defaults, state and param_groups; the default rule is
+        # defaults["rule"] (a name), so a pickled or deep-copied optimizer keeps it
+        return super().__getstate__()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
-        rule_name = state.pop("rule_name", None)
+        rule_name = state.pop("rule_name", None)  # written by tightfit before the "rule" group key
         super().__setstate__(state)
-        if rule_name is not None:
-            self.rule = get_rule(rule_name)
+        default = self.defaults.get("rule", rule_name)
+        self.rule = get_rule(default) if default is not None else type(self).rule
+        self.defaults.setdefault("rule", self.rule.name)
+        for group in self.param_groups:
+            group.setdefault("rule", self.rule.name)
         self._placements, self._warned = {}, set()
 
     @classmethod
     def rule_for(cls, options: dict[str, Any]) -> Rule:
-        """The rule an instance built with ``options`` runs (classes with variants override)."""
-        return cls.rule
+        """The default rule an instance built with ``options`` runs (for names and the planner)."""
+        return _registered(options["rule"]) if options.get("rule") is not None else cls.rule
+
+    def rule_of(self, group: dict[str, Any]) -> Rule:
+        """The rule a param group runs (its "rule" key)."""
+        return get_rule(group["rule"])
 
     # -- groups ------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's add_param_group, then tightfit's checks; a refused group is not kept."""
+        """torch's add_param_group, then tightfit's checks; a refused group is not kept.
+
+        A group may name another rule (``"rule": "lion"``): its missing hyperparameters come
+        from that rule's defaults, its shell options (state, impl, paged ...) from the
+        optimizer's; hyperparameters of the default rule that the group's rule does not
+        have are not copied into it."""
+        rule = self.rule
+        if isinstance(param_group, dict):
+            rule = _registered(param_group.get("rule", self.rule.name))
+            own_defaults = rule.defaults if rule is not self.rule else {}  # else torch fills self.defaults
+            param_group = {**own_defaults, **param_group, "rule": rule.name}
+        given = set(param_group) if isinstance(param_group, dict) else set()
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if rule is not self.rule:
+            for key in set(self.rule.defaults) - set(rule.defaults) - given:
+                del group[key]  # torch filled it from the optimizer's defaults
         try:
-            self._validate_group(self.param_groups[-1])
+            foreign = {k: v for k, v in foreign_keys(rule, group).items() if k in given}
+            if foreign:
+                details = ", ".join(f"{k}={group[k]!r} (a hyperparameter of {owners})" for k, owners in foreign.items())
+                raise ValueError(f"param group has {details}, which rule {rule.name!r} does not have; allowed "
+                                 f"hyperparameters: {sorted(rule.defaults)} (or set 'rule' to the rule you mean)")
+            self.check_group(group)
         except BaseException:
             self.param_groups.pop()
             raise
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        validate_group(self.rule, group)
+    def check_group(self, group: dict[str, Any]) -> None:
+        """ValueError naming a bad hyperparameter or shell option of ``group`` (also for loaded groups)."""
+        validate_group(self.rule_of(group), group)
 
     # -- state -------------------------------------------------------------------------
     def codec_for(self, spec: StateSpec, param: torch.Tensor, group: dict[str, Any]) -> Codec:
@@ -100,7 +142,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
     def placement_for(self, group: dict[str, Any]) -> Placement:
         """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change
         (or those of a group sharing its device budget)."""
-        splittable = self.rule.elementwise and not group["stochastic_rounding"]
+        splittable = self.rule_of(group).elementwise and not group["stochastic_rounding"]
         pool = self._budget_pool(group)
         key = (group["paged"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
                                                   len(g["params"])) for g in pool))
@@ -112,6 +154,10 @@ class TightfitOptimizer(torch.optim.Optimizer):
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
 
+    def forget_placements(self) -> None:
+        """Drop the cached placements (after the groups are replaced); each is rebuilt when used."""
+        self._placements.clear()
+
     def _budget_pool(self, group: dict[str, Any]) -> list[dict[str, Any]]:
         """The groups whose states share ``group``'s device budget: every group asking for
         the same budget, so ``paged="4GiB"`` bounds the whole optimizer however its params
@@ -122,20 +168,22 @@ class TightfitOptimizer(torch.optim.Optimizer):
         return [g for g in self.param_groups if g is group or device_budget(g["paged"]) == budget]
 
     def _planned_bytes(self, param: torch.Tensor, group: dict[str, Any]) -> int:
-        return state_bytes(self.rule, group["state"], tuple(param.shape), group, group["min_quantized_numel"])
+        return state_bytes(self.rule_of(group), group["state"], tuple(param.shape), group, group["min_quantized_numel"])
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
             warnings.warn(message, UserWarning, stacklevel=2)
 
-    def _ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+    def ensure_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """``param``'s state: counters and the group's states created, re-encoded when the group's
+        codec changed, and settled where the group's placement keeps them."""
         state = self.state[param]
         placement = self.placement_for(group)
         if "step" not in state:  # counters stay with the param (a few bytes; read by every impl)
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             state["nonfinite_skips"] = torch.zeros((), dtype=torch.int64, device=param.device)
-        for spec in self.rule.state_specs(param.shape, group):
+        for spec in self.rule_of(group).state_specs(param.shape, group):
             codec = self.codec_for(spec, param, group)
             current = state.get(spec.name)
             if current is None:  # a DTensor param's elementwise states cover its local shard only
@@ -149,7 +197,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
     # -- step --------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        if getattr(self, "_in_backward_handle", None) is not None:
+        if getattr(self, "in_backward_handle", None) is not None:
             raise RuntimeError(f"{type(self).__name__} updates inside backward (tightfit.step_in_backward); "
                                "step() would update twice. Call handle.remove() first to step normally.")
         loss = None
@@ -174,17 +222,18 @@ class TightfitOptimizer(torch.optim.Optimizer):
             params = [p for p in params if not is_dtensor(p)]
             if not params:
                 return
-        states = [self._ensure_state(p, group) for p in params]
-        rule, hyper, requested = self.rule, self.rule.hyper(group), group["impl"]
+        states = [self.ensure_state(p, group) for p in params]
+        rule = self.rule_of(group)
+        hyper, requested = rule.hyper(group), group["impl"]
 
         def step_fn(chunk_params: list[torch.Tensor], chunk_states: list[dict[str, Any]]) -> None:
-            rounding = self._rounding(group, chunk_params)
+            rounding = self.rounding_for(group, chunk_params)
             impl = select_implementation(requested, rule, chunk_params, chunk_states, rounding)
             impl.step_group(rule, hyper, chunk_params, chunk_states, rounding)
 
         self.placement_for(group).run(params, states, step_fn)
 
-    def _rounding(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
+    def rounding_for(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
         """Stochastic rounding for this call, salted by each param's position in the optimizer."""
         if not group["stochastic_rounding"]:
             return None
@@ -208,9 +257,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
             self._step_params(group, [param])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        handle = getattr(self, "_in_backward_handle", None)
+        handle = getattr(self, "in_backward_handle", None)
         if handle is not None:
-            handle._recover_if_abandoned()
+            handle.recover_if_abandoned()
             if handle.micro_batch > 0:
                 raise RuntimeError(f"zero_grad() inside an accumulation window (micro-batch {handle.micro_batch} of "
                                    f"{handle.accumulation_steps}) would drop the accumulated gradients; updates "

@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
-from .codecs import CODECS, Codec, get_codec
-from .distributed.shards import local_tensor
+from .codecs import Codec, get_codec
+from .dtensor import local_tensor
 from .impl.base import grad_usable
-from .names import CODEC_SUFFIX, register_name
 from .optimizer import TightfitOptimizer
 from .rules import Rule
 from .rules.adafactor import ADAFACTOR, ADAFACTOR_HF
@@ -67,17 +66,17 @@ class Adafactor(TightfitOptimizer):
                  **options: Any):
         if convention not in ADAFACTOR_CONVENTIONS:
             raise ValueError(f"unknown Adafactor convention {convention!r}; allowed: {sorted(ADAFACTOR_CONVENTIONS)}")
-        self.rule = ADAFACTOR_CONVENTIONS[convention]  # per instance: the shell reads self.rule (pickled by name)
         if lr is not _UNSET:
             options["lr"] = lr
-        super().__init__(params, state=state, **options)  # hyperparameters and shell options
+        # the convention is the default rule (defaults["rule"]: survives pickling and deepcopy)
+        super().__init__(params, rule=ADAFACTOR_CONVENTIONS[convention], state=state, **options)
 
 
 class CAME(TightfitOptimizer):
     """CAME (arXiv 2307.02047) with came-pytorch 0.1.3 semantics: Adafactor's factored
     second moment, momentum, and a factored confidence (instability) scaling.
 
-    ``lr`` is required (README: 0.5-0.9x the AdamW lr, e.g. 2e-4 with weight_decay 1e-2).
+    ``lr`` is required (about 0.5-0.9x the AdamW lr, e.g. 2e-4 with weight_decay 1e-2).
     Defaults: eps (1e-30, 1e-16), clip_threshold 1.0, betas (0.9, 0.999, 0.9999),
     weight_decay 0. Only ``exp_avg`` goes through ``state``; factored statistics stay fp32.
 
@@ -137,7 +136,7 @@ class SophiaG(TightfitOptimizer):
                 if param.grad.is_sparse:
                     raise RuntimeError(f"SophiaG does not support sparse gradients (parameter of shape "
                                        f"{tuple(param.shape)}); use a dense gradient")
-            states = [self._ensure_state(p, group) for p in params]
+            states = [self.ensure_state(p, group) for p in params]
             self.placement_for(group).run(params, states, lambda ps, ss, b=beta2: _hessian_ema(ps, ss, b))
 
 
@@ -152,21 +151,3 @@ def _hessian_ema(params: list[torch.Tensor], states: list[dict[str, Any]], beta2
         grad = local_tensor(param.grad).float()  # h is elementwise: this rank's shard
         codec.store(stored, sophiag_hessian_update(codec.decode(stored), grad, beta2=beta2))
 
-
-def _register_names() -> None:
-    """adafactor / adafactor_hf (no first moment), came, sophiag, and per codec:
-    ``adafactor_8bit`` = torch convention + beta1 0.9 momentum in 8-bit (likewise
-    ``adafactor_hf_8bit``), ``came_8bit``, ``sophiag_8bit`` ..."""
-    register_name("adafactor", Adafactor, convention="torch")
-    register_name("adafactor_hf", Adafactor, convention="hf")
-    register_name("came", CAME)
-    register_name("sophiag", SophiaG)
-    for codec in CODECS:
-        suffix = CODEC_SUFFIX.get(codec, codec)
-        register_name(f"adafactor_{suffix}", Adafactor, convention="torch", beta1=0.9, state=codec)
-        register_name(f"adafactor_hf_{suffix}", Adafactor, convention="hf", beta1=0.9, state=codec)
-        register_name(f"came_{suffix}", CAME, state=codec)
-        register_name(f"sophiag_{suffix}", SophiaG, state=codec)
-
-
-_register_names()

@@ -68,7 +68,7 @@ def _state_owners() -> dict[str, frozenset[str]]:
     return {name: frozenset(rules) for name, rules in owners.items()}
 
 
-def _foreign_keys(rule: Rule, group: dict[str, Any]) -> dict[str, list[str]]:
+def foreign_keys(rule: Rule, group: dict[str, Any]) -> dict[str, list[str]]:
     """Hyperparameters in a saved group that only other rules have: key -> those rules."""
     equivalent = SAME_MEANING.get(rule.name, {})
     foreign = {}
@@ -83,9 +83,10 @@ def _foreign_keys(rule: Rule, group: dict[str, Any]) -> dict[str, list[str]]:
     return foreign
 
 
-def check_groups_belong(rule: Rule, groups: list[dict[str, Any]]) -> None:
-    for i, group in enumerate(groups):
-        foreign = _foreign_keys(rule, group)
+def check_groups_belong(rules: list[Rule], groups: list[dict[str, Any]]) -> None:
+    """Each saved group against the rule of the live group it loads into."""
+    for i, (rule, group) in enumerate(zip(rules, groups)):
+        foreign = foreign_keys(rule, group)
         if foreign:
             rules = sorted({r for owners in foreign.values() for r in owners})
             details = ", ".join(f"{k}={group[k]!r}" for k in foreign)

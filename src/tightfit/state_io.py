@@ -24,7 +24,7 @@ import torch
 from .codecs import FORMAT_VERSION, CODECS, Encoded, get_codec
 from .codecs.upgrade import READABLE_FORMATS, upgrade_encoded
 from .codecs.validate import check_encoded
-from .distributed.shards import state_shape
+from .dtensor import state_shape
 from .state_checks import (SAME_MEANING, TORCH_ONLY_GROUP_KEYS, check_groups_belong, check_plain_state,
                            check_states_belong, check_structure, same, scalar)
 
@@ -38,7 +38,8 @@ def _own_storage(buf: torch.Tensor) -> torch.Tensor:
     return buf if buf.untyped_storage().nbytes() == buf.numel() * buf.element_size() else buf.clone()
 
 
-def _encoded_to_dict(enc: Encoded) -> dict[str, Any]:
+def encoded_to_dict(enc: Encoded) -> dict[str, Any]:
+    """The saved form of one encoded state (the one place this layout is written)."""
     codec = get_codec(enc.codec)
     return {"codec": enc.codec, "kind": enc.kind, "block_size": codec.block_size, "format": FORMAT_VERSION,
             "shape": list(enc.shape), **{k: _own_storage(b) for k, b in enc.buffers.items()}}
@@ -92,7 +93,7 @@ def export_state_dict(opt) -> dict[str, Any]:
     state = {}
     for key, value in opt.state.items():
         if isinstance(value, dict):
-            value = {k: (_encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in value.items()}
+            value = {k: (encoded_to_dict(v) if isinstance(v, Encoded) else v) for k, v in value.items()}
         state[index[id(key)] if isinstance(key, torch.Tensor) else key] = value
     return {"tightfit": {"format": FORMAT_VERSION, "rule": opt.rule.name}, "state": state, "param_groups": groups}
 
@@ -105,7 +106,11 @@ def _merged_groups(opt, saved_groups: list[dict[str, Any]]) -> list[dict[str, An
         if not (same(saved.get("amsgrad", False), False) or saved.get("amsgrad") is None):
             raise ValueError(f"state_dict has amsgrad={saved['amsgrad']!r}; tightfit does not support amsgrad "
                              "(allowed: amsgrad=False)")
-        converted = SAME_MEANING.get(opt.rule.name, {})
+        rule = opt.rule_of(live)
+        if "rule" in saved and not same(saved["rule"], rule.name):
+            raise ValueError(f"state_dict param group {len(merged)} runs rule {saved['rule']!r}, this optimizer's "
+                             f"group {len(merged)} runs {rule.name!r}; load it into the matching optimizer")
+        converted = SAME_MEANING.get(rule.name, {})
         g = {k: v for k, v in saved.items() if k not in TORCH_ONLY_GROUP_KEYS and k != "amsgrad" and k not in converted}
         g["params"] = live["params"]
         if "param_names" in live and "param_names" not in g:
@@ -143,10 +148,10 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
             raise ValueError(f"loaded state dict's parameter group {i} has {len(saved['params'])} params, "
                              f"the optimizer's has {len(live['params'])}")
     if meta is None:
-        check_groups_belong(opt.rule, saved_groups)
+        check_groups_belong([opt.rule_of(g) for g in opt.param_groups], saved_groups)
     groups = _merged_groups(opt, saved_groups)
     for group in groups:
-        opt._validate_group(group)
+        opt.check_group(group)
     owner = {pid: (p, g) for saved, g in zip(saved_groups, groups) for pid, p in zip(saved["params"], g["params"])}
     state: dict[Any, Any] = {}
     for key, value in sd["state"].items():
@@ -161,8 +166,9 @@ def decode_state_dict(opt, sd: dict[str, Any]) -> LoadedState:
 def _decode_param_state(opt, param, group, saved: Any, where: str, tightfit: bool) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise ValueError(f"{where} is a {type(saved).__name__}; expected a dict of states")
-    specs = opt.rule.state_specs(param.shape, group)
-    check_states_belong(opt.rule, saved, [s.name for s in specs], where)
+    rule = opt.rule_of(group)
+    specs = rule.state_specs(param.shape, group)
+    check_states_belong(rule, saved, [s.name for s in specs], where)
     state = {k: v for k, v in saved.items() if k not in COUNTERS and k not in {s.name for s in specs}}
     step = saved.get("step")
     if step is None:  # torch SGD keeps no step; a saved buffer means at least one step was taken
@@ -174,7 +180,7 @@ def _decode_param_state(opt, param, group, saved: Any, where: str, tightfit: boo
         if spec.name not in saved:
             if float(state["step"]) > 0:
                 raise ValueError(f"saved state lacks {spec.name!r} (has {sorted(map(str, saved))}); "
-                                 f"rule {opt.rule.name!r} keeps {[s.name for s in specs]}")
+                                 f"rule {rule.name!r} keeps {[s.name for s in specs]}")
             continue
         target = opt.codec_for(spec, param, group)
         value, name = saved[spec.name], f"{where}: state {spec.name!r}"
@@ -200,7 +206,7 @@ def install(opt, loaded: LoadedState) -> None:
     for live, new in zip(opt.param_groups, loaded.groups):
         live.clear()
         live.update(new)
-    opt._placements.clear()
+    opt.forget_placements()
     opt.state = defaultdict(dict)
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     for key, value in loaded.state.items():
@@ -236,8 +242,8 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
                 out[k] = get_codec(v.codec).decode(v).to(param.dtype, copy=True)  # never share storage with our state
         state[idx] = out
     groups = []
-    for g in packed:
-        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged")}
-        tg.update({k: v for k, v in opt.rule.torch_group_extras.items() if k not in tg})
+    for g, live in zip(packed, opt.param_groups):
+        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged", "rule")}
+        tg.update({k: v for k, v in opt.rule_of(live).torch_group_extras.items() if k not in tg})
         groups.append(tg)
     return {"state": state, "param_groups": groups}

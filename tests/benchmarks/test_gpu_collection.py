@@ -9,7 +9,7 @@ PYTEST = ["python3", "-m", "pytest", "-p", "no:cacheprovider"]
 # test id -> the package whose absence must skip it
 NEEDS_PEER = {
     "tests/rules/test_came.py::test_matches_came_pytorch[readme]": "came_pytorch",
-    "tests/test_optimizers.py::test_fp32_equals_external_reference_over_100_steps[lion-reference]": "lion_pytorch",
+    "tests/test_optimizers.py::test_fp32_equals_external_reference_step_by_step[lion-reference]": "lion_pytorch",
 }
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from tightfit.cli.main import main
 
-# name: exact state bytes/param for a 4096x4096 parameter (REFERENCE.md §1.1)
+# name: exact state bytes/param for a 4096x4096 parameter (codes + one fp32 absmax per block)
 EXPECTED_BYTES_PER_PARAM = {
     "adamw_32bit": 8.0,
     "adamw_bf16": 4.0,

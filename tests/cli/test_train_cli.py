@@ -76,9 +76,9 @@ def test_bad_input_through_the_console_script(tmp_path, corpus, tightfit, extra,
 
 
 def test_offline_hub_id_fails_at_once_in_one_line(tmp_path, corpus, capsys, monkeypatch):
-    from tightfit.planner import model_facts
+    from tightfit import hub
 
-    monkeypatch.setattr(model_facts, "network_allowed", lambda: (False, "HF_HUB_OFFLINE is set"))
+    monkeypatch.setattr(hub, "network_allowed", lambda: (False, "HF_HUB_OFFLINE is set"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     began = time.perf_counter()
     assert main(micro_args(corpus, tmp_path / "out", "--model", "nobody/no-model")) == 2
@@ -163,10 +163,10 @@ def test_failing_peer_optimizer_is_one_line(tmp_path, corpus, capsys, monkeypatc
     """A peer that cannot run here (e.g. a bitsandbytes build without this device) -> one line, exit 1."""
     from tightfit.train import peers
 
-    def broken(params, **kwargs):
+    def broken(name, params, **kwargs):
         raise RuntimeError("CUDA Setup failed despite GPU being available.\nmore details")
 
-    monkeypatch.setitem(peers.PEERS, "bnb:adamw_8bit", peers.Peer(broken, "broken"))
+    monkeypatch.setattr(peers, "build_peer", broken)
     assert main(micro_args(corpus, tmp_path / "out", "--optim", "bnb:adamw_8bit")) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model and data notes
     assert err == ("tightfit train: error: optimizer bnb:adamw_8bit failed on this machine: "

@@ -62,7 +62,7 @@ def test_nbytes_is_exact(name, kind, shape):
 
 
 @pytest.mark.parametrize("name,expected", [
-    # REFERENCE.md §1.1: codes + one fp32 absmax per block
+    # codes + one fp32 absmax per block (8-bit: block 256; 4-bit: block 128, two codes a byte)
     ("8bit", 16_777_216 + 4 * 65_536),
     ("4bit", 8_388_608 + 4 * 131_072),
     ("bf16", 2 * 16_777_216),

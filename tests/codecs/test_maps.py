@@ -7,7 +7,8 @@ from tightfit.codecs.maps import get_map
 
 MAP_NAMES = ["dynamic8_signed", "dynamic8_unsigned", "dynamic4_signed", "linear4_unsigned"]
 
-# name: (size, min value, max value, count of negatives, count of zeros) -- REFERENCE.md §1.2, §1.5
+# name: (size, min value, max value, count of negatives, count of zeros) -- as bitsandbytes' create_dynamic_map
+# builds the dynamic maps (Dettmers 2015) and Li et al. 2023 the 4-bit ones
 MAP_FACTS = {
     "dynamic8_signed": (256, -0.99297, 1.0, 127, 1),
     "dynamic8_unsigned": (256, 0.0, 1.0, 0, 1),

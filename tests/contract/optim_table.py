@@ -16,11 +16,11 @@ import torch
 from torch.testing._internal import common_optimizers as torch_inputs
 
 import tightfit
+from optim_cases import CODECS
 
-CODECS = ["fp32", "bf16", "8bit", "4bit"]
 # Options of torch's inputs that tightfit refuses (amsgrad) or has no use for (foreach,
 # fused, capturable, differentiable: torch's kernel choices); inputs that use them are
-# dropped, and the README lists the exclusion.
+# dropped, and docs/architecture.md lists the exclusion.
 UNSUPPORTED_OPTIONS = {"amsgrad", "foreach", "fused", "capturable", "differentiable"}
 
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import tightfit
+from optim_cases import TOLERANCES
 from tightfit.distributed import load_sharded_state_dict, sharded_state_dict
 
 from . import workers
@@ -21,23 +22,10 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 WORLD = 2
-# Tolerances (max relative parameter difference vs one process), with where each comes from.
-# The one-process run accumulates the ranks' half-batch gradients the way the all-reduce
-# sums them, so what is left is the optimizer's own difference.
-TOL = {
-    # fp32 states, or quantized states whose shards are whole blocks: the same codes and
-    # the same math (reductions of Adafactor/CAME sum in another order: a few ulp).
-    "aligned": 1e-6,
-    # biases quantized too: their shards split a block, so absmax and codes differ and the
-    # run drifts by about a code step of lr-sized updates (measured <= 8e-3 after 4 steps
-    # for 8-bit AdamW at lr 1e-2, 2026-11-22).
-    "misaligned": 3e-2,
-    # Sharded checkpoints hold decoded states; re-encoding is not the identity for signed
-    # 8/4-bit states (the signed maps have no -1, so a block whose largest magnitude is
-    # negative gets a smaller absmax): the resumed run is within the codec's error
-    # (measured 3e-3 params, 6e-3 states two steps after resuming, 2026-11-22).
-    "reencoded": 2e-2,
-}
+# Max relative parameter difference vs one process: TOLERANCES["dist_*"]. The one-process
+# run accumulates the ranks' half-batch gradients the way the all-reduce sums them, so what
+# is left is the optimizer's own difference.
+TOL = {name: TOLERANCES[f"dist_{name}"] for name in ("aligned", "misaligned", "reencoded")}
 
 
 def _spawn(fn, out_dir, *args):

@@ -174,7 +174,7 @@ def test_unavailable_falls_back_or_raises(case):
     p = make().requires_grad_()
     p.grad = torch.randn_like(p)
     opt = tightfit.AdamW([p], state="8bit")
-    state = opt._ensure_state(p, opt.param_groups[0])
+    state = opt.ensure_state(p, opt.param_groups[0])
     reason = IMPLEMENTATIONS["native"].unavailable_reason(opt.rule, [p], [state])
     assert reason is not None and word in reason
     # the rule then runs in PyTorch with native codec passes (they take any param layout)

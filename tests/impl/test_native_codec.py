@@ -96,7 +96,7 @@ def test_auto_picks_fused_native_then_native_codec(case):
     p = torch.nn.Parameter(make())
     p.grad = torch.randn_like(p)
     opt = factory([p])
-    state = opt._ensure_state(p, opt.param_groups[0])
+    state = opt.ensure_state(p, opt.param_groups[0])
     assert select_implementation("auto", opt.rule, [p], [state]).name == expected
 
 

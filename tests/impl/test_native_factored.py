@@ -241,7 +241,7 @@ def test_thread_count_does_not_change_the_result(case):
 
 
 def _state_for(opt, param):
-    return opt._ensure_state(param, opt.param_groups[0])
+    return opt.ensure_state(param, opt.param_groups[0])
 
 
 @pytest.mark.parametrize("case", list(RULES))
@@ -269,7 +269,7 @@ def test_impossible_native_raises_with_the_reason(case, rule_case):
     with pytest.raises(ValueError, match=word):
         opt.step()
     auto = make_optimizer(rule_case, [param], state="8bit", **options)
-    rounding = auto._rounding(auto.param_groups[0], [param])
+    rounding = auto.rounding_for(auto.param_groups[0], [param])
     assert select_implementation("auto", auto.rule, [param], [_state_for(auto, param)], rounding).name != "native"
 
 

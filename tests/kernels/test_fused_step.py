@@ -11,22 +11,25 @@ from tightfit.kernels import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 
-from kernel_cases import (SHAPES, TOL, assert_states_match, make_params, relative_error,  # noqa: E402
-                          set_grads, step_without_syncs, twin_optimizers)
+from compare import assert_states_match, relative_error  # noqa: E402
+from kernel_cases import SHAPES, make_params, set_grads, step_without_syncs, twin_optimizers  # noqa: E402
+from optim_cases import TOLERANCES as TOL  # noqa: E402
 
 PARAM_TOL = {torch.float32: TOL["fp32_relative"], torch.bfloat16: TOL["bf16_relative"],
              torch.float16: TOL["fp16_relative"]}
 STATE_TOL = {"fp32": TOL["fp32_relative"], "bf16": TOL["bf16_relative"], "8bit": None, "4bit": None}
 
+# (case of the table, codec, param dtype) beyond impl/test_impls_match_reference.py's rule x
+# codec matrix (fp32 params, and 8-bit states of bf16 params): variants with every term on
+# (decay, dampening, maximize), bf16 and fp16 params.
 MATRIX = [
-    (rule, codec, dtype)
-    for rule, codec, dtype in itertools.product(["adamw", "adam", "lion", "sgd"], ["fp32", "bf16", "8bit", "4bit"],
-                                                [torch.float32, torch.bfloat16])
-] + [("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32),
-     ("adamw", "8bit", torch.float16), ("lion", "fp32", torch.float16),
-     ("sgd_plain", "fp32", torch.bfloat16),
-     ("sophiag", "fp32", torch.float32), ("sophiag", "8bit", torch.float32), ("sophiag", "4bit", torch.bfloat16),
-     ("sophiag_maximize", "bf16", torch.float32)]
+    (case, codec, dtype)
+    for case, codec, dtype in itertools.product(["adam_maximize", "lion_decay", "sgd_momentum_dampening"],
+                                                ["fp32", "bf16", "8bit", "4bit"], [torch.float32, torch.bfloat16])
+] + [("adamw_decay", codec, torch.bfloat16) for codec in ("fp32", "bf16", "4bit")] + [
+    ("sgd_nesterov", "8bit", torch.float32), ("sgd_plain", "fp32", torch.float32), ("adamw", "8bit", torch.float16),
+    ("lion", "fp32", torch.float16), ("sgd_plain", "fp32", torch.bfloat16), ("sophiag", "4bit", torch.bfloat16),
+    ("sophiag_maximize", "bf16", torch.float32)]
 
 
 def run_and_compare(rule, codec, dtype, shapes=SHAPES, steps=3, nonfinite=None, **options):
@@ -100,7 +103,8 @@ def test_lr_as_tensor_and_changing_between_steps(codec):
 
 def test_hyperparameters_are_runtime_values():
     # lr, betas, eps, decay and the step live in tensors, so changing them never recompiles:
-    # the only compile-time parameters are the layout/dtype/rule selectors.
+    # the only compile-time parameters are the layout/dtype selectors, the rule's tile and
+    # its number of scalars.
     import inspect
 
     import triton.language as tl
@@ -110,7 +114,7 @@ def test_hyperparameters_are_runtime_values():
     kernel = fused_kernels.fused_update_kernel
     signature = inspect.signature(getattr(kernel, "fn", kernel))
     constexprs = {name for name, p in signature.parameters.items() if p.annotation in (tl.constexpr, "tl.constexpr")}
-    assert constexprs == {"RULE", "NSTATES", "CODEC", "VALUE_DTYPE", "PARAM_DTYPE", "GRAD_DTYPE", "STOCHASTIC",
+    assert constexprs == {"TILE", "SLOTS", "NSTATES", "CODEC", "VALUE_DTYPE", "PARAM_DTYPE", "GRAD_DTYPE", "STOCHASTIC",
                           "ROWS", "BLOCK", "LANES", "BITS", "COLUMNS", "SEARCH_LEVELS"}
 
 
@@ -152,7 +156,9 @@ def test_unavailable_without_interpreter_on_cpu(monkeypatch):
 def test_unavailable_for_rule_without_kernel():
     from dataclasses import replace
 
-    rule = replace(tightfit.RULES["adamw"], name="not_a_kernel_rule")
+    from tightfit.rules.base import Kernels
+
+    rule = replace(tightfit.RULES["adamw"], name="not_a_kernel_rule", kernels=Kernels(native_tile="adam"))
     reason = IMPLEMENTATIONS["triton"].unavailable_reason(rule, [torch.zeros(3)], [{}])
     assert "not_a_kernel_rule" in reason
 

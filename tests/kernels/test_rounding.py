@@ -89,7 +89,7 @@ def test_kernel_rounding_equals_reference_bit_for_bit(rule_name, hyper, state_na
         new_param, _ = RULES[rule_name].update(param.float(), param.grad.float(), zeros, step=1, **hyper)
         expected.append(stochastic_round_to_bf16(new_param, seed=seed, salt=salt, step=1))
         nearest.append(new_param.to(torch.bfloat16))
-    fused_step(rule_name, hyper, params, states, state_names, "fp32", stochastic_rounding=True, seed=seed,
+    fused_step(RULES[rule_name], hyper, params, states, state_names, "fp32", stochastic_rounding=True, seed=seed,
                salts=salts)
     for param, want, rtne in zip(params, expected, nearest):
         assert torch.equal(param.view(torch.int16), want.view(torch.int16))

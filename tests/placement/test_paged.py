@@ -9,18 +9,13 @@ import pytest
 import torch
 
 import tightfit
-from cases import CODEC_NAMES, RULE_CLASSES, regression_batch, small_mlp, train
+from optim_cases import CODECS, matrix_case, rule_by_codec
 from tightfit.codecs import Encoded
 from tightfit.placement import paged, parse_size
 from tightfit.state_bytes import state_bytes
+from toy_problem import regression_batch, small_mlp, train
 
-# Every rule, including the factored ones (their small statistics are paged too).
-PAGED_RULES = {
-    **RULE_CLASSES,
-    "adafactor": lambda p, **k: tightfit.Adafactor(p, lr=1e-2, beta1=0.9, **k),
-    "came": lambda p, **k: tightfit.CAME(p, lr=1e-3, weight_decay=1e-2, **k),
-    "sophiag": lambda p, **k: tightfit.SophiaG(p, lr=1e-3, **k),
-}
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: far faster on one thread on a shared CPU
 STEPS = 4
 
 
@@ -55,10 +50,10 @@ def trained_pair(factory, codec):
     return model, unpaged, twin, paged_opt
 
 
-@pytest.mark.parametrize("codec", CODEC_NAMES)
-@pytest.mark.parametrize("rule", sorted(PAGED_RULES))
-def test_paged_equals_unpaged_bit_for_bit(fake_streams, rule, codec):
-    model, unpaged, twin, paged_opt = trained_pair(PAGED_RULES[rule], codec)
+# Every rule of the case table, the factored ones included (their small statistics are paged too).
+@pytest.mark.parametrize("case, codec", rule_by_codec())
+def test_paged_equals_unpaged_bit_for_bit(fake_streams, case, codec):
+    model, unpaged, twin, paged_opt = trained_pair(case.make, codec)
     report = paged_opt.memory_report()
     assert report.device_bytes == 0 and report.host_bytes == unpaged.state_nbytes() > 0
     assert_same(model, unpaged, twin, paged_opt)
@@ -133,7 +128,7 @@ def test_unpaged_report_is_all_device():
     assert report.by_codec == {"4bit": {"device": opt.state_nbytes(), "host": 0}}
 
 
-@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("codec", CODECS)
 def test_state_dict_round_trip_lands_in_host_memory(fake_streams, codec):
     model = small_mlp()
     opt = tightfit.AdamW(model.parameters(), lr=1e-2, state=codec, min_quantized_numel=0, paged=True)
@@ -164,7 +159,7 @@ def test_unpaged_state_dict_loads_into_a_paged_optimizer(fake_streams):
     assert_same(model, opt, twin, resumed)
 
 
-@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("codec", CODECS)
 def test_step_in_backward_with_paging_equals_normal_step(fake_streams, codec):
     model = small_mlp()
     twin = copy.deepcopy(model)
@@ -297,7 +292,7 @@ def test_slots_of_a_small_paged_state_cost_a_fraction_of_it():
 def test_paged_triton_steps_equal_unpaged_triton_steps(fake_streams, rule, codec):
     # The kernels read the states where the placement put them (device slots here).
     def factory(params, **options):
-        return PAGED_RULES[rule](params, impl="triton", **options)
+        return matrix_case(rule).make(params, impl="triton", **options)
     model, unpaged, twin, paged_opt = trained_pair(factory, codec)
     assert_same(model, unpaged, twin, paged_opt)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tightfit
-from cases import CODEC_NAMES
+from optim_cases import CODECS
 from tightfit.codecs import Encoded
 from tightfit.kernels import triton_available
 from tightfit.placement import paged
@@ -41,7 +41,7 @@ def assert_same(model_a, opt_a, model_b, opt_b):
                     assert torch.equal(buf.cpu(), other.buffers[name].cpu()), (key, name)
 
 
-@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("codec", CODECS)
 def test_paged_equals_unpaged_on_cuda(codec, monkeypatch):
     monkeypatch.setattr(paged, "CHUNK_BYTES", 1)  # one param per chunk: the pipeline runs
     model = cuda_mlp()

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import tightfit
-from cases import CODEC_NAMES, RULE_CLASSES, small_mlp, train
+from optim_cases import matrix_case, rule_by_codec
 from tightfit.codecs import get_codec
 from tightfit.placement import paged
-from test_paged import PAGED_RULES, STEPS, assert_same, trained_pair
+from test_paged import STEPS, assert_same, trained_pair
+from toy_problem import small_mlp, train
 
 CHUNK = 1024
 
@@ -23,13 +24,9 @@ def small_chunks(fake_streams, monkeypatch):
     return fake_streams
 
 
-ELEMENTWISE = {**RULE_CLASSES, "sophiag": PAGED_RULES["sophiag"]}
-
-
-@pytest.mark.parametrize("codec", CODEC_NAMES)
-@pytest.mark.parametrize("rule", sorted(ELEMENTWISE))
-def test_pieces_equal_unpaged_bit_for_bit(small_chunks, rule, codec):
-    model, unpaged, twin, paged_opt = trained_pair(ELEMENTWISE[rule], codec)
+@pytest.mark.parametrize("case, codec", rule_by_codec(rules=lambda case: case.elementwise))
+def test_pieces_equal_unpaged_bit_for_bit(small_chunks, case, codec):
+    model, unpaged, twin, paged_opt = trained_pair(case.make, codec)
     assert_same(model, unpaged, twin, paged_opt)
     # pieces happened: more copy-ins per step than params, and slots stay near the chunk size
     copies = [label for _, label in small_chunks.executed if isinstance(label, tuple) and label[0] == "copy_in"]
@@ -39,7 +36,7 @@ def test_pieces_equal_unpaged_bit_for_bit(small_chunks, rule, codec):
 
 def test_factored_rules_are_not_split(small_chunks):
     """Adafactor needs whole rows and columns: it streams whole params and still matches."""
-    model, unpaged, twin, paged_opt = trained_pair(PAGED_RULES["adafactor"], "8bit")
+    model, unpaged, twin, paged_opt = trained_pair(matrix_case("adafactor").make, "8bit")
     assert_same(model, unpaged, twin, paged_opt)
     assert paged_opt.memory_report().stream_buffer_bytes > paged.SLOTS * 2 * CHUNK
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tightfit
-from cases import regression_batch, small_mlp, train
+from toy_problem import regression_batch, small_mlp, train
 from fake_streams import FakeStreams
 from tightfit.placement import STREAM_LAYERS, paged
 

@@ -7,7 +7,7 @@ from tightfit.planner.model_facts import bundled_configs, facts_from_config, loa
 
 BUNDLED = sorted(bundled_configs())
 
-# Published parameter totals (model cards / REFERENCE.md §8) for a few bundled configs.
+# Published parameter totals (model cards) for a few bundled configs.
 PUBLISHED_TOTALS = {
     "meta-llama/Llama-3.1-8B": 8_030_261_248,
     "meta-llama/Llama-3.2-1B": 1_235_814_400,

@@ -75,14 +75,6 @@ def test_paged_state_is_host_bytes(monkeypatch, paged, budget):
     assert 0 < buffers <= SLOTS * max(CHUNK_BYTES, each[-1] + 64)
 
 
-def test_fused_kernel_rules_match_the_kernels():
-    pytest.importorskip("triton")
-    from tightfit.kernels.fused_step import KERNEL_RULES
-    from tightfit.planner.step_temporaries import FUSED_KERNEL_RULES
-
-    assert sorted(FUSED_KERNEL_RULES) == sorted(KERNEL_RULES)
-
-
 @pytest.mark.parametrize("optim,fused", [("adamw_8bit", True), ("lion_4bit", True), ("adafactor", False),
                                          ("came_8bit", False), ("bnb:adamw_8bit", True), ("torch:adamw", False)])
 def test_gpu_plans_use_fused_kernels(optim, fused):

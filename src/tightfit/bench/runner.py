@@ -14,7 +14,8 @@ from ..train.config import TrainConfig
 from ..train.data import check_trainable, data_summary_lines, load_data, summarize_data
 from ..train.errors import TrainInputError
 from ..train.loop import TrainResult, load_for, train
-from ..train.peers import PEERS, check_optimizer_name
+from ..peers import PEERS
+from ..train.peers import check_optimizer_name
 from .presets import DEFAULT_OPTIMS
 
 

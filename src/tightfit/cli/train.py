@@ -29,7 +29,7 @@ from ..train.checkpoint import list_checkpoints
 from ..train.config import TrainConfig
 from ..train.errors import NothingToDo, TrainInputError, note
 from ..train.loop import train
-from ..train.peers import PEERS
+from ..peers import PEERS
 from ..train.run_folder import resume_command
 from .train_args import add_config_arguments, add_threads_argument, apply_threads, given_settings
 

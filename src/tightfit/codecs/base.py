@@ -9,7 +9,7 @@ kept fp32); quantizing codecs pick their map by it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -86,6 +86,11 @@ class Codec:
 
     def __repr__(self) -> str:
         return f"<codec {self.name}>"
+
+
+def encoded_states(state: Mapping[str, Any]) -> dict[str, Encoded]:
+    """The encoded states of a per-parameter state dict (not ``step`` and other counters)."""
+    return {k: v for k, v in state.items() if isinstance(v, Encoded)}
 
 
 def check_kind(kind: str) -> None:

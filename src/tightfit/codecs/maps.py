@@ -11,7 +11,7 @@ give the same codes:
   the optimizer step (``bucketize`` does not vectorize).  The table is checked at build
   time: every bucket holds at most one midpoint, otherwise fewer bits are dropped.
 
-Maps (REFERENCE.md §1.2, §1.5; Dettmers 2015 arXiv 1511.04561, Dettmers et al. 2021
+Maps (Dettmers 2015 arXiv 1511.04561, Dettmers et al. 2021
 arXiv 2110.02861, Li et al. 2023 arXiv 2309.01507):
 
 * ``dynamic8_signed`` / ``dynamic8_unsigned`` -- 8-bit dynamic-exponent maps.

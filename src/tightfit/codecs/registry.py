@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Codec
+import torch
+
+from .base import Codec, Encoded
 
 CODECS: dict[str, Codec] = {}
 
@@ -21,3 +23,13 @@ def get_codec(codec: str | Codec) -> Codec:
     if not isinstance(codec, str) or codec not in CODECS:
         raise ValueError(f"unknown state codec {codec!r}; allowed: {sorted(CODECS)} or a tightfit Codec object")
     return CODECS[codec]
+
+
+def decode_encoded(enc: Encoded) -> torch.Tensor:
+    """``enc`` as a float32 tensor, by the codec that made it."""
+    return get_codec(enc.codec).decode(enc)
+
+
+def store_encoded(enc: Encoded, value: torch.Tensor) -> None:
+    """Write ``value`` into ``enc``'s buffers in place, by the codec that made it."""
+    get_codec(enc.codec).store(enc, value)

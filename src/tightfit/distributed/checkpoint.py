@@ -25,6 +25,7 @@ import torch
 
 from ..codecs import Encoded, get_codec
 from ..state_checks import check_plain_state, scalar
+from ..state_io import encoded_to_dict
 from .shards import as_dtensor, is_dtensor, local_tensor, state_shape
 
 SCALARS = ("step", "nonfinite_skips")
@@ -42,9 +43,9 @@ def sharded_state_dict(opt) -> dict[str, Any]:
     """
     state: dict[str, dict[str, torch.Tensor]] = {}
     for index, param, group in _params(opt):
-        live = opt._ensure_state(param, group)
+        live = opt.ensure_state(param, group)
         entry = {key: live[key].clone() for key in SCALARS}
-        for spec in opt.rule.state_specs(param.shape, group):
+        for spec in opt.rule_of(group).state_specs(param.shape, group):
             enc = live[spec.name]
             value = get_codec(enc.codec).decode(enc)
             entry[spec.name] = as_dtensor(value, spec, param) if is_dtensor(param) else value
@@ -70,7 +71,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
     for saved, live in zip(sd["param_groups"], opt.param_groups):
         group = {**live, **{k: v for k, v in saved.items()
                             if k != "params" and (k != "state" or isinstance(live["state"], str))}}
-        opt._validate_group(group)
+        opt.check_group(group)
         groups.append(group)
     new_group = {id(live): group for live, group in zip(opt.param_groups, groups)}
     loaded = []
@@ -81,7 +82,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
         counters = {key: scalar(f"param {index} {key!r}", saved.get(key), integral=key == "nonfinite_skips")
                     for key in SCALARS}
         values = {}
-        for spec in opt.rule.state_specs(param.shape, new_group[id(live_group)]):
+        for spec in opt.rule_of(live_group).state_specs(param.shape, new_group[id(live_group)]):
             if spec.name not in saved:
                 raise ValueError(f"param {index}: checkpoint lacks state {spec.name!r}")
             value = saved[spec.name]
@@ -94,7 +95,7 @@ def load_sharded_state_dict(opt, sd: dict[str, Any]) -> None:
     for live, group in zip(opt.param_groups, groups):
         live.update(group)
     for (index, param, group), (counters, values) in zip(params, loaded):
-        live = opt._ensure_state(param, group)
+        live = opt.ensure_state(param, group)
         for key, number in counters.items():
             live[key].fill_(number)
         for name, value in values.items():
@@ -110,14 +111,9 @@ def full_state_dict(opt) -> dict[str, Any]:
         if not is_dtensor(param) or index not in sd["state"]:
             continue
         live = opt.state[param]
-        for spec in opt.rule.state_specs(param.shape, group):
+        for spec in opt.rule_of(group).state_specs(param.shape, group):
             enc = live[spec.name]
             codec = get_codec(enc.codec)
             whole = as_dtensor(codec.decode(enc), spec, param).full_tensor()
-            sd["state"][index][spec.name] = _encoded_dict(codec.encode(whole, enc.kind))
+            sd["state"][index][spec.name] = encoded_to_dict(codec.encode(whole, enc.kind))
     return sd
-
-
-def _encoded_dict(enc: Encoded) -> dict[str, Any]:
-    from ..state_io import _encoded_to_dict  # the one place the on-disk layout is written
-    return _encoded_to_dict(enc)

@@ -15,33 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from ..dtensor import (DTensor, Replicate, is_dtensor, is_elementwise, local_tensor,  # noqa: F401  (re-exported)
+                       state_shape)
 from ..rules import StateSpec
-
-try:  # torch >= 2.5 exposes DTensor publicly
-    from torch.distributed.tensor import DTensor, Replicate
-except ImportError:  # pragma: no cover - torch built without distributed
-    DTensor, Replicate = None, None
-
-
-def is_dtensor(t: torch.Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
-
-
-def local_tensor(param: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank updates: a DTensor's local shard (an alias), else the param."""
-    return param._local_tensor if is_dtensor(param) else param
-
-
-def is_elementwise(spec: StateSpec) -> bool:
-    return spec.shape is None
-
-
-def state_shape(spec: StateSpec, param: torch.Tensor) -> torch.Size:
-    """Shape of one state on this rank."""
-    if is_dtensor(param) and is_elementwise(spec):
-        return local_tensor(param).shape
-    return spec.shape_for(param.shape)
-
 
 def as_dtensor(value: torch.Tensor, spec: StateSpec, param) -> torch.Tensor:
     """A state's local value as a DTensor: laid out like the param, or replicated."""

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..codecs import get_codec
+from ..codecs import decode_encoded, encoded_states, store_encoded
 from ..impl import select_implementation
-from ..impl.base import encoded_states, grad_usable_flag, plain_hyper
-from ..kernels.rounding import stochastic_round_to_bf16
+from ..impl.base import grad_usable_flag, plain_hyper
+from ..impl.reference import reference_param_step, write_param
 from .shards import as_dtensor, local_tensor, to_local_value
 
 
@@ -56,56 +56,60 @@ def step_dtensor_params(opt, group: dict[str, Any], params: list[torch.Tensor]) 
 
 
 def _step_one_mesh(opt, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    rule = opt.rule_of(group)
     live = []
-    for p, bad in zip(params, _global_nonfinite(params, opt.rule.grad_limit)):
+    for p, bad in zip(params, _global_nonfinite(params, rule.grad_limit)):
         if bad:
-            opt._ensure_state(p, group)["nonfinite_skips"] += 1
+            opt.ensure_state(p, group)["nonfinite_skips"] += 1
         else:
             live.append(p)
     if not live:
         return
-    states = [opt._ensure_state(p, group) for p in live]
+    states = [opt.ensure_state(p, group) for p in live]
     placement = opt.placement_for(group)  # paged states stream in around the update, as unsharded
-    if opt.rule.elementwise:
+    if rule.elementwise:
         placement.run(live, states, lambda ps, ss: _step_local_shards(opt, group, ps, ss))
     else:
         placement.run(live, states, lambda ps, ss: _step_whole_params(opt, group, ps, ss))
 
 
 def _step_local_shards(opt, group, params, states) -> None:
-    rounding = opt._rounding(group, params)
+    rounding = opt.rounding_for(group, params)
     shards = [local_tensor(p) for p in params]
     for shard, p in zip(shards, params):
         shard.grad = local_tensor(p.grad)
     try:
-        impl = select_implementation(group["impl"], opt.rule, shards, states, rounding)
-        impl.step_group(opt.rule, opt.rule.hyper(group), shards, states, rounding)
+        rule = opt.rule_of(group)
+        impl = select_implementation(group["impl"], rule, shards, states, rounding)
+        impl.step_group(rule, rule.hyper(group), shards, states, rounding)
     finally:
         for shard in shards:
             shard.grad = None
 
 
 def _step_whole_params(opt, group, params, states) -> None:
-    hyper = plain_hyper(opt.rule.hyper(group))
-    rounding = opt._rounding(group, params)
+    rule = opt.rule_of(group)
+    hyper = plain_hyper(rule.hyper(group))
+    rounding = opt.rounding_for(group, params)
     salts = rounding.salts if rounding is not None else [None] * len(params)
     for p, state, salt in zip(params, states, salts):
         key = None if salt is None else (rounding.seed, salt)
-        _step_on_dtensors(opt.rule, hyper, group, p, state, key)
+        _step_on_dtensors(rule, hyper, group, p, state, key)
 
 
 def _step_on_dtensors(rule, hyper, group, param, state, rounding_key) -> None:
+    """The reference step on DTensors: states decoded as DTensors laid out like the param (or
+    replicated), results written back to this rank's shard; the gradient was checked on
+    every rank already."""
     specs = {spec.name: spec for spec in rule.state_specs(param.shape, group)}
-    stored = encoded_states(state)
-    decoded = {name: as_dtensor(get_codec(enc.codec).decode(enc), specs[name], param) for name, enc in stored.items()}
-    step = int(state["step"].item()) + 1
-    extras = rule.update_extras(enc.codec for enc in stored.values())
-    new_param, new_states = rule.update(param.detach().float(), param.grad.float(), decoded, step=step, **hyper,
-                                        **extras)
-    new_local = new_param.redistribute(param.device_mesh, param.placements).to_local()
-    if rounding_key is not None and param.dtype == torch.bfloat16:
-        new_local = stochastic_round_to_bf16(new_local, seed=rounding_key[0], salt=rounding_key[1], step=step)
-    local_tensor(param).copy_(new_local)
-    for name, value in new_states.items():
-        get_codec(stored[name].codec).store(stored[name], to_local_value(value, specs[name], param))
-    state["step"] += 1
+    spec_of = {id(enc): specs[name] for name, enc in encoded_states(state).items()}
+    reference_param_step(rule, hyper, param, state,
+                         decode=lambda enc: as_dtensor(decode_encoded(enc), spec_of[id(enc)], param),
+                         store=lambda enc, value: store_encoded(enc, to_local_value(value, spec_of[id(enc)], param)),
+                         rounding_key=rounding_key, write=_write_local_shard, grad_checked=True)
+
+
+def _write_local_shard(param, new_param, step: int, rounding_key) -> None:
+    """The rule's DTensor result, laid out as the param, into this rank's shard."""
+    write_param(local_tensor(param), new_param.redistribute(param.device_mesh, param.placements).to_local(), step,
+                rounding_key)

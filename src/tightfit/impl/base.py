@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..codecs import Encoded
+from ..codecs import encoded_states  # noqa: F401  (re-exported: the implementations' import)
 from ..rules import Rule
 
 
@@ -59,10 +59,6 @@ def grad_usable(grad: torch.Tensor, limit: float) -> bool:
 def grad_usable_flag(grad: torch.Tensor, limit: float) -> torch.Tensor:
     """``grad_usable`` as a 0-d bool tensor on the gradient's device (no host sync)."""
     return torch.linalg.vector_norm(grad, ord=float("inf"), dtype=torch.float32) < limit
-
-
-def encoded_states(state: Mapping[str, Any]) -> dict[str, Encoded]:
-    return {k: v for k, v in state.items() if isinstance(v, Encoded)}
 
 
 def plain_hyper(hyper: Mapping[str, Any]) -> dict[str, Any]:

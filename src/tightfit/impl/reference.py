@@ -11,9 +11,10 @@ from typing import Callable
 
 import torch
 
-from ..codecs import Encoded, get_codec
+from ..codecs import Encoded, decode_encoded, encoded_states, store_encoded
 from ..kernels.rounding import stochastic_round_to_bf16  # pure PyTorch (no triton)
-from .base import Implementation, StochasticRounding, encoded_states, grad_usable, plain_hyper
+from .registry import register_implementation
+from .base import Implementation, StochasticRounding, grad_usable, plain_hyper
 
 
 def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple[int, int] | None]:
@@ -23,23 +24,29 @@ def rounding_keys(rounding: StochasticRounding | None, count: int) -> list[tuple
     return [(rounding.seed, salt) for salt in rounding.salts]
 
 
-def codec_decode(enc: Encoded) -> torch.Tensor:
-    return get_codec(enc.codec).decode(enc)
-
-
-def codec_store(enc: Encoded, value: torch.Tensor) -> None:
-    get_codec(enc.codec).store(enc, value)
+def write_param(param: torch.Tensor, new_param: torch.Tensor, step: int,
+                rounding_key: tuple[int, int] | None) -> None:
+    """Write the rule's float32 result into ``param``; ``rounding_key`` (seed, salt): a bf16
+    param is written with stochastic rounding."""
+    if rounding_key is not None and param.dtype == torch.bfloat16:
+        seed, salt = rounding_key
+        new_param = stochastic_round_to_bf16(new_param, seed=seed, salt=salt, step=step)
+    param.copy_(new_param)
 
 
 def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
-                         decode: Callable[[Encoded], torch.Tensor] = codec_decode,
-                         store: Callable[[Encoded, torch.Tensor], None] = codec_store,
-                         rounding_key: tuple[int, int] | None = None) -> None:
+                         decode: Callable[[Encoded], torch.Tensor] = decode_encoded,
+                         store: Callable[[Encoded, torch.Tensor], None] = store_encoded,
+                         rounding_key: tuple[int, int] | None = None,
+                         write: Callable[[torch.Tensor, torch.Tensor, int, tuple[int, int] | None], None] = write_param,
+                         grad_checked: bool = False) -> None:
     """decode -> rule -> encode for one parameter; ``decode``/``store`` may be swapped
-    for faster codec passes that give identical results (impl "native_codec").
+    for faster codec passes that give identical results (impl "native_codec"), and
+    ``decode``/``store``/``write`` for DTensor params (distributed/step.py, which checks
+    the gradient across ranks first: ``grad_checked``).
     ``rounding_key`` (seed, salt): write a bf16 param with stochastic rounding."""
     grad = param.grad
-    if not grad_usable(grad, rule.grad_limit):
+    if not grad_checked and not grad_usable(grad, rule.grad_limit):
         state["nonfinite_skips"] += 1  # skip: parameter and states stay as they were
         return
     step = int(state["step"].item()) + 1
@@ -47,11 +54,7 @@ def reference_param_step(rule, hyper, param: torch.Tensor, state: dict,
     decoded = {name: decode(enc) for name, enc in stored.items()}
     extras = rule.update_extras(enc.codec for enc in stored.values())
     new_param, new_states = rule.update(param.detach().float(), grad.float(), decoded, step=step, **hyper, **extras)
-    if rounding_key is not None and param.dtype == torch.bfloat16:
-        seed, salt = rounding_key
-        param.copy_(stochastic_round_to_bf16(new_param, seed=seed, salt=salt, step=step))
-    else:
-        param.copy_(new_param)
+    write(param, new_param, step, rounding_key)
     for name, value in new_states.items():
         store(stored[name], value)
     state["step"] += 1
@@ -64,3 +67,6 @@ class ReferenceImplementation(Implementation):
         hyper = plain_hyper(hyper)
         for param, state, key in zip(params, states, rounding_keys(rounding, len(params))):
             reference_param_step(rule, hyper, param, state, rounding_key=key)
+
+
+register_implementation(ReferenceImplementation())

@@ -9,6 +9,7 @@ not grow with the number of params. Runs on CUDA tensors, and on CPU tensors und
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import defaultdict
 
@@ -16,19 +17,19 @@ import torch
 
 from ..kernels import triton_available
 from .base import Implementation, encoded_states
+from .registry import register_implementation
 
 PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _kernel_tables():
-    from ..kernels.factored_step import FACTORED_RULES  # imports triton
-    from ..kernels.fused_step import KERNEL_CODECS, KERNEL_RULES
-    return KERNEL_RULES, FACTORED_RULES, KERNEL_CODECS
+def _kernel_codecs():
+    from ..kernels.fused_step import KERNEL_CODECS  # imports triton
+    return KERNEL_CODECS
 
 
-def _small_state_problem(*args):
-    from ..kernels.factored_step import small_state_problem  # imports triton
-    return small_state_problem(*args)
+def _driver(rule):
+    """The module driving a factored rule's kernels (Kernels.triton_driver); imports triton."""
+    return importlib.import_module(rule.kernels.triton_driver)
 
 
 def _interpreting() -> bool:
@@ -59,9 +60,9 @@ class TritonImplementation(Implementation):
                 return f"param dtype {param.dtype} is not one of {PARAM_DTYPES}"
             if not param.is_contiguous() or type(param) not in (torch.nn.Parameter, torch.Tensor):
                 return "params must be plain contiguous tensors (not views or tensor subclasses)"
-        rules, factored_rules, codecs = _kernel_tables()
-        if rule.name not in rules and rule.name not in factored_rules:
-            return f"no fused kernel for rule {rule.name!r} (kernels exist for {sorted([*rules, *factored_rules])})"
+        if not rule.has_triton:
+            return f"rule {rule.name!r} has no Triton tile (Rule.kernels names none)"
+        codecs = _kernel_codecs()
         for param, state in zip(params, states):
             try:
                 codec = _state_codec(state)
@@ -69,15 +70,14 @@ class TritonImplementation(Implementation):
                 return str(error)
             if codec is not None and codec not in codecs:
                 return f"no fused kernel for codec {codec!r} (kernels exist for {sorted(codecs)})"
-            if rule.name in factored_rules:
-                problem = _small_state_problem(rule.name, param.shape, state, param.device)
+            if rule.kernels.triton_driver is not None:
+                problem = _driver(rule).small_state_problem(rule, param.shape, state, param.device)
                 if problem is not None:
                     return problem
         return None
 
     def step_group(self, rule, hyper, params, states, rounding=None) -> None:
-        from ..kernels.factored_step import FACTORED_RULES, factored_step  # imports triton
-        from ..kernels.fused_step import fused_step
+        from ..kernels.fused_step import fused_step  # imports triton
 
         stochastic = rounding is not None
         seed = rounding.seed if rounding is not None else 0
@@ -90,13 +90,11 @@ class TritonImplementation(Implementation):
             member_params, member_states = [params[i] for i in members], [states[i] for i in members]
             options = dict(stochastic_rounding=stochastic and param_dtype == torch.bfloat16, seed=seed,
                            salts=[salts[i] for i in members])
-            if rule.name in FACTORED_RULES:
-                factored_step(rule.name, hyper, member_params, member_states, codec, **options)
+            if rule.kernels.triton_driver is not None:
+                _driver(rule).factored_step(rule, hyper, member_params, member_states, codec, **options)
             else:
-                state_names = [spec.name for spec in rule.state_specs(params[0].shape, hyper)]
-                fused_step(rule.name, hyper, member_params, member_states, state_names, codec, **options)
+                state_names = rule.state_names(params[0].shape, hyper)
+                fused_step(rule, hyper, member_params, member_states, state_names, codec, **options)
 
 
-from . import register_implementation  # noqa: E402  (impl/__init__ defines it before importing us)
-
-register_implementation(TritonImplementation(), auto_on=("cuda",))
+register_implementation(TritonImplementation())

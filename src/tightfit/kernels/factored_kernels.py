@@ -33,9 +33,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import pieces
+from . import tile_io
 from .fused_kernels import _address, _store_param, _store_state, locate
-from .pieces import CODEC_4BIT, CODEC_8BIT
+from .tile_io import CODEC_4BIT, CODEC_8BIT
 
 # Rule selectors (FACTORED_RULES in factored_step.py).
 RULE_ADAFACTOR: tl.constexpr = tl.constexpr(0)  # torch.optim.Adafactor convention
@@ -94,8 +94,9 @@ def rsqrt_rn(x):
 
 
 @triton.jit
-def power_fp64(base, exponent):
-    """base ** exponent for float64 base > 0 and any real exponent (t^τ, t^decay_rate)."""
+def real_power_fp64(base, exponent):
+    """base ** exponent for a float64 base > 0 and any real exponent (t^τ, t^decay_rate), as
+    exp(exponent·log base); kernels/tile_io.py's power_fp64 takes integer exponents only."""
     return tl.exp(exponent * tl.log(base))
 
 
@@ -109,11 +110,11 @@ def statistic_ema(RULE: tl.constexpr, SOURCE: tl.constexpr, old, mean, hyper_ptr
     transformers/CAME: β·old + (1 − β)·mean with β = 1 − t^decay_rate, β₂ or β₃.
     """
     if RULE == RULE_ADAFACTOR:
-        weight = power_fp64(step, _hyper(hyper_ptr, 3)).to(tl.float32)
+        weight = real_power_fp64(step, _hyper(hyper_ptr, 3)).to(tl.float32)
         new = tl.where(weight < 0.5, old + weight * (mean - old), mean - (mean - old) * (1.0 - weight))
     else:
         if RULE == RULE_ADAFACTOR_HF:
-            beta = 1.0 - power_fp64(step, _hyper(hyper_ptr, 3))
+            beta = 1.0 - real_power_fp64(step, _hyper(hyper_ptr, 3))
         elif SOURCE == SOURCE_GRAD_SQ:
             beta = _hyper(hyper_ptr, 11)
         else:
@@ -201,9 +202,9 @@ def gather_state(CODEC: tl.constexpr, VALUE_DTYPE: tl.constexpr, row, map_values
         else:
             packed = tl.load(codes + elem // 2, mask=mask, other=0).to(tl.int32)
             code = (packed >> (4 * (elem % 2)).to(tl.int32)) & 0xF
-        state = pieces.decode_code(map_values, code, absmax)
+        state = tile_io.decode_code(map_values, code, absmax)
     else:
-        state = pieces.decode_values(_address(row, 7, VALUE_DTYPE), elem, mask)
+        state = tile_io.decode_values(_address(row, 7, VALUE_DTYPE), elem, mask)
     return tl.where(mask, state, 0.0)
 
 

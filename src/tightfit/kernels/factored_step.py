@@ -9,6 +9,7 @@ stays on the device.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -16,11 +17,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..codecs import get_codec
-from ..rules import get_rule
+from ..rules import Rule
 from . import factored_kernels as K
 from . import fused_kernels
 from .fused_step import (ELEMENTS_PER_PROGRAM, KERNEL_CODECS, TL_DTYPES, codec_block, element_programs,
-                         host_to_device, make_hyper_table, map_tables, program_table, search_levels)
+                         host_to_device, make_hyper_table, padded_map_tables, program_table, search_levels)
 
 TILE_ROWS, TILE_COLS = 8, 128  # stats tiles: rows reduce to TILE_ROWS sums, columns to TILE_COLS
 STAT_SPAN = 1024  # statistic entries per finish program
@@ -40,33 +41,9 @@ class FactoredRule:
         return self.instability is not None or hyper.get("beta1") is not None
 
 
-def _adafactor_slots(h) -> dict[int, float]:
-    eps1, eps2 = h["eps"]
-    return {K.SLOT_EPS1: torch.finfo(torch.float32).eps if eps1 is None else eps1, K.SLOT_EPS2: eps2,
-            K.SLOT_DECAY: h["beta2_decay"], K.SLOT_CLIP: h["d"], K.SLOT_WEIGHT_DECAY: h["weight_decay"],
-            K.SLOT_BETA1: h["beta1"] or 0.0, K.SLOT_MAXIMIZE: h["maximize"]}
-
-
-def _adafactor_hf_slots(h) -> dict[int, float]:
-    return {K.SLOT_EPS1: h["eps"][0], K.SLOT_EPS2: h["eps"][1], K.SLOT_DECAY: h["decay_rate"],
-            K.SLOT_CLIP: h["clip_threshold"], K.SLOT_WEIGHT_DECAY: h["weight_decay"], K.SLOT_BETA1: h["beta1"] or 0.0,
-            K.SLOT_RELATIVE_STEP: h["relative_step"], K.SLOT_WARMUP_INIT: h["warmup_init"],
-            K.SLOT_SCALE_PARAMETER: h["scale_parameter"]}
-
-
-def _came_slots(h) -> dict[int, float]:
-    beta1, beta2, beta3 = h["betas"]
-    return {K.SLOT_EPS1: h["eps"][0], K.SLOT_EPS2: h["eps"][1], K.SLOT_CLIP: h["clip_threshold"],
-            K.SLOT_WEIGHT_DECAY: h["weight_decay"], K.SLOT_BETA1: beta1, K.SLOT_BETA2: beta2, K.SLOT_BETA3: beta3}
-
-
-FACTORED_RULES: dict[str, FactoredRule] = {
-    "adafactor": FactoredRule(K.RULE_ADAFACTOR.value, _adafactor_slots, ("row_var", "col_var", "variance")),
-    "adafactor_hf": FactoredRule(K.RULE_ADAFACTOR_HF.value, _adafactor_hf_slots,
-                                 ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")),
-    "came": FactoredRule(K.RULE_CAME.value, _came_slots, ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq"),
-                         ("exp_avg_res_row", "exp_avg_res_col")),
-}
+def binding_of(rule: Rule) -> FactoredRule:
+    """The rule's FactoredRule (``BINDING`` of its Kernels.triton_tile module, factored_rules/)."""
+    return importlib.import_module(rule.kernels.triton_tile).BINDING
 
 
 @dataclass(frozen=True)
@@ -101,9 +78,9 @@ class Geometry:
         return self.batches * -(-self.rows // TILE_ROWS) * -(-self.cols // TILE_COLS)
 
 
-def small_state_problem(rule_name: str, shape: torch.Size, state: Mapping[str, Any], device: torch.device) -> str | None:
+def small_state_problem(rule: Rule, shape: torch.Size, state: Mapping[str, Any], device: torch.device) -> str | None:
     """Why this param's statistics cannot be read by the kernels (None: they can)."""
-    rule = FACTORED_RULES[rule_name]
+    rule = binding_of(rule)
     names = rule.second_moment[:2] if len(shape) >= 2 else rule.second_moment[2:]
     if rule.instability is not None and len(shape) >= 2:
         names += rule.instability
@@ -129,12 +106,12 @@ def _pointers(rule: FactoredRule, geometry: Geometry, state: Mapping[str, Any]) 
     return row, col, address(rule.instability[0]), address(rule.instability[1])
 
 
-def factored_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
+def factored_step(update_rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
                   states: Sequence[dict[str, Any]], codec_name: str, *, stochastic_rounding: bool = False,
                   seed: int = 0, salts: Sequence[int] | None = None) -> None:
     """One step of ``params`` (same param dtype, grad dtype and first-moment codec;
     ``codec_name`` is ignored without a first moment)."""
-    rule = FACTORED_RULES[rule_name]
+    rule = binding_of(update_rule)
     device, param_dtype = params[0].device, params[0].dtype
     if stochastic_rounding and param_dtype != torch.bfloat16:
         raise ValueError(f"stochastic_rounding applies to bfloat16 params, not {param_dtype}")
@@ -167,7 +144,7 @@ def factored_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[tor
     tensors = host_to_device(rows, torch.int64, device)
     hyper_table = make_hyper_table(rule.slots(hyper), hyper["lr"] or 0.0, K.HYPER_SLOTS, device)
     if kernel_codec.bits:
-        map_values, midpoints = map_tables(get_codec(codec_name).map_names[states[0]["exp_avg"].kind], device)
+        map_values, midpoints = padded_map_tables(get_codec(codec_name).map_names[states[0]["exp_avg"].kind], device)
     else:
         map_values = midpoints = hyper_table  # unused by unquantized codecs
 
@@ -188,7 +165,7 @@ def factored_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[tor
 
     fused_kernels.finite_check_kernel[(element_grid,)](
         element_table, tensors, nonfinite, step_snapshot, GRAD_DTYPE=dtypes["GRAD_DTYPE"],
-        GRAD_LIMIT=get_rule(rule_name).grad_limit, COLUMNS=K.COLUMNS.value,
+        GRAD_LIMIT=update_rule.grad_limit, COLUMNS=K.COLUMNS.value,
         SPAN=ELEMENTS_PER_PROGRAM, SEARCH_LEVELS=levels)
     stats_and_finish(K.SOURCE_GRAD_SQ.value, [g.row_entries + g.col_entries for g in geometries])
     K.factored_rms_kernel[(element_grid,)](element_table, tensors, hyper_table, nonfinite, RULE=rule.selector,

@@ -9,49 +9,44 @@ the device, so nothing synchronises with the host.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import triton.language as tl
 
 from ..codecs import get_codec
 from ..codecs.maps import get_map
-from ..rules import get_rule
-from . import fused_kernels, pieces
+from ..rules import Rule
+from . import fused_kernels, tile_io
 
 ELEMENTS_PER_PROGRAM = 1024  # ROWS * BLOCK: few programs under the interpreter, full tiles on a GPU
-HYPER_SLOTS = 8
+MAX_STATES = 4  # the update kernel's state slots (fused_kernels.fused_update_kernel)
 
 TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-@dataclass(frozen=True)
-class KernelRule:
-    """How a rule maps onto the kernels: its selector and its float64 slots 1..7
-    (slot 0 is lr); see the rule pieces in pieces.py for the slot meanings."""
-
-    selector: int
-    slots: Callable[[Mapping[str, Any]], dict[int, float]]
+def rule_tile(rule: Rule):
+    """The rule's @triton.jit tile ``update`` (Kernels.triton_tile, kernels/tiles/)."""
+    return importlib.import_module(rule.kernels.triton_tile).update
 
 
-def _adam_slots(h, coupled: bool) -> dict[int, float]:
-    decay = 5 if coupled else 4
-    return {1: h["betas"][0], 2: h["betas"][1], 3: h["eps"], decay: h["weight_decay"], 6: h["maximize"]}
+def scalars_table(rule: Rule, hyper: Mapping[str, Any], steps: Sequence[torch.Tensor], lossy: bool,
+                  device: torch.device) -> torch.Tensor:
+    """[T, S] float64: ``rule.scalars`` of each tensor's coming step, computed on the device.
 
-
-KERNEL_RULES: dict[str, KernelRule] = {
-    "adamw": KernelRule(pieces.RULE_ADAM.value, lambda h: _adam_slots(h, coupled=False)),
-    "adam": KernelRule(pieces.RULE_ADAM.value,
-                       lambda h: _adam_slots(h, coupled=not h.get("decoupled_weight_decay", False))),
-    "lion": KernelRule(pieces.RULE_LION.value, lambda h: {1: h["betas"][0], 2: h["betas"][1], 4: h["weight_decay"]}),
-    "sgd": KernelRule(pieces.RULE_SGD.value, lambda h: {1: h["momentum"], 2: h["dampening"], 5: h["weight_decay"],
-                                                        6: h["maximize"], 7: h["nesterov"]}),
-    "sophiag": KernelRule(pieces.RULE_SOPHIAG.value, lambda h: {1: h["betas"][0], 3: h["rho"] * h["bs"],
-                                                                4: h["weight_decay"], 6: h["maximize"]}),
-}
+    ``steps`` are the tensors' step counters (0-d, on the device); the rule's scalars
+    function runs on a float64 tensor of them, so a tensor lr and the step counts never
+    cross to the host.
+    """
+    step = torch.stack(list(steps)).to(torch.float64) + 1.0
+    values = rule.scalars(hyper, step, lossy)
+    columns = [v.to(device=device, dtype=torch.float64).expand(step.shape) if isinstance(v, torch.Tensor)
+               else torch.full(step.shape, float(v), dtype=torch.float64, device=device) for v in values.values()]
+    return torch.stack(columns, dim=1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -63,10 +58,10 @@ class KernelCodec:
 
 
 KERNEL_CODECS: dict[str, KernelCodec] = {
-    "fp32": KernelCodec(pieces.CODEC_FP32.value, tl.float32, 1, 0),
-    "bf16": KernelCodec(pieces.CODEC_BF16.value, tl.bfloat16, 1, 0),
-    "8bit": KernelCodec(pieces.CODEC_8BIT.value, tl.float32, 1, 8),
-    "4bit": KernelCodec(pieces.CODEC_4BIT.value, tl.float32, 2, 4),
+    "fp32": KernelCodec(tile_io.CODEC_FP32.value, tl.float32, 1, 0),
+    "bf16": KernelCodec(tile_io.CODEC_BF16.value, tl.bfloat16, 1, 0),
+    "8bit": KernelCodec(tile_io.CODEC_8BIT.value, tl.float32, 1, 8),
+    "4bit": KernelCodec(tile_io.CODEC_4BIT.value, tl.float32, 2, 4),
 }
 
 
@@ -76,7 +71,7 @@ def codec_block(codec_name: str) -> int:
 
 
 @lru_cache(maxsize=None)
-def map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_map_tables(map_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, midpoints padded with +inf to a power of two) on ``device``."""
     qmap = get_map(map_name)
     size = 1 << max(1, math.ceil(math.log2(qmap.size)))
@@ -132,29 +127,31 @@ def element_programs(numels: Sequence[int]) -> tuple[int, ...]:
     return tuple(-(-n // ELEMENTS_PER_PROGRAM) for n in numels)
 
 
-def update_constexprs(rule_name: str, nstates: int, codec_name: str, param_dtype: torch.dtype,
+def update_constexprs(rule: Rule, slots: int, nstates: int, codec_name: str, param_dtype: torch.dtype,
                       grad_dtype: torch.dtype, stochastic_rounding: bool, tensor_count: int) -> dict[str, Any]:
-    """Compile-time parameters of the update kernel: selectors, dtypes, tile layout and the
-    search depth (log2 of the tensor count) only -- never a hyperparameter or a step."""
+    """Compile-time parameters of the update kernel: the rule's tile and its number of
+    scalars, selectors, dtypes, tile layout and the search depth (log2 of the tensor count)
+    only -- never a hyperparameter or a step."""
     kernel_codec = KERNEL_CODECS[codec_name]
     block = codec_block(codec_name)
-    return dict(RULE=KERNEL_RULES[rule_name].selector, NSTATES=nstates, CODEC=kernel_codec.selector,
+    return dict(TILE=rule_tile(rule), SLOTS=slots, NSTATES=nstates, CODEC=kernel_codec.selector,
                 VALUE_DTYPE=kernel_codec.value_dtype, PARAM_DTYPE=TL_DTYPES[param_dtype],
                 GRAD_DTYPE=TL_DTYPES[grad_dtype], STOCHASTIC=stochastic_rounding,
                 ROWS=ELEMENTS_PER_PROGRAM // block, BLOCK=block, LANES=kernel_codec.lanes, BITS=kernel_codec.bits,
                 COLUMNS=fused_kernels.FIXED_COLUMNS + 2 * nstates, SEARCH_LEVELS=search_levels(tensor_count))
 
 
-def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
+def fused_step(rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
                states: Sequence[dict[str, Any]], state_names: Sequence[str], codec_name: str, *,
                stochastic_rounding: bool = False, seed: int = 0, salts: Sequence[int] | None = None) -> None:
     """One optimizer step for ``params`` (same dtype, same codec for every state) in two launches.
 
-    ``state_names`` orders the rule's states as the kernels expect them (first, second).
+    ``state_names`` orders the rule's states as its tile expects them (``state_specs``).
     Stochastic rounding (bf16 params only) uses Philox key (seed, salt of the param) and
     counter (element, step); see rounding.py.
     """
-    kernel_rule = KERNEL_RULES[rule_name]
+    if len(state_names) > MAX_STATES:
+        raise ValueError(f"rule {rule.name!r} keeps {len(state_names)} states; the fused kernel holds {MAX_STATES}")
     kernel_codec = KERNEL_CODECS[codec_name]
     device = params[0].device
     param_dtype = params[0].dtype
@@ -173,27 +170,24 @@ def fused_step(rule_name: str, hyper: Mapping[str, Any], params: Sequence[torch.
                 (buffers["codes"].data_ptr(), buffers["absmax"].data_ptr())
     first_program, total_programs = program_table(element_programs([p.numel() for p in params]), device)
     tensors = host_to_device(tensor_rows, torch.int64, device)
-    slots = kernel_rule.slots(hyper)
-    if kernel_rule.selector == pieces.RULE_ADAM.value:  # slot 7: lossy states (Rule.update_extras)
-        slots[7] = float(get_rule(rule_name).lossy_guard([codec_name]))
-    hyper_table = make_hyper_table(slots, hyper["lr"], HYPER_SLOTS, device)
+    scalars = scalars_table(rule, hyper, [state["step"] for state in states], rule.lossy_guard([codec_name]),
+                            device)
     scratch = torch.zeros(2 * len(params), dtype=torch.int32, device=device)
     nonfinite, step_snapshot = scratch[: len(params)], scratch[len(params):].view(torch.float32)
 
-    maps = []
-    for name in state_names:
-        if kernel_codec.bits:
-            maps += map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
-        else:
-            maps += (hyper_table, hyper_table)  # unused by unquantized codecs
-    maps += [hyper_table] * (4 - len(maps))
+    map_addresses = [0] * (2 * MAX_STATES)
+    if kernel_codec.bits:
+        for index, name in enumerate(state_names):
+            values, midpoints = padded_map_tables(get_codec(codec_name).map_names[states[0][name].kind], device)
+            map_addresses[2 * index: 2 * index + 2] = values.data_ptr(), midpoints.data_ptr()
+    maps = host_to_device(map_addresses, torch.int64, device)
 
-    constexprs = update_constexprs(rule_name, len(state_names), codec_name, param_dtype, grads[0].dtype,
+    constexprs = update_constexprs(rule, scalars.shape[1], len(state_names), codec_name, param_dtype, grads[0].dtype,
                                    stochastic_rounding, len(params))
     grid = (total_programs,)
     fused_kernels.finite_check_kernel[grid](
         first_program, tensors, nonfinite, step_snapshot, GRAD_DTYPE=constexprs["GRAD_DTYPE"],
-        GRAD_LIMIT=get_rule(rule_name).grad_limit, COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM,
+        GRAD_LIMIT=rule.grad_limit, COLUMNS=constexprs["COLUMNS"], SPAN=ELEMENTS_PER_PROGRAM,
         SEARCH_LEVELS=constexprs["SEARCH_LEVELS"])
-    fused_kernels.fused_update_kernel[grid](first_program, tensors, hyper_table, nonfinite, step_snapshot, *maps,
+    fused_kernels.fused_update_kernel[grid](first_program, tensors, scalars, nonfinite, step_snapshot, maps,
                                             **constexprs)

@@ -2,8 +2,8 @@
 
 A float32 x keeps its high 16 bits (the bfloat16) after adding a random 16-bit integer
 r to its bit pattern: the magnitude rounds away from zero with probability
-(low 16 bits of x) / 2^16, so E[round(x)] = x (Zamirai et al. 2020, arXiv 2010.06192;
-REFERENCE.md §3.6). NaN keeps round-to-nearest (adding r could carry into the sign).
+(low 16 bits of x) / 2^16, so E[round(x)] = x (Zamirai et al. 2020, arXiv 2010.06192).
+NaN keeps round-to-nearest (adding r could carry into the sign).
 
 r is the low 16 bits of the first word of Philox4x32-10 (Salmon et al. 2011, "Parallel
 random numbers: as easy as 1, 2, 3") with key (seed, salt) and counter

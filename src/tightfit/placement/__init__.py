@@ -1,4 +1,4 @@
-"""Placement: where a param group's encoded states live between steps (DESIGN.md §1).
+"""Placement: where a param group's encoded states live between steps (docs/architecture.md).
 
 ``paged`` (a param-group key) picks it: False -> ``DevicePlacement`` (states on the
 param's device), True or a byte budget -> ``PagedPlacement`` (pinned host memory,

@@ -12,14 +12,10 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..codecs import Encoded
+from ..codecs import Encoded, encoded_states
 
 StepFn = Callable[[list[torch.Tensor], list[dict[str, Any]]], None]
 LOCATIONS = ("device", "host")
-
-
-def encoded_items(state: dict[str, Any]) -> list[tuple[str, Encoded]]:
-    return [(k, v) for k, v in state.items() if isinstance(v, Encoded)]
 
 
 def moved(enc: Encoded, device: torch.device) -> Encoded:
@@ -63,6 +59,6 @@ class DevicePlacement(Placement):
     name = "device"
 
     def settle(self, param: torch.Tensor, state: dict[str, Any]) -> None:
-        for name, enc in encoded_items(state):
+        for name, enc in encoded_states(state).items():
             if enc.device != param.device:  # e.g. the group was paged before
                 state[name] = moved(enc, param.device)

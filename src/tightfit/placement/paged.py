@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..codecs import Encoded
-from .device import Placement, StepFn, encoded_items, moved
-from ..distributed.shards import is_dtensor
+from ..codecs import Encoded, encoded_states
+from .device import Placement, StepFn, moved
+from ..dtensor import is_dtensor
 from .pieces import split_member, split_sizes
 from .streaming import PagedParam, buffer_layout, make_chunks, slot_bytes, stream_chunks
 from .streams import StreamLayer, stream_layer_for
@@ -122,7 +122,7 @@ class PagedPlacement(Placement):
         return torch.device("cpu") if self.pages(param) else param.device
 
     def settle(self, param: torch.Tensor, state: dict[str, Any]) -> None:
-        items = encoded_items(state)
+        items = list(encoded_states(state).items())
         layer = self._layer(param.device)
         if not items or layer is None:
             return
@@ -137,13 +137,13 @@ class PagedPlacement(Placement):
 
     def location(self, param: torch.Tensor, state: dict[str, Any]) -> str:
         layer = self._layer(param.device)
-        return "host" if layer is not None and host_block(encoded_items(state), layer) is not None else "device"
+        return "host" if layer is not None and host_block(list(encoded_states(state).items()), layer) is not None else "device"
 
     def _split(self, params, states) -> tuple[list, list, dict[torch.device, list[PagedParam]]]:
         resident_params, resident_states, paged = [], [], {}
         for param, state in zip(params, states):
             layer = self._layer(param.device)
-            block = None if layer is None else host_block(encoded_items(state), layer)
+            block = None if layer is None else host_block(list(encoded_states(state).items()), layer)
             if block is None:
                 resident_params.append(param)
                 resident_states.append(state)

@@ -3,8 +3,8 @@ cumulative set that fits, and the largest micro-batch and sequence length that f
 
 Each change is a row of ``CHANGES`` (name, speed cost, and a function proposing new
 settings or None when it does not apply); every proposal is re-planned exactly
-(``plan(..., advise=False)``), so advice never relies on ratios. Speed costs are rough
-orders from REFERENCE.md §5 (torchtune, torchao, LOMO measurements), stated as such.
+(through the ``device_total`` callable the planner passes), so advice never relies on ratios. Speed costs are rough
+orders from published torchtune, torchao and LOMO measurements, stated as such.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..finetune import FINETUNE_FIELDS, FineTune, check_finetune
-from ..names import OPTIMIZER_NAMES
-from .optimizer_specs import PAGED_PREFIX, PEERS
+from ..names import OPTIMIZER_NAMES, PAGED_PREFIX
+from ..peers import PEERS
 
 # cheaper codecs, in order (names: <base>_<suffix>)
 CODEC_STEPS = ("32bit", "bf16", "8bit", "4bit")
@@ -129,31 +129,29 @@ def _propose(propose: Callable[[dict], dict | None], settings: dict) -> dict | N
     return proposal
 
 
-def _total(facts, settings: dict, gpu: str, device: str = "cuda") -> int:
-    from .api import plan
+# device_total(settings): the device bytes of the exact plan of those settings on the same
+# model and GPU (the planner passes its own re-plan, so this module never imports it)
+DeviceTotal = Callable[[dict], int]
 
-    return plan(facts, gpu=gpu, device=device, advise=False, **settings).device_total
 
-
-def _largest(facts, settings: dict, gpu: str, capacity: int, key: str, limit: int) -> int:
+def _largest(device_total: DeviceTotal, settings: dict, capacity: int, key: str, limit: int) -> int:
     """Largest value of ``key`` in [1, limit] that fits (memory grows with it); 0 if none."""
-    if _total(facts, {**settings, key: 1}, gpu) > capacity:
+    if device_total({**settings, key: 1}) > capacity:
         return 0
     low, high = 1, 1
-    while high < limit and _total(facts, {**settings, key: min(2 * high, limit)}, gpu) <= capacity:
+    while high < limit and device_total({**settings, key: min(2 * high, limit)}) <= capacity:
         low = high = min(2 * high, limit)
     if high == limit:
         return limit
     high = min(2 * high, limit)  # fits at low, not at high
     while high - low > 1:
         mid = (low + high) // 2
-        low, high = (mid, high) if _total(facts, {**settings, key: mid}, gpu) <= capacity else (low, mid)
+        low, high = (mid, high) if device_total({**settings, key: mid}) <= capacity else (low, mid)
     return low
 
 
-def advise(facts, result) -> list[dict[str, Any]]:
-    """Advice rows for a Plan with a GPU (see module docstring)."""
-    gpu = str(result.gpu["bytes"]) + "B"
+def advise(facts, result, device_total: DeviceTotal) -> list[dict[str, Any]]:
+    """Advice rows for a Plan with a GPU (see module docstring); ``device_total`` re-plans."""
     capacity = result.gpu["bytes"]
     settings = {k: result.settings[k] for k in SETTING_KEYS}
     settings["lora_r"] = settings["lora_r"] or 16
@@ -161,24 +159,24 @@ def advise(facts, result) -> list[dict[str, Any]]:
     for name, cost, propose in CHANGES:
         single = _propose(propose, settings)
         if single is not None:
-            total = _total(facts, single, gpu)
+            total = device_total(single)
             if total < result.device_total:
                 rows.append({"kind": "change", "change": name, "speed": cost, "settings": _diff(settings, single),
                              "device_total": total, "fits": total <= capacity})
-    cumulative, applied, fits = _path_to_fit(facts, settings, gpu, capacity, result)
+    cumulative, applied, fits = _path_to_fit(device_total, settings, capacity, result)
     final = cumulative if fits else settings
     if not result.fits:
         rows.append({"kind": "to_fit", "changes": applied, "fits": fits, "settings": _diff(settings, cumulative),
-                     "device_total": _total(facts, cumulative, gpu)})
+                     "device_total": device_total(cumulative)})
     max_seq = facts.max_position or 131072
     rows.append({"kind": "limits", "for": "current settings" if result.fits else
                  ("settings after the changes above" if fits else "current settings"),
-                 "max_batch": _largest(facts, final, gpu, capacity, "batch_size", 4096),
-                 "max_seq": _largest(facts, final, gpu, capacity, "seq", max_seq)})
+                 "max_batch": _largest(device_total, final, capacity, "batch_size", 4096),
+                 "max_seq": _largest(device_total, final, capacity, "seq", max_seq)})
     return rows
 
 
-def _path_to_fit(facts, settings: dict, gpu: str, capacity: int, result) -> tuple[dict, list[str], bool]:
+def _path_to_fit(device_total: DeviceTotal, settings: dict, capacity: int, result) -> tuple[dict, list[str], bool]:
     """Greedy, cheapest first: apply the first change that saves enough, then start over."""
     current, total, applied = dict(settings), result.device_total, []
     fits = result.fits
@@ -187,7 +185,7 @@ def _path_to_fit(facts, settings: dict, gpu: str, capacity: int, result) -> tupl
             proposal = None if name in NOT_ON_PATH else _propose(propose, current)
             if proposal is None:
                 continue
-            new_total = _total(facts, proposal, gpu)
+            new_total = device_total(proposal)
             if total - new_total >= WORTH_IT * capacity:
                 current, total, fits = proposal, new_total, new_total <= capacity
                 applied.append(name)

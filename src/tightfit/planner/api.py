@@ -17,6 +17,7 @@ from typing import Any
 from ..finetune import (FINETUNE_FIELDS, LOSS_CHUNK_TOKENS, PRECISIONS, FineTune, check_finetune, from_dict,
                         lora_target_modules)
 from . import components as C
+from .advice import advise as make_advice
 from .activations import (Setup, block_saved, host_activations, loss_backward, loss_tokens, saved_activations,
                           step_timeline)
 from .lora import DEFAULT_TARGETS
@@ -26,7 +27,7 @@ from ..placement.paged import CHUNK_BYTES, SLOTS
 from .optimizer_specs import resolve_optimizer
 from .step_temporaries import fused_on_gpu, step_bytes_per_element
 
-CUDA_CONTEXT = int(0.4 * 2**30)  # REFERENCE §4.1: 0.3-0.4 GB with lazy module loading
+CUDA_CONTEXT = int(0.4 * 2**30)  # CUDA context: 0.3-0.4 GB with lazy module loading
 ALLOCATOR_SLACK = 0.05  # reserved - allocated, as a share of the allocated peak (assumption)
 DEVICES = ("cuda", "cpu")  # what the step runs on: a GPU (fused kernels, context, slack) or a CPU
 # the planner's defaults where they differ from a training run's (one long sequence)
@@ -195,8 +196,9 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
             result.simulation["notes"].append("simulated as a CPU step (reference implementation, no context or "
                                               "slack); compared with the CPU plan of the same step")
     if advise and gpu and on_gpu:  # advice is for a GPU
-        from .advice import advise as make_advice
-        result.advice = make_advice(facts, result)
+        # the device total does not depend on the GPU, only its capacity (which advice holds)
+        result.advice = make_advice(facts, result, lambda settings: plan(
+            facts, device=device, advise=False, **settings).device_total)
     return result
 
 

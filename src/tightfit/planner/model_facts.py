@@ -14,11 +14,11 @@ compare them with transformers' meta-device models.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import hub
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -169,18 +169,6 @@ def _aliases(hub_id: str, path: Path) -> list[str]:
     return [_alias(hub_id), *json.loads(path.read_text()).get("_aliases", [])]
 
 
-def network_allowed() -> tuple[bool, str]:
-    """(allowed, reason): offline flags first, then a 2 s connection to huggingface.co."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
-            return False, f"{var} is set"
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return True, ""
-    except OSError as exc:
-        return False, f"cannot reach huggingface.co ({exc.__class__.__name__})"
-
-
 def load_model_facts(spec: str) -> ModelFacts:
     """Facts for a config path, a model folder, a bundled id or alias, or (online) a hub id."""
     path = Path(spec).expanduser()
@@ -201,7 +189,7 @@ def load_model_facts(spec: str) -> ModelFacts:
         return facts_from_config(config, spec, "tightfit train bundled config")
     listing = ", ".join([f"{k} ({_alias(k)})" for k in bundled] + list(BUNDLED_CONFIGS))
     if "/" in spec and not path.exists():
-        allowed, reason = network_allowed()
+        allowed, reason = hub.network_allowed()
         if not allowed:
             raise ValueError(f"model {spec!r} is not bundled and the hub is not reachable ({reason}); "
                              f"pass a local config.json or model folder, or one of: {listing}")

@@ -8,11 +8,8 @@ Accepted names (``allowed_optimizer_names()`` lists them):
 * ``paged_<name>`` for a registered ``<name>`` while the paged names are not registered:
   the same optimizer with ``paged=True``;
 * peers, by prefix: ``torch:`` and ``bnb:`` names, planned by their documented state
-  layout through the equivalent tightfit rule and codec (table ``PEERS``):
-  torch keeps states in the dtype of the parameters it steps (fp32 masters -> fp32);
-  bnb 8-bit keeps 1 byte per element per state + an fp32 absmax per 256-element block,
-  and tensors under 4096 elements in fp32 — exactly tightfit's ``8bit`` codec with
-  ``min_quantized_numel=4096``; bnb 32-bit keeps fp32 states.
+  layout through the equivalent tightfit rule and codec (``tightfit.peers.PEERS``, the
+  table train builds them from).
 """
 
 from __future__ import annotations
@@ -23,32 +20,16 @@ from typing import Any
 
 import torch
 
-from ..names import OPTIMIZER_NAMES
-from ..rules import ADAFACTOR, ADAM, ADAMW, LION, SGD, Rule
+from ..names import OPTIMIZER_NAMES, PAGED_PREFIX
+from ..peers import PEERS
+from ..rules import Rule
 from .units import parse_size
 
-# peer name -> (rule, codec or "param-dtype", paged, min_quantized_numel, tightfit equivalent, documented layout)
-PEERS: dict[str, tuple[Rule, str, bool, int, str, str]] = {
-    "torch:adamw": (ADAMW, "param-dtype", False, 0, "adamw_32bit",
-                    "torch.optim.AdamW: exp_avg, exp_avg_sq in the param dtype"),
-    "torch:adam": (ADAM, "param-dtype", False, 0, "adam_32bit",
-                   "torch.optim.Adam: exp_avg, exp_avg_sq in the param dtype"),
-    "torch:sgd": (SGD, "param-dtype", False, 0, "sgd_32bit",
-                  "torch.optim.SGD, momentum 0 (HF default): no state"),
-    "torch:adafactor": (ADAFACTOR, "param-dtype", False, 0, "adafactor",
-                        "torch.optim.Adafactor: row_var, col_var (or variance for vectors)"),
-    "bnb:adamw_8bit": (ADAMW, "8bit", False, 4096, "adamw_8bit",
-                       "bnb AdamW8bit: uint8 state1/state2 + fp32 absmax per 256; < 4096 elements fp32"),
-    "bnb:paged_adamw_8bit": (ADAMW, "8bit", True, 4096, "adamw_8bit",
-                             "bnb PagedAdamW8bit: as AdamW8bit, states in paged (host) memory"),
-    "bnb:adamw_32bit": (ADAMW, "fp32", False, 4096, "adamw_32bit", "bnb AdamW32bit: fp32 state1/state2"),
-    "bnb:paged_adamw_32bit": (ADAMW, "fp32", True, 4096, "adamw_32bit",
-                              "bnb PagedAdamW32bit: fp32 states in paged (host) memory"),
-    "bnb:lion_8bit": (LION, "8bit", False, 4096, "lion_8bit",
-                      "bnb Lion8bit: uint8 state1 + fp32 absmax per 256; < 4096 elements fp32"),
-}
-
-PAGED_PREFIX = "paged_"
+# how a torch peer's step is measured for its temporaries: fused Adam(W) updates one tensor
+# per call (its working set is one parameter's); the lr does not change memory
+MEASURED_TORCH_OPTIONS: dict[str, dict[str, Any]] = {"AdamW": {"lr": 1e-3, "fused": True},
+                                                     "Adam": {"lr": 1e-3, "fused": True},
+                                                     "SGD": {"lr": 1e-3}, "Adafactor": {"foreach": False}}
 
 
 @dataclass(frozen=True)
@@ -77,14 +58,11 @@ class OptimizerSpec:
 
     def build(self, params):
         """The optimizer itself, for simulated and measured steps (CPU)."""
-        if self.source == "torch" and self.rule in (ADAMW, ADAM):
-            cls = torch.optim.AdamW if self.rule is ADAMW else torch.optim.Adam
-            return cls(params, lr=1e-3, fused=True)
-        if self.source == "torch" and self.rule is SGD:
-            return torch.optim.SGD(params, lr=1e-3)
-        if self.source == "torch" and self.rule is ADAFACTOR:
-            return torch.optim.Adafactor(params, foreach=False)
-        equivalent = self.name if self.source == "tightfit" else PEERS[self.name][4]
+        if self.source == "torch":
+            peer = PEERS[self.name]
+            options = {**peer.options, **MEASURED_TORCH_OPTIONS.get(peer.class_name, {})}
+            return getattr(torch.optim, peer.class_name)(params, **options)
+        equivalent = self.name if self.source == "tightfit" else PEERS[self.name].equivalent
         base = equivalent[len(PAGED_PREFIX):] if equivalent not in OPTIMIZER_NAMES else equivalent
         # paged placement does not change what lives on a CPU; build the unpaged optimizer
         # (the reference implementation: the one that runs on fake tensors too)
@@ -129,8 +107,10 @@ def resolve_optimizer(name: str, paged_budget: str | None = None) -> OptimizerSp
     elif name in PEERS:
         if paged_budget is not None:
             raise ValueError(f"--paged-budget needs a tightfit optimizer (got {name!r})")
-        rule, codec, paged, mqn, _, layout = PEERS[name]
-        return OptimizerSpec(name, rule, codec, {}, mqn, paged, name.split(":")[0], layout)
+        peer = PEERS[name]
+        hyper = {k: v for k, v in peer.options.items() if k in peer.rule.defaults}
+        return OptimizerSpec(name, peer.rule, peer.codec, hyper, peer.min_quantized_numel, peer.paged, peer.library,
+                             peer.layout)
     else:
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(allowed_optimizer_names())}")
     if paged_budget is not None:

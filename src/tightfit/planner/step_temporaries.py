@@ -22,15 +22,17 @@ import torch
 from .tracker import LiveBytesTracker
 
 SAMPLE_SHAPE = (64, 256)
-# Rules with fused Triton kernels (kernels/fused_step.py KERNEL_RULES, every codec): on a
-# GPU they update in registers and allocate only small tables, so no full-size temporaries.
-# Kept here because importing the kernels imports triton; a test keeps the two equal.
-FUSED_KERNEL_RULES = ("adam", "adamw", "lion", "sgd", "sophiag")
 
 
 def fused_on_gpu(spec) -> bool:
-    """True when the optimizer's GPU step is one fused kernel (tightfit Triton, bnb CUDA)."""
-    return spec.source == "bnb" or (spec.source == "tightfit" and spec.rule.name in FUSED_KERNEL_RULES)
+    """True when the optimizer's GPU step is one fused kernel (tightfit Triton, bnb CUDA):
+    such a step updates in registers and allocates only small tables, no full-size
+    temporaries. tightfit's elementwise rules with a Triton tile (Rule.kernels) are; the
+    factored rules' kernels keep statistics in scratch and are planned as the reference."""
+    if spec.source == "bnb":
+        return True
+    rule = spec.rule
+    return spec.source == "tightfit" and rule.has_triton and rule.kernels.triton_driver is None
 
 
 _CACHE: dict[tuple[str, torch.dtype], float] = {}

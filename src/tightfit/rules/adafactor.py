@@ -154,6 +154,7 @@ ADAFACTOR = register_rule(Rule(
     paper="Shazeer & Stern 2018, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost, arXiv 1804.04235",
     torch_group_extras={"foreach": None},
     kernels=Kernels(native_tile="adafactor", native_driver="tightfit.impl.native.adafactor",
+                    triton_tile="tightfit.kernels.factored_rules.adafactor",
                     triton_driver="tightfit.kernels.factored_step"),
 ))
 
@@ -280,5 +281,6 @@ ADAFACTOR_HF = register_rule(Rule(
     elementwise=False,
     paper="Shazeer & Stern 2018, arXiv 1804.04235; transformers.Adafactor (fairseq port)",
     kernels=Kernels(native_tile="adafactor_hf", native_driver="tightfit.impl.native.adafactor_hf",
+                    triton_tile="tightfit.kernels.factored_rules.adafactor_hf",
                     triton_driver="tightfit.kernels.factored_step"),
 ))

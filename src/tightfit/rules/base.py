@@ -22,9 +22,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..codecs import get_codec
+from ..codecs import STATE_KINDS, get_codec
 
-STATE_KINDS_ALL = ("signed", "unsigned", "small")
 
 # A gradient element at or above a rule's limit makes the step skip that parameter, as a
 # NaN/Inf does (counted in ``nonfinite_skips``): its square, or a sum of squares, would
@@ -44,8 +43,8 @@ class StateSpec:
     shape: Callable[[torch.Size], torch.Size] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in STATE_KINDS_ALL:
-            raise ValueError(f"state {self.name!r}: kind {self.kind!r} not in {STATE_KINDS_ALL}")
+        if self.kind not in STATE_KINDS:
+            raise ValueError(f"state {self.name!r}: kind {self.kind!r} not in {STATE_KINDS}")
 
     def shape_for(self, param_shape: torch.Size) -> torch.Size:
         return param_shape if self.shape is None else torch.Size(self.shape(param_shape))
@@ -60,8 +59,10 @@ class Kernels:
     fused pass per tensor does the step (elementwise rules); else the module (dotted path)
     whose ``param_step`` drives several passes (factored rules). ``triton_tile``: the module
     (dotted path) holding the rule's ``@triton.jit`` tile ``update``, which reads the same
-    scalars as float64 slots. ``triton_driver``: None for kernels/fused_step.py, else the
-    module driving the factored kernels.
+    scalars as float64 slots (kernels/tiles/), or for a factored rule its ``BINDING`` to the
+    shared factored kernels (kernels/factored_rules/). ``triton_driver``: None for the fused
+    elementwise step (kernels/fused_step.py), else the module driving the rule's kernels
+    (``factored_step``, ``small_state_problem``).
     """
 
     native_tile: str | None = None
@@ -105,7 +106,7 @@ class Rule:
 
     @property
     def has_triton(self) -> bool:
-        return self.kernels.triton_tile is not None or self.kernels.triton_driver is not None
+        return self.kernels.triton_tile is not None
 
     def state_names(self, shape: torch.Size, hyper: Mapping[str, Any]) -> list[str]:
         """The names of the states kept for a parameter of ``shape``, in the kernels' order."""

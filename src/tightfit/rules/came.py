@@ -9,16 +9,8 @@ All but ``exp_avg`` are ``small`` (fp32): they are rsqrt-ed, and tiny next to th
 
 from __future__ import annotations
 
-import math
-
-import torch
-
 from .adafactor import factored_ema, factored_rsqrt, scaled_by_second_moment
 from .base import Kernels, Rule, StateSpec, check_betas, check_nonnegative, check_positive, register_rule
-
-
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    return x.norm(2) / math.sqrt(x.numel())
 
 
 def came_update(param, grad, state, *, step, lr, eps, clip_threshold, betas, weight_decay):
@@ -98,5 +90,6 @@ CAME = register_rule(Rule(
     elementwise=False,
     paper="Luo et al. 2023, CAME: Confidence-guided Adaptive Memory Efficient Optimization, arXiv 2307.02047",
     kernels=Kernels(native_tile="came", native_driver="tightfit.impl.native.came",
+                    triton_tile="tightfit.kernels.factored_rules.came",
                     triton_driver="tightfit.kernels.factored_step"),
 ))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from .. import hub
 from .errors import TrainInputError
 from .tokenizer import ByteTokenizer, HFTokenizer
 
@@ -28,7 +29,7 @@ SOURCE_FILE = "tightfit_source.json"  # in a dequantized GGUF folder: what the f
 FINAL_FILE = "tightfit_final.json"  # in <out>/final: what wrote it (a final/ without it is the user's)
 
 # Random-init Llama-architecture models over the byte tokenizer (vocab 257).
-# llama-tiny (1.4M params) is the bench default: ~55 ms per 8x128 step on a 2-core CPU.
+# llama-tiny (1.4M params) is the bench default (its step time: docs/benchmarks.md).
 BUNDLED_CONFIGS: dict[str, dict[str, Any]] = {
     "llama-tiny": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
                        num_key_value_heads=4, max_position_embeddings=512),
@@ -192,9 +193,7 @@ def folder_tokenizer(folder: str | Path) -> ByteTokenizer | HFTokenizer:
 
 def hub_model(ref: str, quantization: Any) -> LoadedModel:
     """A hub id: from the hub when it answers, else from the local cache, else one line at once."""
-    from ..planner.model_facts import network_allowed
-
-    online, reason = network_allowed()
+    online, reason = hub.network_allowed()
     if online:
         return LoadedModel(folder_model(ref, quantization, hub=True), folder_tokenizer(ref), f"hub {ref}")
     from huggingface_hub import snapshot_download

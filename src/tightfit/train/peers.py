@@ -1,6 +1,7 @@
 """Optimizers by name: every tightfit name (``tightfit.OPTIMIZER_NAMES``) plus peers from
-other libraries by prefix (``torch:adamw``, ``bnb:adamw_8bit``, ...), so train and bench
-can put tightfit next to what people use today.
+other libraries by prefix (``torch:adamw``, ``bnb:adamw_8bit``, ...; the table is
+``tightfit.peers.PEERS``, shared with the planner), so train and bench can put tightfit
+next to what people use today.
 
 The lr passed is the AdamW-equivalent lr; ``LR_RULES`` adapts it where an update rule
 defines lr differently (documented per rule, shown in bench results).
@@ -8,12 +9,13 @@ defines lr differently (documented per rule, shown in bench results).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from typing import Any, Callable
 
 import torch
 
 from ..names import OPTIMIZER_NAMES, create_optimizer
+from ..peers import LIBRARIES, PEERS
 from .errors import TrainInputError, did_you_mean
 
 
@@ -22,7 +24,8 @@ def _rule_family(name: str) -> str:
     if name in OPTIMIZER_NAMES:
         entry = OPTIMIZER_NAMES[name]
         return entry.cls.rule_for(entry.options).name
-    return name.split(":", 1)[-1].replace("paged_", "").split("_")[0]
+    check_optimizer_name(name)
+    return PEERS[name].rule.name
 
 
 # rule family -> (how the AdamW-equivalent lr maps to this rule's lr, why)
@@ -41,39 +44,15 @@ def lr_for(name: str, lr: float) -> float | None:
     return lr if rule is None else rule[0](lr)
 
 
-def _bnb(class_name: str) -> Callable[..., torch.optim.Optimizer]:
-    def build(params, **kw: Any) -> torch.optim.Optimizer:
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise TrainInputError(f"bnb:* optimizers need bitsandbytes (pip install bitsandbytes): {err}") from None
-        return getattr(bnb.optim, class_name)(params, **kw)
-
-    return build
-
-
-def _torch_adafactor(params, lr=None, **kw: Any) -> torch.optim.Optimizer:
-    return torch.optim.Adafactor(params, **({} if lr is None else {"lr": lr}), **kw)
-
-
-@dataclass(frozen=True)
-class Peer:
-    build: Callable[..., torch.optim.Optimizer]
-    describe: str
-
-
-# prefix:name -> factory(params, lr=..., weight_decay=...)
-PEERS: dict[str, Peer] = {
-    "torch:adamw": Peer(torch.optim.AdamW, "torch.optim.AdamW (fp32 states)"),
-    "torch:adam": Peer(torch.optim.Adam, "torch.optim.Adam"),
-    "torch:sgd": Peer(lambda params, **kw: torch.optim.SGD(params, momentum=0.9, **kw), "torch.optim.SGD, momentum 0.9"),
-    "torch:adafactor": Peer(_torch_adafactor, "torch.optim.Adafactor"),
-    "bnb:adamw_8bit": Peer(_bnb("AdamW8bit"), "bitsandbytes AdamW8bit"),
-    "bnb:paged_adamw_8bit": Peer(_bnb("PagedAdamW8bit"), "bitsandbytes PagedAdamW8bit"),
-    "bnb:adamw_32bit": Peer(_bnb("AdamW32bit"), "bitsandbytes AdamW32bit"),
-    "bnb:paged_adamw_32bit": Peer(_bnb("PagedAdamW32bit"), "bitsandbytes PagedAdamW32bit"),
-    "bnb:lion_8bit": Peer(_bnb("Lion8bit"), "bitsandbytes Lion8bit"),
-}
+def build_peer(name: str, params, **kwargs: Any) -> torch.optim.Optimizer:
+    """The peer ``name`` (a key of ``PEERS``) over ``params``; its library imported only here."""
+    peer = PEERS[name]
+    module, package = LIBRARIES[peer.library]
+    try:
+        library = importlib.import_module(module)
+    except ImportError as err:
+        raise TrainInputError(f"{peer.library}:* optimizers need {package} (pip install {package}): {err}") from None
+    return getattr(library, peer.class_name)(params, **{**peer.options, **kwargs})
 
 
 def known_optimizers() -> list[str]:
@@ -95,7 +74,7 @@ def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weig
         kwargs["lr"] = rule_lr
     if name in OPTIMIZER_NAMES:
         return create_optimizer(name, params, **kwargs)
-    return PEERS[name].build(params, **kwargs)
+    return build_peer(name, params, **kwargs)
 
 
 def _tensors(obj: Any):

@@ -27,7 +27,7 @@ import torch
 
 from ...codecs import Encoded
 from ...rules import Rule
-from .. import register_implementation
+from ..registry import register_implementation
 from ..base import Implementation, plain_hyper
 from .bounds import check_step_inputs
 from .build import load_kernel, tile_id
@@ -124,6 +124,6 @@ class NativeCpuImplementation(Implementation):
             lib.tf_step(job)
 
 
-# Registered first so that auto on CPU tries the fused kernel, then native_codec, then the reference.
-NATIVE_CODEC = register_implementation(NativeCodecImplementation(), auto_on=("cpu",))
-NATIVE = register_implementation(NativeCpuImplementation(), auto_on=("cpu",))
+# impl="auto" on CPU tries the fused kernel, then native_codec, then the reference (registry.AUTO_ORDER).
+NATIVE_CODEC = register_implementation(NativeCodecImplementation())
+NATIVE = register_implementation(NativeCpuImplementation())

@@ -20,9 +20,10 @@ from typing import Any, Mapping
 
 import torch
 
+from ...codecs import decode_encoded, store_encoded
 from ...rules.adafactor import adafactor_step_scalars, factored_lerp
 from ..reference import reference_param_step
-from .factored import decode_small, grad_sq_means, store_small
+from .factored import grad_sq_means
 from .jobs import F_GRAD_CHECKED, make_job
 
 # The states the kernel streams (row/col statistics are read through job.row / job.col).
@@ -53,7 +54,7 @@ def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: 
     # The rule's own functions from here (rules/adafactor.py), on the small vectors.
     eps1, new_weight, alpha = adafactor_step_scalars(rms_param, step=int(state["step"].item()) + 1, lr=hyper["lr"],
                                                      beta2_decay=hyper["beta2_decay"], eps=hyper["eps"])
-    row_var, col_var, row_mean = factored_lerp(decode_small(state["row_var"]), decode_small(state["col_var"]),
+    row_var, col_var, row_mean = factored_lerp(decode_encoded(state["row_var"]), decode_encoded(state["col_var"]),
                                                grad_sq_row.reshape(rows, 1), grad_sq_col.reshape(1, cols),
                                                new_weight, eps1)
     row_var, col_var = row_var.contiguous(), col_var.contiguous()
@@ -62,5 +63,5 @@ def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: 
     rms_update = math.sqrt(lib.tf_adafactor_sumsq(job)) / math.sqrt(param.numel())
     job.c[2] = max(1.0, rms_update / hyper["d"])
     lib.tf_step(job)
-    store_small(state["row_var"], row_var)
-    store_small(state["col_var"], col_var)
+    store_encoded(state["row_var"], row_var)
+    store_encoded(state["col_var"], col_var)

@@ -16,8 +16,7 @@ The reference takes Δ from the unquantized m', which pass 3 cannot keep unless 
 a full-size float32 scratch (4 bytes per element of the largest matrix, more memory than
 an 8-bit m itself). Recomputing m' in pass 4 from the still-stored old m costs one more
 decode of m per step and no memory, and gives the identical float m' (same operations);
-it was also no slower: passes 3 + 4 on 8000 x 1024, 2-thread Xeon, 2026-11-22 (min of 7):
-8-bit 11.2 ms recomputing vs 11.4 ms with a scratch, 4-bit 10.8 vs 11.0, fp32 6.6 vs 7.7.
+it was also no slower (measured in docs/benchmarks.md, "CAME: recompute m' or keep a scratch").
 Sums are in double where torch reduces in float32, so params and states agree with the
 reference to about 1e-7 relative on small matrices; on large ones (3e5 elements) the
 reference's own float32 norm and means drift ~1e-6 from the exact values, these sums do
@@ -34,11 +33,12 @@ from typing import Any, Mapping
 
 import torch
 
+from ...codecs import decode_encoded, store_encoded
 from ...rules.adafactor import factored_ema
 from ..reference import reference_param_step
 from .codec_passes import native_decode, native_store
-from .factored import (clip_divisor, decode_small, factors_into, grad_sq_means, row_col_means, second_moment,
-                       store_second_moment, store_small)
+from .factored import (clip_divisor, factors_into, grad_sq_means, row_col_means, second_moment,
+                       store_second_moment)
 from .jobs import F_GRAD_CHECKED, make_job
 
 # The states the kernel streams (the statistics are read through job.row/col/row2/col2).
@@ -66,10 +66,10 @@ def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: 
     sq_row, sq_col, _factors = second_moment(job, state, means[0], means[1], beta2)
     job.c[1] = clip_divisor(lib, job, hyper["clip_threshold"])
     res_row_mean, res_col_mean, _ = row_col_means(lib.tf_came_instability, job, rows, cols)
-    res_row, res_col = factored_ema(decode_small(state["exp_avg_res_row"]), decode_small(state["exp_avg_res_col"]),
+    res_row, res_col = factored_ema(decode_encoded(state["exp_avg_res_row"]), decode_encoded(state["exp_avg_res_col"]),
                                     res_row_mean, res_col_mean, beta3)
     _confidence = factors_into(job, res_row, res_col, second=True)
     lib.tf_step(job)
     store_second_moment(state, sq_row, sq_col)
-    store_small(state["exp_avg_res_row"], res_row)
-    store_small(state["exp_avg_res_col"], res_col)
+    store_encoded(state["exp_avg_res_row"], res_row)
+    store_encoded(state["exp_avg_res_col"], res_col)

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import torch
 
-from ...codecs import Encoded
+from ...codecs import Encoded, decode_encoded, store_encoded
 from ...rules import Rule
 from ..base import Implementation, encoded_states, plain_hyper
-from ..reference import codec_decode, codec_store, reference_param_step, rounding_keys
+from ..reference import reference_param_step, rounding_keys
 from .build import load_kernel
 from .jobs import CODEC_FILLERS, TfState
 
@@ -33,7 +33,7 @@ def _state_struct(enc: Encoded) -> TfState:
 
 def native_decode(enc: Encoded) -> torch.Tensor:
     if enc.codec not in NATIVE_CODECS:
-        return codec_decode(enc)
+        return decode_encoded(enc)
     lib, why = load_kernel()
     if lib is None:
         raise RuntimeError(why)
@@ -44,7 +44,7 @@ def native_decode(enc: Encoded) -> torch.Tensor:
 
 def native_store(enc: Encoded, value: torch.Tensor) -> None:
     if enc.codec not in NATIVE_CODECS:
-        return codec_store(enc, value)
+        return store_encoded(enc, value)
     lib, why = load_kernel()
     if lib is None:
         raise RuntimeError(why)

@@ -22,17 +22,9 @@ from typing import Callable
 
 import torch
 
-from ...codecs import Encoded, get_codec
+from ...codecs import decode_encoded, store_encoded
 from ...rules.adafactor import factored_ema, factored_rsqrt_factors, rms_clip_divisor
 from .jobs import TfJob
-
-
-def decode_small(enc: Encoded) -> torch.Tensor:
-    return get_codec(enc.codec).decode(enc)
-
-
-def store_small(enc: Encoded, value: torch.Tensor) -> None:
-    get_codec(enc.codec).store(enc, value)
 
 
 def row_col_means(reduce: Callable, job: TfJob, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -72,7 +64,7 @@ def grad_sq_means(lib, job: TfJob, rows: int, cols: int, param_rms: bool = False
 
 def second_moment(job: TfJob, state: dict, row_mean: torch.Tensor, col_mean: torch.Tensor, beta2: float):
     """(new R, new C, their factors) from pass 1's means; the factors are in job.row/col."""
-    row, col = factored_ema(decode_small(state["exp_avg_sq_row"]), decode_small(state["exp_avg_sq_col"]),
+    row, col = factored_ema(decode_encoded(state["exp_avg_sq_row"]), decode_encoded(state["exp_avg_sq_col"]),
                             row_mean, col_mean, beta2)
     return row, col, factors_into(job, row, col)
 
@@ -83,5 +75,5 @@ def clip_divisor(lib, job: TfJob, clip_threshold: float) -> float:
 
 
 def store_second_moment(state: dict, row: torch.Tensor, col: torch.Tensor) -> None:
-    store_small(state["exp_avg_sq_row"], row)
-    store_small(state["exp_avg_sq_col"], col)
+    store_encoded(state["exp_avg_sq_row"], row)
+    store_encoded(state["exp_avg_sq_col"], col)
