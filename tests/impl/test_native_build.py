@@ -58,7 +58,7 @@ def test_a_rule_naming_an_absent_tile_is_unavailable():
     p = torch.randn(8, requires_grad=True)
     p.grad = torch.randn(8)
     opt = tightfit.Lion([p])
-    state = opt._ensure_state(p, opt.param_groups[0])
+    state = opt.ensure_state(p, opt.param_groups[0])
     reason = IMPLEMENTATIONS["native"].unavailable_reason(lion, [p], [state])
     assert reason is not None and "missing_tile" in reason
 
@@ -67,7 +67,7 @@ def test_a_rule_without_a_tile_is_unavailable():
     lion = dataclasses.replace(get_rule("lion"), kernels=Kernels())
     p = torch.randn(8, requires_grad=True)
     opt = tightfit.Lion([p])
-    state = opt._ensure_state(p, opt.param_groups[0])
+    state = opt.ensure_state(p, opt.param_groups[0])
     reason = IMPLEMENTATIONS["native"].unavailable_reason(lion, [p], [state])
     assert reason is not None and "no native tile" in reason
 
