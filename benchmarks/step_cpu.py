@@ -1,11 +1,14 @@
-"""One optimizer step on CPU: tightfit (native / native_codec / reference) vs torch.optim vs bitsandbytes.
+"""One optimizer step on CPU: tightfit (native / native_codec / reference) vs torch.optim,
+DeepSpeedCPUAdam, torchao's CPU AdamW and bitsandbytes.
 
 A few layers of a Llama-like model (fp32, random grads), every optimizer stepping the
 same tensors, rounds interleaved so that load from other processes hits all rows alike;
-the median ms/step over rounds after warm-up. Writes benchmarks/results/step_cpu.csv
-and .md (device, threads, date and versions on every row).
+the median ms/step over rounds after warm-up. Writes benchmarks/results/<out>.csv and
+.md (device, threads, date, native ISA level and versions on every row). Peers that are
+not installed (or cannot build) are skipped with the reason printed. The native kernel's
+instruction-set level can be forced with TIGHTFIT_NATIVE_ISA=avx512|avx2|portable.
 
-    python benchmarks/step_cpu.py [--layers 2] [--hidden 1024] [--rounds 7]
+    python benchmarks/step_cpu.py [--layers 2] [--hidden 1024] [--rounds 7] [--skip REGEX] [--out step_cpu]
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -22,6 +27,7 @@ import torch
 
 import tightfit
 from tightfit.impl import select_implementation
+from tightfit.impl.native import build
 
 from state_sizes import state_bytes
 
@@ -83,6 +89,29 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
         rows["bitsandbytes AdamW8bit"] = ("bnb", lambda ps: bnb.optim.AdamW8bit(ps, lr=lr))
     except ImportError as exc:
         print(f"bitsandbytes row skipped: {exc}")
+    rows |= peer_rows(lr)
+    return rows
+
+
+def peer_rows(lr: float) -> dict[str, tuple[str, callable]]:
+    """DeepSpeed's and torchao's CPU AdamW, when they import and build here."""
+    rows = {}
+    try:  # builds its C++ extension on first use (minutes); cached under ~/.cache/torch_extensions
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        probe = [torch.nn.Parameter(torch.zeros(8))]
+        probe[0].grad = torch.zeros(8)
+        DeepSpeedCPUAdam(probe, lr=lr).step()
+        rows["DeepSpeedCPUAdam (fp32 states)"] = ("deepspeed", lambda ps: DeepSpeedCPUAdam(ps, lr=lr, adamw_mode=True))
+    except Exception as exc:  # not installed, or its CPU Adam does not build here
+        print(f"DeepSpeedCPUAdam row skipped: {type(exc).__name__}: {exc}")
+    try:  # torch.compile'd steps: the warm-up rounds include their compilation
+        from torchao.optim import AdamW8bit, _AdamW
+
+        rows["torchao AdamW8bit"] = ("torchao", lambda ps: AdamW8bit(ps, lr=lr))
+        rows["torchao AdamW fp32 (_AdamW)"] = ("torchao", lambda ps: _AdamW(ps, lr=lr))
+    except Exception as exc:
+        print(f"torchao rows skipped: {type(exc).__name__}: {exc}")
     return rows
 
 
@@ -94,6 +123,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (each steps every optimizer once)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--skip", default=None, help="regex: rows whose name matches are not run")
+    ap.add_argument("--out", default="step_cpu", help="results file name (without .md / .csv)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -102,9 +133,12 @@ def main() -> None:
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     numel = sum(p.numel() for p in params)
-    print(f"{len(params)} tensors, {numel / 1e6:.1f}M params, {torch.get_num_threads()} threads, {cpu_model()}")
+    print(f"{len(params)} tensors, {numel / 1e6:.1f}M params, {torch.get_num_threads()} threads, {cpu_model()}, "
+          f"native ISA {build.isa()}")
 
     rows = optimizer_rows(lr=1e-5)
+    if args.skip:
+        rows = {name: row for name, row in rows.items() if not re.search(args.skip, name)}
     opts = {name: make(params) for name, (_, make) in rows.items()}
     times: dict[str, list[float]] = {name: [] for name in rows}
     for r in range(args.warmup + args.rounds):
@@ -123,12 +157,14 @@ def main() -> None:
             raise SystemExit(f"row {name!r} is labelled {impl!r} but ran {ran!r}")
     med = {name: statistics.median(ts) for name, ts in times.items()}
     fused, bnb_ms = med["torch AdamW fused"], med.get("bitsandbytes AdamW8bit")
+    ds_ms = med.get("DeepSpeedCPUAdam (fp32 states)")
     try:
         import bitsandbytes
         bnb_version = bitsandbytes.__version__
     except ImportError:
         bnb_version = "absent"
-    meta = {"device": cpu_model(), "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+    meta = {"device": f"{os.cpu_count()}-core CPU, {cpu_model()}", "threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat(), "native_isa": build.isa(),
             "torch": torch.__version__, "bitsandbytes": bnb_version, "params": numel, "tensors": len(params),
             "rounds": args.rounds}
     records = []
@@ -138,6 +174,7 @@ def main() -> None:
                         "x_torch_fused": round(med[name] / fused, 2),
                         # best-vs-best ratio: on a shared CPU the minima are least disturbed by other load
                         "x_torch_fused_min": round(min(times[name]) / min(times["torch AdamW fused"]), 2),
+                        "x_deepspeed": round(med[name] / ds_ms, 2) if ds_ms else "",
                         "bnb8bit_over_this": round(bnb_ms / med[name], 1) if bnb_ms else "",
                         "state_bytes_per_param": round(state_bytes(opts[name]) / numel, 3), **meta})
     write(records, args)
@@ -145,21 +182,21 @@ def main() -> None:
 
 def write(records: list[dict], args) -> None:
     RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "step_cpu.csv", "w", newline="") as f:
+    with open(RESULTS / f"{args.out}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
     cols = ["optimizer", "impl", "ms_per_step", "min_ms", "max_ms", "x_torch_fused", "x_torch_fused_min",
-            "bnb8bit_over_this",
-            "state_bytes_per_param"]
+            "x_deepspeed", "bnb8bit_over_this", "state_bytes_per_param", "native_isa", "device", "date"]
     m = records[0]
     lines = [f"# One optimizer step on CPU ({m['params'] / 1e6:.1f}M params in {m['tensors']} Llama-shaped fp32 "
              f"tensors: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab})", "",
-             f"Device: {m['device']}, {m['threads']} threads; date {m['date']}; torch {m['torch']}, "
-             f"bitsandbytes {m['bitsandbytes']}; median of {m['rounds']} interleaved rounds after warm-up.", "",
+             f"Device: {m['device']}, {m['threads']} threads; date {m['date']}; native ISA level {m['native_isa']}; "
+             f"torch {m['torch']}, bitsandbytes {m['bitsandbytes']}; median of {m['rounds']} interleaved rounds "
+             "after warm-up.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in records]
-    (RESULTS / "step_cpu.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -185,7 +185,7 @@ def test_unavailable_falls_back_or_raises(case):
 
 BUILD_FAILURES = {  # how the build can fail, and what the reason must say
     "no compiler": ({"COMPILERS": ("no-such-compiler++",)}, "no C++ compiler"),
-    "compile error": ({"SOURCE": "broken"}, "failed"),
+    "compile error": ({"SOURCE_DIR": "broken"}, "failed"),
 }
 
 
@@ -194,18 +194,19 @@ def test_build_failure_is_a_reason_not_a_crash(case, monkeypatch, tmp_path):
     patch, words = BUILD_FAILURES[case]
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("TIGHTFIT_CACHE", str(tmp_path))
-    if "SOURCE" in patch:
-        bad = tmp_path / "step_kernel.cpp"
-        bad.write_text("this is not C++;\n")
-        monkeypatch.setattr(build, "SOURCE", bad)
+    if "SOURCE_DIR" in patch:
+        bad = tmp_path / "csrc"
+        (bad / "rules").mkdir(parents=True)
+        (bad / "step.cpp").write_text("this is not C++;\n")
+        monkeypatch.setattr(build, "SOURCE_DIR", bad)
     else:
         monkeypatch.setattr(build, "COMPILERS", patch["COMPILERS"])
         monkeypatch.setattr(build.shutil, "which", lambda name: None)
-    build.load_kernel.cache_clear()
+    build.load_level.cache_clear()
     try:
         lib, reason = build.load_kernel()
         assert lib is None and words in reason
     finally:
         monkeypatch.undo()
-        build.load_kernel.cache_clear()
+        build.load_level.cache_clear()
     assert build.load_kernel()[0] is not None  # the real kernel comes back (from the cache)

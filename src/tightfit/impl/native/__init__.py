@@ -1,9 +1,12 @@
-"""The native CPU implementation: one fused C++ pass per parameter (step_kernel.cpp).
+"""The native CPU implementation: one fused C++ pass per parameter (csrc/).
 
-Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter;
-Adafactor is driven from adafactor.py (three kernel passes, the first the same as CAME's),
-CAME from came.py (four kernel passes, the small vectors in between in PyTorch),
-Adafactor's HF convention from adafactor_hf.py (three passes, the same first two as CAME).
+A rule runs here when it names a tile (``rule.kernels.native_tile``: csrc/rules/<name>.h).
+Elementwise rules (AdamW, Adam, Lion, SGD, SophiaG) are one call per parameter with the
+rule's ``scalars`` as the tile's coefficients; rules that reduce over the tensor name a
+driver module (``rule.kernels.native_driver``, imported on first use) whose ``param_step``
+runs several kernel passes: adafactor.py (three, the first the same as CAME's), came.py
+(four, the small vectors in between in PyTorch), adafactor_hf.py (three, the same first two
+as CAME).
 
 Per tile of 1024 elements it loads param and grad, decodes the states, applies the
 rule, stores the param and re-encodes the states, all in L1-resident float buffers,
@@ -17,7 +20,8 @@ falls back to the reference and ``impl="native"`` raises with the reason.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+import importlib
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -25,11 +29,10 @@ from ...codecs import Encoded
 from ...rules import Rule
 from ..registry import register_implementation
 from ..base import Implementation, plain_hyper
-from . import adafactor, adafactor_hf, came
 from .bounds import check_step_inputs
-from .build import load_kernel
+from .build import load_kernel, tile_id
 from .codec_passes import NativeCodecImplementation
-from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, RULE_CALLS, make_job
+from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, make_job
 
 
 def _tensor_problem(what: str, t: torch.Tensor) -> str | None:
@@ -53,18 +56,17 @@ def _state_problem(name: str, enc: Encoded) -> str | None:
     return None
 
 
-class FactoredStep(NamedTuple):
-    """A rule whose step is a per-parameter Python driver around the kernel passes."""
+def driver(rule: Rule):
+    """The module driving a factored rule's passes (``param_step``, ``KERNEL_STATES``), or None."""
+    path = rule.kernels.native_driver
+    return importlib.import_module(path) if path else None
 
-    step: Callable[..., None]
-    kernel_states: tuple[str, ...]  # the states the kernel streams; the rest (statistics) it gets as arrays
 
-
-FACTORED_STEPS = {
-    "adafactor": FactoredStep(adafactor.adafactor_param_step, adafactor.KERNEL_STATES),
-    "adafactor_hf": FactoredStep(adafactor_hf.adafactor_hf_param_step, adafactor_hf.KERNEL_STATES),
-    "came": FactoredStep(came.came_param_step, came.KERNEL_STATES),
-}
+def kernel_states(rule: Rule, state: dict[str, Any]) -> list[tuple[str, Encoded]]:
+    """The encoded states the kernel streams (a driver's statistics reach it as plain arrays)."""
+    encoded = [(k, v) for k, v in state.items() if isinstance(v, Encoded)]
+    module = driver(rule)
+    return encoded if module is None else [(k, v) for k, v in encoded if k in module.KERNEL_STATES]
 
 
 class NativeCpuImplementation(Implementation):
@@ -74,9 +76,10 @@ class NativeCpuImplementation(Implementation):
                            states: Sequence[dict[str, Any]], rounding=None) -> str | None:
         if rounding is not None and any(p.dtype == torch.bfloat16 for p in params):
             return "stochastic rounding of bf16 params is not in the fused native kernel (native_codec has it)"
-        if rule.name not in RULE_CALLS and rule.name not in FACTORED_STEPS:
-            return (f"rule {rule.name!r} has no native kernel "
-                    f"(native supports {sorted(RULE_CALLS) + sorted(FACTORED_STEPS)})")
+        if not rule.has_native:
+            return f"rule {rule.name!r} has no native tile (Rule.kernels.native_tile)"
+        if rule.kernels.native_driver is None and rule.scalars is None:
+            return f"rule {rule.name!r} names native tile {rule.kernels.native_tile!r} but has no scalars"
         for i, (param, state) in enumerate(zip(params, states)):
             problem = _tensor_problem(f"param {i}", param)
             if problem is None and param.grad is not None:
@@ -86,9 +89,7 @@ class NativeCpuImplementation(Implementation):
             if problem is None and not (state["step"].dtype == torch.float32 and state["step"].device.type == "cpu"
                                         and state["nonfinite_skips"].dtype == torch.int64):
                 problem = f"param {i}: step / nonfinite_skips counters are not CPU float32 / int64"
-            encoded = [(k, v) for k, v in state.items() if isinstance(v, Encoded)]
-            if rule.name in FACTORED_STEPS:  # statistics reach the kernel as plain arrays
-                encoded = [(k, v) for k, v in encoded if k in FACTORED_STEPS[rule.name].kernel_states]
+            encoded = kernel_states(rule, state)
             if problem is None and len(encoded) > MAX_STATES:
                 problem = f"param {i} has {len(encoded)} states; native handles at most {MAX_STATES}"
             for name, enc in encoded:
@@ -96,6 +97,9 @@ class NativeCpuImplementation(Implementation):
             if problem is not None:
                 return problem
         _, why = load_kernel()  # last: compiles once if needed
+        if why is None and tile_id(rule.kernels.native_tile) < 0:
+            return (f"rule {rule.name!r} names native tile {rule.kernels.native_tile!r}, which the kernel lacks "
+                    f"(no csrc/rules/{rule.kernels.native_tile}.h)")
         return why
 
     def step_group(self, rule: Rule, hyper: Mapping[str, Any], params: Sequence[torch.Tensor],
@@ -106,16 +110,16 @@ class NativeCpuImplementation(Implementation):
         hyper = plain_hyper(hyper)
         check_step_inputs(rule, hyper, params, states)  # sizes the kernel indexes: refused before any C call
         n_threads = torch.get_num_threads()
-        if rule.name in FACTORED_STEPS:
+        module = driver(rule)
+        if module is not None:
             for param, state in zip(params, states):
-                FACTORED_STEPS[rule.name].step(lib, rule, hyper, param, state, n_threads)
+                module.param_step(lib, rule, hyper, param, state, n_threads)
             return
-        make_call = RULE_CALLS[rule.name]
         for param, state in zip(params, states):
-            names = [spec.name for spec in rule.state_specs(param.shape, hyper)]
+            names = rule.state_names(param.shape, hyper)
             lossy = rule.lossy_guard(state[n].codec for n in names)
-            call = make_call(hyper, int(state["step"].item()) + 1, lossy)
-            job = make_job(call, param.detach(), param.grad, [state[n] for n in names],
+            coeffs = list(rule.scalars(hyper, int(state["step"].item()) + 1, lossy).values())
+            job = make_job(rule, coeffs, param.detach(), param.grad, [state[n] for n in names],
                            state["step"], state["nonfinite_skips"], n_threads)
             lib.tf_step(job)
 

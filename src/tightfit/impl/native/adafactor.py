@@ -4,9 +4,9 @@ Three passes over the matrix, as the HF convention's driver (adafactor_hf.py):
 factored.py's grad_sq_means gives the row/column means of g² (job.c[0] = 0: this
 convention adds no ε₁ to g²) with the finite check and Σθ² for αₜ's RMS(θ); the rule's
 own adafactor_step_scalars and factored_lerp turn them into wₜ, αₜ and the new R, C
-(small vectors, torch.lerp) and max(mean R, ε₁); then step_kernel.cpp sums U² for the
+(small vectors, torch.lerp) and max(mean R, ε₁); then the kernel sums U² for the
 RMS(U) clip (tf_adafactor_sumsq) and applies U = g / √V̂, αₜ, the optional first moment
-through its codec and the parameter update (tf_step, R_ADAFACTOR).
+through its codec and the parameter update (tf_step with the tile csrc/rules/adafactor.h).
 The means of g², RMS(θ) and RMS(U) are summed in double where torch's reductions run in
 float32, so the result equals the reference to about 1e-7 relative, not bit for bit.
 Parameters that are not matrices (vectors, scalars, stacks of matrices) take the
@@ -24,27 +24,27 @@ from ...codecs import decode_encoded, store_encoded
 from ...rules.adafactor import adafactor_step_scalars, factored_lerp
 from ..reference import reference_param_step
 from .factored import grad_sq_means
-from .jobs import F_GRAD_CHECKED, F_MAXIMIZE, R_ADAFACTOR, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, make_job
 
 # The states the kernel streams (row/col statistics are read through job.row / job.col).
 KERNEL_STATES = ("exp_avg",)
 
 
-def adafactor_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
+def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
                          n_threads: int) -> None:
     if param.dim() != 2 or param.numel() == 0:
         reference_param_step(rule, hyper, param, state)
         return
     rows, cols = param.shape
     beta1, weight_decay = hyper["beta1"], hyper["weight_decay"]
-    # c = [max(mean R, ε₁), ε₁², clip divisor, αₜ, 1-ηλ (1: none), β₁, 1-β₁, has momentum];
+    # c = [max(mean R, ε₁), ε₁², clip divisor, αₜ, 1-ηλ (1: none), β₁, 1-β₁, has momentum, maximize];
     # c[0] is first the ε₁ that pass 1 adds to g²: none in this convention.
     coeffs = (0.0, 0.0, 1.0, 0.0, 1 - hyper["lr"] * weight_decay if weight_decay != 0 else 1.0,
-              beta1 or 0.0, 1 - (beta1 or 0.0), 1.0 if beta1 is not None else 0.0)
-    flags = F_GRAD_CHECKED | (F_MAXIMIZE if hyper["maximize"] else 0)
+              beta1 or 0.0, 1 - (beta1 or 0.0), 1.0 if beta1 is not None else 0.0,
+              1.0 if hyper["maximize"] else 0.0)
     moments = [state["exp_avg"]] if beta1 is not None else []
-    job = make_job(RuleCall(R_ADAFACTOR, flags, coeffs), param.detach(), param.grad, moments,
-                   state["step"], state["nonfinite_skips"], n_threads)
+    job = make_job(rule, coeffs, param.detach(), param.grad, moments,
+                   state["step"], state["nonfinite_skips"], n_threads, flags=F_GRAD_CHECKED)
     job.cols = cols
     means = grad_sq_means(lib, job, rows, cols, param_rms=True)  # g² is even in g: maximize does not matter
     if means is None:

@@ -3,7 +3,7 @@ native CPU path, for matrices.
 
 Three passes over the matrix (factored.py): row/column sums of S = g² + ε₁ with the
 finite check and Σθ² for αₜ's RMS(θ); Σu² for the clip divisor; then tf_step
-(R_ADAFACTOR_HF): u = αₜ·û, the optional first moment through its codec, θ ← θ − λαₜ·θ − u.
+(tile csrc/rules/adafactor_hf.h): u = αₜ·û, the optional first moment through its codec, θ ← θ − λαₜ·θ − u.
 αₜ and β̂₂ₜ come from the rule's adafactor_hf_step_scalars, R and C from factored_ema.
 RMS(θ) and RMS(u) are summed in double where torch's norm sums in float32, so results
 agree with the reference to about 1e-7 relative (torch's float32 norm itself drifts
@@ -21,12 +21,12 @@ from ...rules.adafactor import adafactor_hf_step_scalars
 from ..reference import reference_param_step
 from .codec_passes import native_decode, native_store
 from .factored import clip_divisor, grad_sq_means, second_moment, store_second_moment
-from .jobs import F_GRAD_CHECKED, R_ADAFACTOR_HF, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, make_job
 
 KERNEL_STATES = ("exp_avg",)
 
 
-def adafactor_hf_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
+def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
                             n_threads: int) -> None:
     if param.dim() != 2 or param.numel() == 0:
         reference_param_step(rule, hyper, param, state, decode=native_decode, store=native_store)
@@ -37,8 +37,8 @@ def adafactor_hf_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Te
     # c = [ε₁, clip divisor, αₜ, β₁, 1-β₁, λαₜ, has decay, has momentum]: αₜ after pass 1, the divisor after pass 2.
     coeffs = (hyper["eps"][0], 1.0, 0.0, beta1 or 0.0, 1 - (beta1 or 0.0), 0.0, 1.0 if weight_decay != 0 else 0.0,
               1.0 if beta1 is not None else 0.0)
-    job = make_job(RuleCall(R_ADAFACTOR_HF, F_GRAD_CHECKED, coeffs), param.detach(), param.grad, moments,
-                   state["step"], state["nonfinite_skips"], n_threads)
+    job = make_job(rule, coeffs, param.detach(), param.grad, moments,
+                   state["step"], state["nonfinite_skips"], n_threads, flags=F_GRAD_CHECKED)
     job.cols = cols
     means = grad_sq_means(lib, job, rows, cols, param_rms=hyper["scale_parameter"])
     if means is None:

@@ -1,4 +1,4 @@
-"""Size checks made before any pointer reaches step_kernel.cpp.
+"""Size checks made before any pointer reaches the native kernel (csrc/).
 
 The kernel indexes every buffer by the parameter's element count and trusts the layout
 its codec writes; a state whose buffers were cut otherwise (a crafted state_dict, a

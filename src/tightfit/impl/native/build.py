@@ -1,11 +1,23 @@
-"""Compile step_kernel.cpp on first use and load it with ctypes.
+"""Compile the native kernel (csrc/) on first use and load it with ctypes.
 
-The shared library is cached under ``$TIGHTFIT_CACHE`` (default
-``~/.cache/tightfit/native``) named by a hash of the source, the flags, the compiler
-and this CPU's feature flags (``-march=native`` code must not run on another CPU).
-It is written to a temporary file and renamed into place, so concurrent processes
-(pytest workers) never load a half-written library. A failed build is remembered as
-a reason string; nothing here raises at import time.
+The sources are split by concern: abi.h (the structs Python fills), dtypes, codecs,
+reductions, one header per rule tile in csrc/rules/ and the step driver. build.py
+lists rules/*.h into a generated ``tiles.gen.h`` (each tile registers itself by its
+file name; Python asks ``tf_rule_tile(name)`` for its id), then compiles every .cpp
+into one shared library.
+
+One library per instruction-set level (ISA_LEVELS: ``avx512``, ``avx2``, ``portable``),
+built for the level chosen at load time from this CPU's features (/proc/cpuinfo), or
+forced with ``TIGHTFIT_NATIVE_ISA=avx512|avx2|portable`` (e.g. to measure the AVX2 path
+on an AVX-512 machine). The codecs have hand-written vector paths per level (codecs.cpp);
+the tiles are auto-vectorized for it. Results are identical across levels.
+
+The library is cached under ``$TIGHTFIT_CACHE`` (default ``~/.cache/tightfit/native``)
+named by a hash of every file under csrc/, the flags, the compiler and this CPU's
+feature flags. It is written to a temporary file and renamed into place, so concurrent
+processes (pytest workers) never load a half-written library. A failed build is
+remembered as a reason string; nothing here raises at import time, except for a
+TIGHTFIT_NATIVE_ISA that names no level or one this CPU lacks (ValueError).
 """
 
 from __future__ import annotations
@@ -19,18 +31,52 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("step_kernel.cpp")
+SOURCE_DIR = Path(__file__).with_name("csrc")
 # -ffp-contract=off: no fused multiply-add, so the math rounds like the PyTorch rule.
 # -fno-math-errno: sqrt without errno checks (vectorizes; results unchanged).
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
-         "-std=c++17", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC"]
+ISA_ENV = "TIGHTFIT_NATIVE_ISA"
+# level -> (CPU flags it needs, compiler flags), best first; "portable" is the compiler's
+# baseline for the machine (any CPU it runs on).
+ISA_LEVELS: dict[str, tuple[tuple[str, ...], list[str]]] = {
+    "avx512": (("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"),
+               ["-march=x86-64-v4", "-mprefer-vector-width=512"]),
+    "avx2": (("avx2", "fma", "f16c", "bmi2"), ["-march=x86-64-v3"]),
+    "portable": ((), []),
+}
 COMPILERS = ("c++", "g++", "clang++")
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 
 def cache_dir() -> Path:
     root = os.environ.get("TIGHTFIT_CACHE")
     return Path(root) / "native" if root else Path.home() / ".cache" / "tightfit" / "native"
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (x86: /proc/cpuinfo ``flags``; empty when unknown)."""
+    if os.uname().machine not in ("x86_64", "AMD64"):
+        return set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_isa(flags: set[str], forced: str | None = None) -> str:
+    """The best level whose flags ``flags`` has, or ``forced`` (checked against them)."""
+    if forced:
+        if forced not in ISA_LEVELS:
+            raise ValueError(f"{ISA_ENV}={forced!r} is not a level; allowed: {', '.join(ISA_LEVELS)}")
+        missing = [f for f in ISA_LEVELS[forced][0] if f not in flags]
+        if missing:
+            raise ValueError(f"{ISA_ENV}={forced!r} needs CPU flags this CPU lacks: {', '.join(missing)}")
+        return forced
+    return next(level for level, (needs, _) in ISA_LEVELS.items() if all(f in flags for f in needs))
 
 
 def _cpu_fingerprint() -> str:
@@ -57,13 +103,43 @@ def _find_compiler() -> str | None:
     return None
 
 
-def _build(compiler: str, target: Path) -> None:
+def source_files(root: Path) -> list[Path]:
+    """Every file under csrc/, in a fixed order (all of them feed the cache key)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def tile_names(root: Path) -> list[str]:
+    """The rule tiles present: one per csrc/rules/<name>.h."""
+    return sorted(p.stem for p in (root / "rules").glob("*.h"))
+
+
+def tiles_header(root: Path) -> str:
+    """tiles.gen.h: includes every tile and lists them for step.cpp's table (id = place)."""
+    names = tile_names(root)
+    return ("// Generated by impl/native/build.py from csrc/rules/*.h; do not edit.\n#pragma once\n"
+            + "".join(f'#include "rules/{n}.h"\n' for n in names)
+            + "#define TF_TILES(X) " + " ".join(f"X({n})" for n in names) + "\n")
+
+
+def source_key(root: Path, flags: list[str], compiler_version: str) -> str:
+    digest = hashlib.sha256()
+    for path in source_files(root):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for part in (" ".join(flags), compiler_version, _cpu_fingerprint()):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:20]
+
+
+def _build(compiler: str, root: Path, target: Path, flags: list[str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     try:
-        out = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp],
-                             capture_output=True, text=True, timeout=300)
+        with tempfile.TemporaryDirectory(prefix="tightfit-build-") as gen:
+            Path(gen, "tiles.gen.h").write_text(tiles_header(root))
+            units = [str(p) for p in sorted(root.glob("*.cpp"))]
+            out = subprocess.run([compiler, *flags, f"-I{root}", f"-I{gen}", *units, "-o", tmp],
+                                 capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             raise RuntimeError(f"{compiler} failed (exit {out.returncode}): {out.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: readers see the old state or the whole file
@@ -76,7 +152,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     from .jobs import TfJob, TfState  # the struct layout must agree with the C side
 
     lib.tf_abi_version.restype = ctypes.c_int
+    lib.tf_isa.restype = ctypes.c_char_p
     lib.tf_job_size.restype = ctypes.c_int
+    lib.tf_rule_tile.argtypes = [ctypes.c_char_p]
+    lib.tf_rule_tile.restype = ctypes.c_int
     lib.tf_step.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_step.restype = ctypes.c_int
     lib.tf_adafactor_sumsq.argtypes = [ctypes.POINTER(TfJob)]
@@ -96,20 +175,40 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-@lru_cache(maxsize=None)
+def isa() -> str:
+    """The instruction-set level the kernel is built for in this process."""
+    return choose_isa(cpu_flags(), os.environ.get(ISA_ENV) or None)
+
+
 def load_kernel() -> tuple[ctypes.CDLL | None, str | None]:
-    """(library, None) or (None, why it is unavailable). Built once per process."""
+    """(library, None) or (None, why it is unavailable), for this process's level (isa())."""
+    return load_level(isa())  # a bad TIGHTFIT_NATIVE_ISA raises: it is the user's explicit request
+
+
+@lru_cache(maxsize=None)
+def load_level(level: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """The library built for ``level`` (one of ISA_LEVELS); built once per process."""
     compiler = _find_compiler()
     if compiler is None:
         return None, f"no C++ compiler found (tried $CXX and {list(COMPILERS)})"
     try:
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(),
-                                         _compiler_version(compiler).encode(),
-                                         _cpu_fingerprint().encode()])).hexdigest()[:20]
-        target = cache_dir() / f"step_kernel-{key}.so"
+        flags = FLAGS + ISA_LEVELS[level][1]
+        key = source_key(SOURCE_DIR, flags, _compiler_version(compiler))
+        target = cache_dir() / f"step_kernel-{level}-{key}.so"
         if not target.exists():
-            _build(compiler, target)
-        return _bind(ctypes.CDLL(str(target))), None
+            _build(compiler, SOURCE_DIR, target, flags)
+        lib = _bind(ctypes.CDLL(str(target)))
+        if lib.tf_isa().decode() != level:
+            raise RuntimeError(f"built for {level!r} but the library reports {lib.tf_isa().decode()!r}")
+        return lib, None
     except Exception as exc:  # any failure means "unavailable", never a crash
         return None, f"native CPU kernel unavailable: {type(exc).__name__}: {exc}"
+
+
+@lru_cache(maxsize=None)
+def tile_id(name: str) -> int:
+    """The kernel's id of the rule tile ``name`` (csrc/rules/<name>.h), -1 when it has none."""
+    lib, why = load_kernel()
+    if lib is None:
+        raise RuntimeError(why)
+    return lib.tf_rule_tile(name.encode())

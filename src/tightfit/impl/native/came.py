@@ -9,7 +9,7 @@ temporaries (see came_update for the math):
 3. tf_came_instability: decode m, m' = β₁m + (1 − β₁)û, row/column sums of the
    instability (û − m')² + ε₂; nothing is written. R', C' and their factors follow
    (factored_ema, factored_rsqrt_factors, β₃).
-4. tf_step (R_CAME): recompute m' from g and the old m, θ ← θ − λη·θ − η·(R'^-½ ⊗ C'^-½)·m',
+4. tf_step (tile csrc/rules/came.h): recompute m' from g and the old m, θ ← θ − λη·θ − η·(R'^-½ ⊗ C'^-½)·m',
    and only now encode m'.
 
 The reference takes Δ from the unquantized m', which pass 3 cannot keep unless it writes
@@ -39,13 +39,13 @@ from ..reference import reference_param_step
 from .codec_passes import native_decode, native_store
 from .factored import (clip_divisor, factors_into, grad_sq_means, row_col_means, second_moment,
                        store_second_moment)
-from .jobs import F_GRAD_CHECKED, R_CAME, RuleCall, make_job
+from .jobs import F_GRAD_CHECKED, make_job
 
 # The states the kernel streams (the statistics are read through job.row/col/row2/col2).
 KERNEL_STATES = ("exp_avg",)
 
 
-def came_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
+def param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, state: dict,
                     n_threads: int) -> None:
     if param.dim() != 2 or param.numel() == 0:
         reference_param_step(rule, hyper, param, state, decode=native_decode, store=native_store)
@@ -56,8 +56,8 @@ def came_param_step(lib, rule, hyper: Mapping[str, Any], param: torch.Tensor, st
     lr, weight_decay = hyper["lr"], hyper["weight_decay"]
     # c[1], the clip divisor, is filled in after pass 2.
     coeffs = (eps1, 1.0, beta1, 1 - beta1, eps2, weight_decay * lr, lr, 1.0 if weight_decay != 0 else 0.0)
-    job = make_job(RuleCall(R_CAME, F_GRAD_CHECKED, coeffs), param.detach(), param.grad, [state["exp_avg"]],
-                   state["step"], state["nonfinite_skips"], n_threads)
+    job = make_job(rule, coeffs, param.detach(), param.grad, [state["exp_avg"]],
+                   state["step"], state["nonfinite_skips"], n_threads, flags=F_GRAD_CHECKED)
     job.cols = cols
     means = grad_sq_means(lib, job, rows, cols)
     if means is None:

@@ -4,7 +4,7 @@ Steps the fused kernel does not take (non-contiguous params, stochastic rounding
 bf16 params; the native drivers of the factored rules also step stacks of matrices with
 these codec passes) spend most of a reference step in the blockwise encode
 (``torch.bucketize``) and decode (a gather), not in their math. Here those two passes run
-in step_kernel.cpp (``tf_decode`` / ``tf_encode``, the same code the fused kernel uses
+in csrc/codecs.cpp (``tf_decode`` / ``tf_encode``, the same code the fused kernel uses
 per tile), so the results equal the reference bit for bit while the step is several
 times faster. fp32/bf16 states keep their PyTorch codec (a copy is already fast).
 """

@@ -6,7 +6,7 @@ whose update starts with rules/adafactor.py
     S = g² + ε₁;  R, C ← EMAs (β₂) of mean₋₁(S), mean₋₂(S)
     u = g · (R/mean R)^-½ ⊗ C^-½;  û = u / max(1, RMS(u)/clip)
 
-step_kernel.cpp reduces what is full-size (row/column sums of S and Σu², in double,
+csrc/reductions.cpp reduces what is full-size (row/column sums of S and Σu², in double,
 deterministic whatever the thread count); the small vectors in between go through the
 rule's own functions (factored_ema, factored_rsqrt_factors, rms_clip_divisor). The first
 pass also checks the gradient (None means a NaN/Inf: the caller skips the step) and can

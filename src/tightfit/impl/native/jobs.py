@@ -1,38 +1,31 @@
 """What one native step call receives: ctypes mirrors of ``TfJob`` / ``TfState`` in
-step_kernel.cpp, and the registries that fill them (rule -> coefficients, codec ->
-buffers and map tables, dtype -> id).
+csrc/abi.h, and what fills them (codec -> buffers and map tables, dtype -> id).
 
-Rule coefficients are computed here with the same Python expressions as the rule
-functions in tightfit/rules (same double-precision scalars, cast to float32 like
-PyTorch casts a Python scalar), so the kernel rounds as the reference does.
+A job's coefficients are the rule's own ``Rule.scalars(hyper, step, lossy)`` in order
+(double-precision Python scalars, cast to float32 as PyTorch casts a Python scalar), so
+the tile rounds as the reference does; its tile id is the kernel's for
+``rule.kernels.native_tile``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Callable, Sequence
 
 import torch
 
 from ...codecs import Encoded, get_codec
 from ...codecs.maps import QuantMap
-from ...rules.adamw import adam_moment_bound
-from ...rules.base import GRAD_LIMIT_ELEMENTWISE, GRAD_LIMIT_REDUCING
+from ...rules import Rule
 from .bounds import checked_filler
+from .build import tile_id
 
-MAX_STATES = 2
-N_COEFFS = 10
+MAX_STATES = 4
+N_COEFFS = 16
 
-# Flags (must match step_kernel.cpp).
-F_MAXIMIZE, F_COUPLED_WD, F_NESTEROV, F_FIRST_STEP, F_MOMENTUM, F_GRAD_CHECKED = 1, 2, 4, 8, 16, 32
-# Rule kernels (must match RuleId in step_kernel.cpp).
-R_ADAMW, R_LION, R_SGD, R_SOPHIAG, R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF = 0, 1, 2, 3, 4, 5, 6
-# Kernels of rules that reduce over the tensor (Rule.elementwise False): their gradient
-# limit is GRAD_LIMIT_REDUCING (tests/impl check this against each rule's grad_limit).
-REDUCING_KERNELS = frozenset({R_ADAFACTOR, R_CAME, R_ADAFACTOR_HF})
+F_GRAD_CHECKED = 1  # must match abi.h
 
 DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -40,14 +33,13 @@ DTYPE_IDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 class TfState(ctypes.Structure):
     _fields_ = [("codec", ctypes.c_int32), ("block", ctypes.c_int32),
                 ("data", ctypes.c_void_p), ("absmax", ctypes.c_void_p),
-                ("values", ctypes.c_void_p), ("bucket_mid", ctypes.c_void_p),
-                ("bucket_low", ctypes.c_void_p),
+                ("values", ctypes.c_void_p), ("bucket_packed", ctypes.c_void_p), ("midpoints", ctypes.c_void_p),
                 ("shift", ctypes.c_int32), ("top", ctypes.c_int32),
-                ("n_buckets", ctypes.c_int32), ("pad_", ctypes.c_int32)]
+                ("n_buckets", ctypes.c_int32), ("n_values", ctypes.c_int32)]
 
 
 class TfJob(ctypes.Structure):
-    _fields_ = [("rule", ctypes.c_int32), ("flags", ctypes.c_int32),
+    _fields_ = [("tile", ctypes.c_int32), ("flags", ctypes.c_int32),
                 ("param_dtype", ctypes.c_int32), ("grad_dtype", ctypes.c_int32),
                 ("n_states", ctypes.c_int32), ("n_threads", ctypes.c_int32),
                 ("grad_limit_bits", ctypes.c_uint32), ("pad_", ctypes.c_int32),
@@ -58,79 +50,39 @@ class TfJob(ctypes.Structure):
                 ("row2", ctypes.c_void_p), ("col2", ctypes.c_void_p)]
 
 
-# ---- rules: name -> (hyper, step) -> (kernel id, flags, coefficients) ---------------
-@dataclass(frozen=True)
-class RuleCall:
-    kernel: int
-    flags: int
-    coeffs: tuple[float, ...]
-
-
-def _adamw(h: Mapping[str, Any], step: int, lossy: bool, coupled_wd: float = 0.0) -> RuleCall:
-    # Same expressions as rules.adamw.adamw_update.
-    beta1, beta2 = h["betas"]
-    lr, weight_decay = h["lr"], (0.0 if coupled_wd else h["weight_decay"])
-    bias1 = 1 - beta1**step
-    bias2_sqrt = (1 - beta2**step) ** 0.5
-    flags = (F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if coupled_wd else 0)
-    return RuleCall(R_ADAMW, flags, (1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay,
-                                     bias2_sqrt, h["eps"], lr / bias1, coupled_wd,
-                                     adam_moment_bound(beta1, beta2, step) if lossy else math.inf))
-
-
-def _adam(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    # rules.adamw.adam_update: coupled L2 unless decoupled_weight_decay.
-    if h["decoupled_weight_decay"]:
-        return _adamw(h, step, lossy)
-    return _adamw(h, step, lossy, coupled_wd=h["weight_decay"])
-
-
-def _lion(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    beta1, beta2 = h["betas"]
-    lr = h["lr"]
-    return RuleCall(R_LION, 0, (beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * h["weight_decay"], lr))
-
-
-def _sgd(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    flags = ((F_MAXIMIZE if h["maximize"] else 0) | (F_COUPLED_WD if h["weight_decay"] else 0)
-             | (F_MOMENTUM if h["momentum"] else 0) | (F_NESTEROV if h["nesterov"] else 0)
-             | (F_FIRST_STEP if step == 1 else 0))
-    return RuleCall(R_SGD, flags, (h["lr"], h["momentum"], 1 - h["dampening"], h["weight_decay"]))
-
-
-def _sophiag(h: Mapping[str, Any], step: int, lossy: bool) -> RuleCall:
-    # rules.sophia.sophiag_update: (rho * bs) is a Python product before meeting h.
-    beta1 = h["betas"][0]
-    lr = h["lr"]
-    return RuleCall(R_SOPHIAG, F_MAXIMIZE if h["maximize"] else 0,
-                    (1 - lr * h["weight_decay"], beta1, 1 - beta1, h["rho"] * h["bs"], lr))
-
-
-# rule name -> (hyper, step, lossy states: Rule.update_extras) -> RuleCall
-RULE_CALLS: dict[str, Callable[[Mapping[str, Any], int, bool], RuleCall]] = {
-    "adamw": _adamw, "adam": _adam, "lion": _lion, "sgd": _sgd, "sophiag": _sophiag,
-}
-
-
 # ---- codecs: name -> how its buffers and map tables fill a TfState -----------------
 @dataclass(frozen=True)
 class MapTables:
     """A QuantMap's encode/decode tables as contiguous CPU tensors (kept alive here)."""
 
     values: torch.Tensor
-    bucket_mid: torch.Tensor  # padded_midpoints[bucket_low]: the one midpoint a bucket can hold
-    bucket_low: torch.Tensor  # int32: the kernel gathers 32-bit lanes
+    bucket_packed: torch.Tensor  # int32 per bucket: lowest code | (midpoint key - bucket's lowest key) << 8
+    midpoints: torch.Tensor  # the map's midpoints, then +inf (as many as values)
     shift: int
     top: int
 
 
+def _monotone_key(x: torch.Tensor) -> torch.Tensor:
+    bits = x.view(torch.int32).long()
+    magnitude = bits & 0x7FFFFFFF
+    return torch.where(bits < 0, -magnitude, magnitude)
+
+
 @lru_cache(maxsize=None)
 def map_tables(qmap: QuantMap) -> MapTables:
-    # The bucket layout is QuantMap's (maps.py): bucket = (key >> shift) + top + 1.
-    top = 0x3F800000 >> qmap._shift
+    """QuantMap's bucket table (maps.py: bucket = (key >> shift) + top + 1, its lowest code
+    and the one midpoint that can lie in it) packed into one int32 per bucket: the code in
+    bits 0-7, the midpoint's key offset from the bucket's lowest key in bits 8+ (2^shift
+    when the midpoint lies beyond the bucket, +inf padding included): y > midpoint is then
+    an integer comparison of y's offset inside its bucket (csrc/quant.h)."""
+    shift = qmap._shift
+    top = 0x3F800000 >> shift
     low = qmap._bucket_low.long()
-    return MapTables(qmap.values.contiguous(), qmap._padded_midpoints[low].contiguous(),
-                     low.to(torch.int32).contiguous(), qmap._shift, top)
+    lowest_key = torch.arange(-top - 1, top + 1, dtype=torch.int64) << shift
+    mid_offset = (_monotone_key(qmap._padded_midpoints[low].contiguous()) - lowest_key).clamp(0, 1 << shift)
+    packed = low | (mid_offset << 8)
+    return MapTables(qmap.values.contiguous(), packed.to(torch.int32).contiguous(),
+                     qmap._padded_midpoints.contiguous(), shift, top)
 
 
 def _fill_plain(codec_id: int) -> Callable[[TfState, Encoded], None]:
@@ -148,9 +100,10 @@ def _fill_blockwise(codec_id: int) -> Callable[[TfState, Encoded], None]:
         st.data = enc.buffers["codes"].data_ptr()
         st.absmax = enc.buffers["absmax"].data_ptr()
         st.values = tables.values.data_ptr()
-        st.bucket_mid = tables.bucket_mid.data_ptr()
-        st.bucket_low = tables.bucket_low.data_ptr()
-        st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_low.numel()
+        st.bucket_packed = tables.bucket_packed.data_ptr()
+        st.midpoints = tables.midpoints.data_ptr()
+        st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_packed.numel()
+        st.n_values = tables.values.numel()
     return fill
 
 
@@ -164,23 +117,26 @@ CODEC_FILLERS: dict[str, tuple[dict[str, torch.dtype], Callable[[TfState, Encode
 CODEC_FILLERS = {name: (dtypes, checked_filler(fill)) for name, (dtypes, fill) in CODEC_FILLERS.items()}
 
 
-def grad_limit_bits(kernel: int) -> int:
-    """float32 bit pattern of the gradient limit of a rule kernel (a power of two)."""
-    limit = GRAD_LIMIT_REDUCING if kernel in REDUCING_KERNELS else GRAD_LIMIT_ELEMENTWISE
+def grad_limit_bits(limit: float) -> int:
+    """float32 bit pattern of a rule's gradient limit (a power of two)."""
     return int(torch.tensor(limit, dtype=torch.float32).view(torch.int32))
 
 
-def make_job(call: RuleCall, param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
-             step: torch.Tensor, skips: torch.Tensor, n_threads: int) -> TfJob:
+def make_job(rule: Rule, coeffs: Sequence[float], param: torch.Tensor, grad: torch.Tensor, states: list[Encoded],
+             step: torch.Tensor, skips: torch.Tensor, n_threads: int, flags: int = 0) -> TfJob:
+    """The job of one parameter's step through ``rule``'s native tile, with ``coeffs`` as c[]."""
+    if len(coeffs) > N_COEFFS or len(states) > MAX_STATES:
+        raise ValueError(f"rule {rule.name!r}: {len(coeffs)} scalars and {len(states)} states; the native kernel "
+                         f"takes at most {N_COEFFS} and {MAX_STATES}")
     job = TfJob()
-    job.rule, job.flags = call.kernel, call.flags
+    job.tile, job.flags = tile_id(rule.kernels.native_tile), flags
     job.param_dtype, job.grad_dtype = DTYPE_IDS[param.dtype], DTYPE_IDS[grad.dtype]
     job.n_states, job.n_threads = len(states), n_threads
-    job.grad_limit_bits = grad_limit_bits(call.kernel)
+    job.grad_limit_bits = grad_limit_bits(rule.grad_limit)
     job.numel = param.numel()
     job.param, job.grad = param.data_ptr(), grad.data_ptr()
     job.step, job.skips = step.data_ptr(), skips.data_ptr()
-    job.c[:len(call.coeffs)] = call.coeffs
+    job.c[:len(coeffs)] = [float(c) for c in coeffs]
     for slot, enc in zip(job.states, states):
         CODEC_FILLERS[enc.codec][1](slot, enc)
     return job

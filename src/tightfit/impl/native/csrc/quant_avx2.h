@@ -1,0 +1,125 @@
+// AVX2 paths of quant.h: 8 lanes. AVX2 has no two-table permute, so the 256-entry map is
+// read by a gather (vgatherdps); the 16-entry 4-bit map by two vpermps and a blend.
+// Encode as the AVX-512 path: absmax in registers, x * (1/scale) with a per-lane check,
+// one gather of the packed bucket entry per lane.
+#pragma once
+
+#include <immintrin.h>
+
+#include "quant.h"
+
+namespace tf {
+namespace simd {
+
+inline int32_t reduce_max_epu32(__m256i v) {
+  __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0x4E));
+  m = _mm_max_epu32(m, _mm_shuffle_epi32(m, 0xB1));
+  return _mm_cvtsi128_si32(m);
+}
+
+inline __m256 lookup16(__m256 map_lo, __m256 map_hi, __m256i code) {
+  const __m256 lo = _mm256_permutevar8x32_ps(map_lo, code);
+  const __m256 hi = _mm256_permutevar8x32_ps(map_hi, code);
+  return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(code, 28)));  // code bit 3
+}
+
+inline void decode_bytes(const Quant& q, const uint8_t* codes, const float* absmax, int n, float* out) {
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk) {
+    const int m = n - b0 < q.block ? n - b0 : q.block;
+    const float s = absmax[blk];
+    const __m256 scale = _mm256_set1_ps(s);
+    int i = 0;
+    for (; i + 8 <= m; i += 8) {
+      const __m256i code = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + b0 + i)));
+      _mm256_storeu_ps(out + b0 + i, _mm256_mul_ps(_mm256_i32gather_ps(q.values, code, 4), scale));
+    }
+    for (; i < m; ++i) out[b0 + i] = q.values[codes[b0 + i]] * s;
+  }
+}
+
+inline void decode_nibbles(const Quant& q, const uint8_t* packed, const float* absmax, int n, float* out) {
+  const __m256 map_lo = _mm256_loadu_ps(q.values), map_hi = _mm256_loadu_ps(q.values + 8);
+  const __m256i low4 = _mm256_set1_epi32(0x0F);
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk) {
+    const int m = n - b0 < q.block ? n - b0 : q.block;
+    const float s = absmax[blk];
+    const __m256 scale = _mm256_set1_ps(s);
+    int i = 0;
+    for (; i + 16 <= m; i += 16) {  // 16 elements from 8 bytes
+      const __m256i pair =
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + (b0 + i) / 2)));
+      const __m256 even = lookup16(map_lo, map_hi, _mm256_and_si256(pair, low4));
+      const __m256 odd = lookup16(map_lo, map_hi, _mm256_srli_epi32(pair, 4));
+      const __m256 a = _mm256_unpacklo_ps(even, odd), b = _mm256_unpackhi_ps(even, odd);
+      _mm256_storeu_ps(out + b0 + i, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), scale));
+      _mm256_storeu_ps(out + b0 + i + 8, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), scale));
+    }
+    for (; i < m; ++i) {
+      const int k = b0 + i;
+      out[k] = q.values[(packed[k / 2] >> (4 * (k & 1))) & 0x0F] * s;
+    }
+  }
+}
+
+inline __m256i codes_of(const Quant& q, __m256 y, __m256i* near) {
+  const __m256i bits = _mm256_castps_si256(y);
+  const __m256i mag = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i key = _mm256_blendv_epi8(mag, _mm256_sub_epi32(_mm256_setzero_si256(), mag), _mm256_srai_epi32(bits, 31));
+  const __m128i shift = _mm_cvtsi32_si128(q.shift);
+  const __m256i hi = _mm256_sra_epi32(key, shift);
+  __m256i bucket = _mm256_add_epi32(hi, _mm256_set1_epi32(q.offset));
+  bucket = _mm256_min_epi32(_mm256_max_epi32(bucket, _mm256_setzero_si256()), _mm256_set1_epi32(q.last));
+  const __m256i entry = _mm256_i32gather_epi32(q.packed, bucket, 4);
+  const __m256i low = _mm256_and_si256(entry, _mm256_set1_epi32(0xFF));
+  const __m256i mid = _mm256_srli_epi32(entry, 8);
+  const __m256i within = _mm256_sub_epi32(key, _mm256_sll_epi32(hi, shift));
+  const __m256i above = _mm256_cmpgt_epi32(within, mid);  // -1 where above
+  const __m256i margin = _mm256_set1_epi32(RECIPROCAL_MARGIN + 1);
+  *near = _mm256_or_si256(
+      _mm256_or_si256(_mm256_cmpgt_epi32(margin, _mm256_abs_epi32(_mm256_sub_epi32(within, mid))),
+                      _mm256_cmpgt_epi32(margin, within)),
+      _mm256_cmpgt_epi32(within, _mm256_set1_epi32((1 << q.shift) - 1 - RECIPROCAL_MARGIN)));
+  return _mm256_sub_epi32(low, above);
+}
+
+inline void store_code_bytes(__m256i code, uint8_t* dst) {
+  const __m256i bytes = _mm256_shuffle_epi8(code, _mm256_setr_epi8(
+      0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+      0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+  const __m256i packed = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+}
+
+inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
+  const int whole = m & ~7;
+  __m256i amax = _mm256_setzero_si256();
+  for (int i = 0; i < whole; i += 8)
+    amax = _mm256_max_epu32(amax, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)),
+                                                    _mm256_set1_epi32(0x7FFFFFFF)));
+  uint32_t amax_bits = uint32_t(reduce_max_epu32(amax));
+  const uint32_t rest = absmax_bits(x + whole, m - whole);
+  amax_bits = rest > amax_bits ? rest : amax_bits;
+  const float scale = block_scale(float_of(amax_bits));
+  const float inv = 1.0f / scale;
+  if (!reciprocal_usable(amax_bits, inv)) {
+    encode_block_exact(q, x, m, absmax_out, codes);
+    return;
+  }
+  *absmax_out = float_of(amax_bits);
+  const __m256 inv_v = _mm256_set1_ps(inv), scale_v = _mm256_set1_ps(scale);
+  for (int i = 0; i < whole; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    __m256i near;
+    __m256i code = codes_of(q, _mm256_mul_ps(xv, inv_v), &near);
+    if (!_mm256_testz_si256(near, near)) {  // rare: divide exactly and take those lanes' codes from the quotient
+      __m256i unused;
+      code = _mm256_blendv_epi8(code, codes_of(q, _mm256_div_ps(xv, scale_v), &unused), near);
+    }
+    store_code_bytes(code, codes + i);
+  }
+  for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
+}
+
+}  // namespace simd
+}  // namespace tf

@@ -1,0 +1,167 @@
+// AVX-512 (F, BW, DQ, VL) paths of quant.h: 16 lanes, no gathers in decode.
+//   decode 8-bit: the 256-entry map held in 16 registers; 8 two-table permutes (vpermi2ps,
+//                 code bits 0-4) and a 3-level blend on code bits 5-7.
+//   decode 4-bit: the 16-entry map in one register (vpermps), nibbles re-interleaved by permutes.
+//   encode:       absmax in registers, x * (1/scale) with a per-lane check (quant.h); the
+//                 nearest code by one gather of the packed bucket entry per lane (8-bit), or
+//                 by a 4-step binary search over the 15 midpoints held in a register (4-bit);
+//                 codes narrowed by vpmovdb.
+#pragma once
+
+#include <immintrin.h>
+
+#include "quant.h"
+
+namespace tf {
+namespace simd {
+
+struct Map256 {
+  __m512 t[16];
+  explicit Map256(const float* values) {
+    for (int k = 0; k < 16; ++k) t[k] = _mm512_loadu_ps(values + 16 * k);
+  }
+  __m512 operator()(__m512i code) const {
+    __m512 r[8];
+    for (int k = 0; k < 8; ++k) r[k] = _mm512_permutex2var_ps(t[2 * k], code, t[2 * k + 1]);
+    const __mmask16 b5 = _mm512_test_epi32_mask(code, _mm512_set1_epi32(32));
+    const __mmask16 b6 = _mm512_test_epi32_mask(code, _mm512_set1_epi32(64));
+    const __mmask16 b7 = _mm512_test_epi32_mask(code, _mm512_set1_epi32(128));
+    for (int k = 0; k < 4; ++k) r[k] = _mm512_mask_blend_ps(b5, r[2 * k], r[2 * k + 1]);
+    r[0] = _mm512_mask_blend_ps(b6, r[0], r[1]);
+    r[1] = _mm512_mask_blend_ps(b6, r[2], r[3]);
+    return _mm512_mask_blend_ps(b7, r[0], r[1]);
+  }
+};
+
+inline __mmask16 tail_mask(int left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+
+// n codes (one byte each) from a block-aligned start; absmax[0] is the first block's.
+inline void decode_bytes(const Quant& q, const uint8_t* codes, const float* absmax, int n, float* out) {
+  const Map256 map(q.values);
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk) {
+    const int m = n - b0 < q.block ? n - b0 : q.block;
+    const __m512 scale = _mm512_set1_ps(absmax[blk]);
+    for (int i = 0; i < m; i += 16) {
+      const __mmask16 k = tail_mask(m - i);
+      const __m512i code = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, codes + b0 + i));
+      _mm512_mask_storeu_ps(out + b0 + i, k, _mm512_mul_ps(map(code), scale));
+    }
+  }
+}
+
+// n codes packed two per byte (element 2i: low nibble of byte i), block-aligned start.
+inline void decode_nibbles(const Quant& q, const uint8_t* packed, const float* absmax, int n, float* out) {
+  const __m512 map = _mm512_loadu_ps(q.values);  // a 4-bit map has 16 values
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i low4 = _mm512_set1_epi32(0x0F);
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk) {
+    const int m = n - b0 < q.block ? n - b0 : q.block;
+    const __m512 scale = _mm512_set1_ps(absmax[blk]);
+    for (int i = 0; i < m; i += 32) {  // 32 elements from 16 bytes
+      const int left = m - i;
+      const __mmask16 bytes = tail_mask((left + 1) / 2);
+      const __m512i pair = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(bytes, packed + (b0 + i) / 2));
+      const __m512 even = _mm512_permutexvar_ps(_mm512_and_si512(pair, low4), map);
+      const __m512 odd = _mm512_permutexvar_ps(_mm512_srli_epi32(pair, 4), map);
+      _mm512_mask_storeu_ps(out + b0 + i, tail_mask(left),
+                            _mm512_mul_ps(_mm512_permutex2var_ps(even, first, odd), scale));
+      if (left > 16)
+        _mm512_mask_storeu_ps(out + b0 + i + 16, tail_mask(left - 16),
+                              _mm512_mul_ps(_mm512_permutex2var_ps(even, second, odd), scale));
+    }
+  }
+}
+
+// Codes of 16 lanes of y (|y| <= 1 + 2^-22, finite), and the lanes whose key lies within
+// RECIPROCAL_MARGIN of a bucket edge or of the bucket's midpoint.
+inline __m512i codes_of(const Quant& q, __m512 y, __mmask16* near) {
+  const __m512i bits = _mm512_castps_si512(y);
+  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i key = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), mag);
+  const __m128i shift = _mm_cvtsi32_si128(q.shift);
+  const __m512i hi = _mm512_sra_epi32(key, shift);
+  __m512i bucket = _mm512_add_epi32(hi, _mm512_set1_epi32(q.offset));
+  bucket = _mm512_min_epi32(_mm512_max_epi32(bucket, _mm512_setzero_si512()), _mm512_set1_epi32(q.last));
+  const __m512i entry = _mm512_i32gather_epi32(bucket, q.packed, 4);
+  const __m512i low = _mm512_and_si512(entry, _mm512_set1_epi32(0xFF));
+  const __m512i mid = _mm512_srli_epi32(entry, 8);
+  const __m512i within = _mm512_sub_epi32(key, _mm512_sll_epi32(hi, shift));
+  const __mmask16 above = _mm512_cmpgt_epi32_mask(within, mid);
+  const __m512i margin = _mm512_set1_epi32(RECIPROCAL_MARGIN);
+  *near = _mm512_cmple_epi32_mask(_mm512_abs_epi32(_mm512_sub_epi32(within, mid)), margin) |
+          _mm512_cmplt_epi32_mask(within, margin) |
+          _mm512_cmpgt_epi32_mask(within, _mm512_set1_epi32((1 << q.shift) - 1 - RECIPROCAL_MARGIN));
+  return _mm512_mask_add_epi32(low, above, low, _mm512_set1_epi32(1));
+}
+
+// 4-bit maps: the midpoints (and +inf) in one register; code = number of midpoints < y.
+struct Mids16 {
+  __m512 mid;
+  __m512i key;  // their monotone keys, for the closeness check
+  explicit Mids16(const float* midpoints) : mid(_mm512_loadu_ps(midpoints)) {
+    const __m512i bits = _mm512_castps_si512(mid);
+    const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+    key = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), mag);
+  }
+};
+
+inline __m512i codes_of(const Mids16& t, __m512 y, __mmask16* near) {
+  __m512i code = _mm512_setzero_si512();
+  for (int step = 8; step >= 1; step /= 2) {
+    const __m512i candidate = _mm512_add_epi32(code, _mm512_set1_epi32(step));
+    const __m512 mid = _mm512_permutexvar_ps(_mm512_sub_epi32(candidate, _mm512_set1_epi32(1)), t.mid);
+    code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(y, mid, _CMP_GT_OQ), candidate);
+  }
+  // the midpoints on either side of y (code 0: slot 15, +inf), compared on their keys
+  const __m512i bits = _mm512_castps_si512(y);
+  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i key = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), mag);
+  const __m512i below = _mm512_permutexvar_epi32(_mm512_and_si512(_mm512_sub_epi32(code, _mm512_set1_epi32(1)),
+                                                                  _mm512_set1_epi32(15)), t.key);
+  const __m512i above = _mm512_permutexvar_epi32(code, t.key);
+  const __m512i margin = _mm512_set1_epi32(RECIPROCAL_MARGIN);
+  *near = _mm512_cmple_epu32_mask(_mm512_abs_epi32(_mm512_sub_epi32(key, below)), margin) |
+          _mm512_cmple_epu32_mask(_mm512_abs_epi32(_mm512_sub_epi32(key, above)), margin);
+  return code;
+}
+
+template <class Table>
+inline void encode_block_with(const Table& table, const Quant& q, const float* x, int m, float* absmax_out,
+                              uint8_t* codes) {
+  __m512i amax = _mm512_setzero_si512();
+  for (int i = 0; i < m; i += 16) {
+    const __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(tail_mask(m - i), x + i));
+    amax = _mm512_max_epu32(amax, _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF)));
+  }
+  const uint32_t amax_bits = _mm512_reduce_max_epu32(amax);
+  const float scale = block_scale(float_of(amax_bits));
+  const float inv = 1.0f / scale;
+  if (!reciprocal_usable(amax_bits, inv)) {
+    encode_block_exact(q, x, m, absmax_out, codes);
+    return;
+  }
+  *absmax_out = float_of(amax_bits);
+  const __m512 inv_v = _mm512_set1_ps(inv), scale_v = _mm512_set1_ps(scale);
+  for (int i = 0; i < m; i += 16) {
+    const __mmask16 k = tail_mask(m - i);
+    const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+    __mmask16 near;
+    __m512i code = codes_of(table, _mm512_mul_ps(xv, inv_v), &near);
+    if (near & k) {  // rare: divide exactly and take those lanes' codes from the quotient
+      __mmask16 unused;
+      code = _mm512_mask_mov_epi32(code, near, codes_of(table, _mm512_div_ps(xv, scale_v), &unused));
+    }
+    _mm_mask_storeu_epi8(codes + i, k, _mm512_cvtepi32_epi8(code));
+  }
+}
+
+inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
+  if (q.nan_code == 15)  // a 4-bit map
+    encode_block_with(Mids16(q.midpoints), q, x, m, absmax_out, codes);
+  else
+    encode_block_with(q, q, x, m, absmax_out, codes);
+}
+
+}  // namespace simd
+}  // namespace tf

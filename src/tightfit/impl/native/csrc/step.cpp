@@ -1,0 +1,101 @@
+// The fused step driver: one pass per tile of TILE elements.
+//
+// Per tile: load param + grad as floats, decode each state into a float buffer, apply
+// the rule's tile, store the param, encode each state (float32 tensors are used in
+// place). Every stage is a short loop over L1-resident floats, so the compiler
+// vectorizes it and the stages compose: one decode/encode per codec (codecs.cpp), one
+// tile per rule (rules/<name>.h), chosen per tensor, never per element.
+//
+// The tiles mirror tightfit/rules/*.py operation by operation (built with
+// -ffp-contract=off); their coefficients are Rule.scalars(...), computed in Python
+// exactly as the rule computes them, arriving here as floats.
+//
+// tiles.gen.h is written by build.py from the files in rules/: it includes each and
+// lists them as TF_TILES(X) = X(adam) X(lion) ...; a tile's id is its place in that list.
+
+#include <cstring>
+
+#include "abi.h"
+#include "codecs.h"
+#include "dtypes.h"
+#include "tiles.gen.h"
+
+namespace tf {
+namespace {
+
+struct NamedTile {
+  const char* name;
+  TileFn fn;
+};
+
+#define TF_TILE_ENTRY(name) {#name, &name##_tile},
+constexpr NamedTile TILES[] = {TF_TILES(TF_TILE_ENTRY)};
+#undef TF_TILE_ENTRY
+constexpr int N_TILES = int(sizeof(TILES) / sizeof(TILES[0]));
+
+// Float32 tensors are updated in place (no copy); others go through the tile buffers.
+void process_tile(const TfJob& job, TileFn tile, int64_t start, int n) {
+  alignas(64) float p_buf[TILE];
+  alignas(64) float g_buf[TILE];
+  alignas(64) float s_buf[MAX_STATES][TILE];
+  const bool p_direct = job.param_dtype == F32, g_direct = job.grad_dtype == F32;
+  float* p = p_direct ? static_cast<float*>(job.param) + start : p_buf;
+  const float* g = g_direct ? static_cast<const float*>(job.grad) + start : g_buf;
+  float* s[MAX_STATES];
+  if (!p_direct) load_floats(job.param_dtype, job.param, start, n, p_buf);
+  if (!g_direct) load_floats(job.grad_dtype, job.grad, start, n, g_buf);
+  for (int k = 0; k < job.n_states; ++k) {
+    const TfState& st = job.states[k];
+    s[k] = st.codec == C_FP32 ? static_cast<float*>(st.data) + start : s_buf[k];
+    if (st.codec != C_FP32) decode_state(st, start, n, s_buf[k]);
+  }
+  for (int k = job.n_states; k < MAX_STATES; ++k) s[k] = s_buf[k];  // a rule may use a state it does not keep
+  tile(job, start, p, g, s, n);
+  if (!p_direct) store_floats(job.param_dtype, job.param, start, n, p_buf);
+  for (int k = 0; k < job.n_states; ++k)
+    if (job.states[k].codec != C_FP32) encode_state(job.states[k], start, n, s_buf[k]);
+}
+
+}  // namespace
+}  // namespace tf
+
+extern "C" {
+
+int tf_abi_version() { return TF_ABI_VERSION; }
+int tf_job_size() { return int(sizeof(TfJob)); }
+
+// The id of the rule tile built from rules/<name>.h, or -1 when there is none.
+int tf_rule_tile(const char* name) {
+  for (int i = 0; i < tf::N_TILES; ++i)
+    if (std::strcmp(tf::TILES[i].name, name) == 0) return i;
+  return -1;
+}
+
+// One parameter's step. Unusable gradient (NaN/Inf, or an element at or above the
+// rule's limit): a first pass over the gradient finds it and the step is skipped
+// entirely (param and states untouched, *skips += 1), unless F_GRAD_CHECKED says the
+// caller's own earlier pass found it usable.
+// Returns 1 when the update happened, 0 when skipped, -1 for an unknown tile or too
+// many states (nothing touched).
+int tf_step(const TfJob* job) {
+  using namespace tf;
+  if (job->tile < 0 || job->tile >= N_TILES || job->n_states < 0 || job->n_states > MAX_STATES) return -1;
+  const int64_t n = job->numel;
+  if (!(job->flags & F_GRAD_CHECKED) &&
+      any_beyond_limit(job->grad_dtype, job->grad, n, job->grad_limit_bits, job->n_threads)) {
+    *job->skips += 1;
+    return 0;
+  }
+  const TileFn tile = TILES[job->tile].fn;
+  const int64_t tiles = (n + TILE - 1) / TILE;
+  // dynamic chunks of 16 tiles: on a shared CPU a descheduled thread's work is taken over
+#pragma omp parallel for schedule(dynamic, 16) num_threads(job->n_threads) if (tiles > 8)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t start = t * TILE;
+    process_tile(*job, tile, start, int(n - start < TILE ? n - start : TILE));
+  }
+  *job->step += 1.0f;
+  return 1;
+}
+
+}  // extern "C"
