@@ -75,7 +75,7 @@ def test_state_layout_and_exact_bytes(convention, options, shape, expected):
     # meta device: a 4096x4096 layout costs nothing; the shell creates states lazily
     param = torch.empty(shape, device="meta")
     opt = tightfit.Adafactor([param], convention=convention, **options)
-    state = opt._ensure_state(param, opt.param_groups[0])
+    state = opt.ensure_state(param, opt.param_groups[0])
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, tightfit.codecs.Encoded)}
     assert shapes == expected
     numel = lambda s: int(torch.Size(s).numel())
@@ -85,7 +85,7 @@ def test_state_layout_and_exact_bytes(convention, options, shape, expected):
 def test_4096_square_without_momentum_keeps_two_vectors():
     param = torch.empty(4096, 4096, device="meta")
     opt = tightfit.Adafactor([param], state="8bit")  # nothing to quantize: only small states
-    opt._ensure_state(param, opt.param_groups[0])
+    opt.ensure_state(param, opt.param_groups[0])
     assert opt.state_nbytes() == 2 * 4096 * 4
 
 

@@ -44,7 +44,7 @@ STATE_LAYOUT = [
 def test_state_layout_and_exact_bytes(shape, expected):
     param = torch.empty(shape, device="meta")  # layout only: no memory
     opt = tightfit.CAME([param], lr=1e-3)
-    state = opt._ensure_state(param, opt.param_groups[0])
+    state = opt.ensure_state(param, opt.param_groups[0])
     assert {k: tuple(v.shape) for k, v in state.items() if isinstance(v, tightfit.codecs.Encoded)} == expected
     assert opt.state_nbytes() == sum(4 * int(torch.Size(s).numel()) for s in expected.values())
 
