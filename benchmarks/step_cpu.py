@@ -78,6 +78,9 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
         "tightfit Adafactor HF (no momentum)": ("native", lambda ps: tightfit.Adafactor(ps, convention="hf")),
         "tightfit CAME 8bit": ("native", lambda ps: tightfit.CAME(ps, lr=lr, state="8bit")),
         "tightfit SophiaG 8bit": ("native", lambda ps: tightfit.SophiaG(ps, lr=lr, state="8bit")),
+        "tightfit AdEMAMix 8bit": ("native", lambda ps: tightfit.AdEMAMix(ps, lr=lr, state="8bit")),
+        # Muon on the matrices (Newton–Schulz in PyTorch, C++ codec passes), AdamW on the norms
+        "tightfit Muon 8bit (+AdamW 8bit)": ("native_codec", lambda ps: tightfit.Muon(ps, lr=2e-2, state="8bit")),
         "tightfit AdamW 8bit (reference)": ("reference",
                                             lambda ps: tightfit.AdamW(ps, lr=lr, state="8bit", impl="reference")),
         "torch AdamW foreach": ("torch", lambda ps: torch.optim.AdamW(ps, lr=lr, foreach=True)),
@@ -87,6 +90,7 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
     try:
         import bitsandbytes as bnb
         rows["bitsandbytes AdamW8bit"] = ("bnb", lambda ps: bnb.optim.AdamW8bit(ps, lr=lr))
+        rows["bitsandbytes AdEMAMix8bit"] = ("bnb", lambda ps: bnb.optim.AdEMAMix8bit(ps, lr=lr))
     except ImportError as exc:
         print(f"bitsandbytes row skipped: {exc}")
     rows |= peer_rows(lr)
