@@ -65,10 +65,21 @@ def check_optimizer_name(name: str) -> None:
                                            "`tightfit optims` lists all; peers: " + ", ".join(PEERS)))
 
 
+# rule family -> (options that make the AdamW-equivalent lr and decay mean the same for it, why)
+RULE_OPTIONS: dict[str, tuple[Callable[[float, float], dict[str, Any]], str]] = {
+    "muon": (lambda lr, wd: {"adjust_lr_fn": "match_rms_adamw", "adamw": {"lr": lr, "weight_decay": wd}},
+             "Muon's update scaled to AdamW's RMS (Liu et al. 2025, arXiv 2502.16982), so the AdamW lr applies; "
+             "its AdamW groups (vectors) get the same lr and decay"),
+}
+
+
 def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over ``params`` with the lr ``lr_for(name, lr)``."""
+    """The optimizer ``name`` over ``params`` with the lr ``lr_for(name, lr)`` (and the rule's
+    RULE_OPTIONS, if any)."""
     check_optimizer_name(name)
     kwargs: dict[str, Any] = {"weight_decay": weight_decay}
+    if name in OPTIMIZER_NAMES and _rule_family(name) in RULE_OPTIONS:
+        kwargs.update(RULE_OPTIONS[_rule_family(name)][0](lr, weight_decay))
     rule_lr = lr_for(name, lr)
     if rule_lr is not None:
         kwargs["lr"] = rule_lr
