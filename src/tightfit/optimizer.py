@@ -75,12 +75,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
         self._warned: set[str] = set()
         super().__init__(params, defaults)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # torch pickles only defaults, state and param_groups; the default rule is
-        # defaults["rule"] (a name), so a pickled or deep-copied optimizer keeps it
-        return super().__getstate__()
-
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch pickles only defaults, state and param_groups; the default rule travels as
+        # defaults["rule"] (a name), so a pickled or deep-copied optimizer keeps it
         state = dict(state)
         rule_name = state.pop("rule_name", None)  # written by tightfit before the "rule" group key
         super().__setstate__(state)

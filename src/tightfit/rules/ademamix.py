@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .adamw import adam_moment_bound
+from .adamw import adam_moment_bound, clamp_moment
 from .base import Kernels, Rule, StateSpec, _number, check_betas, check_nonnegative, register_rule
 
 STATES = (StateSpec("exp_avg", "signed"), StateSpec("exp_avg_slow", "signed"), StateSpec("exp_avg_sq", "unsigned"))
@@ -88,21 +88,14 @@ def ademamix_scalars(hyper: Mapping[str, Any], step, lossy: bool) -> dict[str, A
     )
 
 
-def _held_to(moment, root, bound):
-    """moment held to [−bound·root, bound·root]; a root of 0 zeroes it."""
-    limit = root * bound
-    return torch.where(moment.abs() > limit, limit.copysign(moment), moment)
-
-
 def ademamix_apply(param, grad, state, s):
     """One AdEMAMix step from ``ademamix_scalars`` ``s`` (see ademamix_update for the math)."""
     fast = state["exp_avg"] * s["beta1"] + s["one_minus_beta1"] * grad
     slow = state["exp_avg_slow"] * s["beta3"] + s["one_minus_beta3"] * grad
     second = state["exp_avg_sq"] * s["beta2"] + s["one_minus_beta2"] * (grad * grad)
     root = second.sqrt()
-    fast_used, slow_used = fast, slow
-    if s["fast_bound"] != math.inf:  # lossy states (a Python float here: the reference path)
-        fast_used, slow_used = _held_to(fast, root, s["fast_bound"]), _held_to(slow, root, s["slow_bound"])
+    # lossy states: held to their bounds (inf, fp32 states: unchanged); a root of 0 zeroes them
+    fast_used, slow_used = clamp_moment(fast, root, s["fast_bound"]), clamp_moment(slow, root, s["slow_bound"])
     param = param * s["decay_factor"]
     mixed = fast_used / s["bias1"] + s["alpha"] * slow_used
     param = param - s["lr"] * (mixed / (root / s["bias2_sqrt"] + s["eps"]))

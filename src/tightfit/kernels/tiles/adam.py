@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from .slots import coefficient
+from .slots import clamp_moment, coefficient
 
 
 @triton.jit
@@ -18,9 +18,7 @@ def update(param, grad, exp_avg, exp_avg_sq, s2, s3, scalars,
     exp_avg_sq = exp_avg_sq * coefficient(scalars, 1) + coefficient(scalars, 2) * (grad * grad)
     param = param * coefficient(scalars, 3)
     root = tl.sqrt_rn(exp_avg_sq)
-    # m held to ±κₜ√v (rules/adamw.py clamp_moment); κₜ inf: inf*0 = NaN compares false
-    limit = root * coefficient(scalars, 8)
-    held = tl.where(tl.abs(exp_avg) > limit, tl.where(exp_avg < 0.0, -limit, limit), exp_avg)
+    held = clamp_moment(exp_avg, root, coefficient(scalars, 8))  # m held to ±κₜ√v (inf: unchanged)
     denom = tl.div_rn(root, coefficient(scalars, 4)) + coefficient(scalars, 5)
     param = param - coefficient(scalars, 6) * tl.div_rn(held, denom)
     return param, exp_avg, exp_avg_sq, s2, s3

@@ -3,14 +3,7 @@
 import triton
 import triton.language as tl
 
-from .slots import coefficient
-
-
-@triton.jit
-def held_to(moment, root, bound):
-    """moment held to ±bound·root (bound inf: unchanged, as inf*0 = NaN compares false)."""
-    limit = root * bound
-    return tl.where(tl.abs(moment) > limit, tl.where(moment < 0.0, -limit, limit), moment)
+from .slots import clamp_moment, coefficient
 
 
 @triton.jit
@@ -21,8 +14,8 @@ def update(param, grad, exp_avg, exp_avg_slow, exp_avg_sq, s3, scalars, NSTATES:
     exp_avg_slow = exp_avg_slow * coefficient(scalars, 4) + coefficient(scalars, 5) * grad
     exp_avg_sq = exp_avg_sq * coefficient(scalars, 2) + coefficient(scalars, 3) * (grad * grad)
     root = tl.sqrt_rn(exp_avg_sq)
-    fast = held_to(exp_avg, root, coefficient(scalars, 12))
-    slow = held_to(exp_avg_slow, root, coefficient(scalars, 13))
+    fast = clamp_moment(exp_avg, root, coefficient(scalars, 12))
+    slow = clamp_moment(exp_avg_slow, root, coefficient(scalars, 13))
     param = param * coefficient(scalars, 7)
     mixed = tl.div_rn(fast, coefficient(scalars, 8)) + coefficient(scalars, 6) * slow
     denom = tl.div_rn(root, coefficient(scalars, 9)) + coefficient(scalars, 10)

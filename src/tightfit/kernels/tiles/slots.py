@@ -21,3 +21,11 @@ def sign(x):
     """-1, 0 or 1 (NaN: 0, as the comparisons are false; torch.sign gives NaN, which the
     kernels never see: a gradient holding NaN skips the tensor)."""
     return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))
+
+
+@triton.jit
+def clamp_moment(moment, root, bound):
+    """moment held to ±bound·root (rules/adamw.py clamp_moment); bound inf: unchanged, as
+    inf·0 = NaN compares false."""
+    limit = root * bound
+    return tl.where(tl.abs(moment) > limit, tl.where(moment < 0.0, -limit, limit), moment)
