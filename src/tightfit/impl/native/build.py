@@ -45,7 +45,7 @@ ISA_LEVELS: dict[str, tuple[tuple[str, ...], list[str]]] = {
     "portable": ((), []),
 }
 COMPILERS = ("c++", "g++", "clang++")
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 
 def cache_dir() -> Path:

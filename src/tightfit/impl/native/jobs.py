@@ -21,6 +21,7 @@ from ...codecs.maps import QuantMap
 from ...rules import Rule
 from .bounds import checked_filler
 from .build import tile_id
+from .segments import TfSegments, segments_of
 
 MAX_STATES = 4
 N_COEFFS = 16
@@ -35,7 +36,7 @@ class TfState(ctypes.Structure):
                 ("data", ctypes.c_void_p), ("absmax", ctypes.c_void_p),
                 ("values", ctypes.c_void_p), ("bucket_packed", ctypes.c_void_p), ("midpoints", ctypes.c_void_p),
                 ("shift", ctypes.c_int32), ("top", ctypes.c_int32),
-                ("n_buckets", ctypes.c_int32), ("n_values", ctypes.c_int32)]
+                ("n_buckets", ctypes.c_int32), ("n_values", ctypes.c_int32), ("segments", ctypes.c_void_p)]
 
 
 class TfJob(ctypes.Structure):
@@ -60,6 +61,7 @@ class MapTables:
     midpoints: torch.Tensor  # the map's midpoints, then +inf (as many as values)
     shift: int
     top: int
+    segments: TfSegments | None  # the arithmetic encoder's tables (segments.py), when the map has them
 
 
 def _monotone_key(x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +83,9 @@ def map_tables(qmap: QuantMap) -> MapTables:
     lowest_key = torch.arange(-top - 1, top + 1, dtype=torch.int64) << shift
     mid_offset = (_monotone_key(qmap._padded_midpoints[low].contiguous()) - lowest_key).clamp(0, 1 << shift)
     packed = low | (mid_offset << 8)
+    seg = segments_of(qmap)
     return MapTables(qmap.values.contiguous(), packed.to(torch.int32).contiguous(),
-                     qmap._padded_midpoints.contiguous(), shift, top)
+                     qmap._padded_midpoints.contiguous(), shift, top, None if seg is None else seg.struct())
 
 
 def _fill_plain(codec_id: int) -> Callable[[TfState, Encoded], None]:
@@ -104,6 +107,7 @@ def _fill_blockwise(codec_id: int) -> Callable[[TfState, Encoded], None]:
         st.midpoints = tables.midpoints.data_ptr()
         st.shift, st.top, st.n_buckets = tables.shift, tables.top, tables.bucket_packed.numel()
         st.n_values = tables.values.numel()
+        st.segments = ctypes.addressof(tables.segments) if tables.segments is not None else None
     return fill
 
 

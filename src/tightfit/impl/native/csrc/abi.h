@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#define TF_ABI_VERSION 6
+#define TF_ABI_VERSION 7
 
 namespace tf {
 
@@ -22,6 +22,23 @@ constexpr int32_t F_GRAD_CHECKED = 1;
 
 extern "C" {
 
+// An 8-bit map's segment tables (impl/native/segments.py): its nearest code by arithmetic.
+// Segment j covers t = |y| in (upper[j-1], upper[j]]; the k-th of its n[j] interior
+// midpoints lies at u = k, u = t * d - b (kind 0) or sqrt(max(t - c, 0)) * d - b (kind 1).
+struct TfSegments {
+  int32_t kind;
+  int32_t neg_base;            // code of +0 (the number of negative midpoints)
+  int32_t mirrored;            // negative midpoints mirror the lowest `mirrored` nonnegative ones
+  int32_t binade_shift;        // table entry: (exponent field >> shift) - ((127 >> shift) - 31), at least 0
+  int32_t binade_segment[32];  // segment of each entry's lowest t
+  float upper[16];
+  float d[16];
+  float b[16];
+  float c[16];
+  int32_t base[16];            // nonnegative midpoints at or below segment j's lower threshold
+  int32_t n[16];
+};
+
 // One encoded state tensor (see tightfit/codecs): for fp32/bf16 `data` holds the
 // values; for 8/4-bit it holds the codes and `absmax` one float per block.
 struct TfState {
@@ -36,6 +53,7 @@ struct TfState {
   int32_t top;
   int32_t n_buckets;
   int32_t n_values;              // map size (a NaN encodes to the last code, as torch.bucketize)
+  const TfSegments* segments;    // null: encode by the bucket table
 };
 
 struct TfJob {

@@ -24,10 +24,11 @@ struct Quant {
   int32_t last;           // n_buckets - 1
   int32_t block;
   int32_t nan_code;       // n_values - 1
+  const TfSegments* seg;  // 8-bit maps with segment tables: the arithmetic encoder (may be null)
 };
 
 inline Quant quant_of(const TfState& st) {
-  return {st.values, st.bucket_packed, st.midpoints, st.shift, st.top + 1, st.n_buckets - 1, st.block, st.n_values - 1};
+  return {st.values, st.bucket_packed, st.midpoints, st.shift, st.top + 1, st.n_buckets - 1, st.block, st.n_values - 1, st.segments};
 }
 
 // Integer key of a float that orders like its value (sign * magnitude bits; -0 = +0).
@@ -78,6 +79,12 @@ inline void encode_block_exact(const Quant& q, const float* x, int m, float* abs
 // RECIPROCAL_MARGIN of a bucket edge or of the bucket's midpoint; those elements are
 // divided exactly (the vector paths check every lane).
 constexpr int32_t RECIPROCAL_MARGIN = 8;
+
+// The segment encoder's closeness limits (impl/native/segments.py proves them against the
+// map): |u - nearest integer| below this, or t within this many ulps of the threshold it
+// is compared with, and the lane is divided exactly.
+constexpr float SEGMENT_U_TOLERANCE = 1.0f / 512.0f;
+constexpr int32_t SEGMENT_THRESHOLD_ULPS = 16;
 
 inline bool reciprocal_usable(uint32_t amax_bits, float inv) {
   return amax_bits < 0x7F800000u && inv >= 1.17549435e-38f && inv <= 3.40282347e+38f;

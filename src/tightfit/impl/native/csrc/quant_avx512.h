@@ -3,9 +3,10 @@
 //                 code bits 0-4) and a 3-level blend on code bits 5-7.
 //   decode 4-bit: the 16-entry map in one register (vpermps), nibbles re-interleaved by permutes.
 //   encode:       absmax in registers, x * (1/scale) with a per-lane check (quant.h); the
-//                 nearest code by one gather of the packed bucket entry per lane (8-bit), or
-//                 by a 4-step binary search over the 15 midpoints held in a register (4-bit);
-//                 codes narrowed by vpmovdb.
+//                 nearest code by arithmetic on the map's segment tables held in 13 registers
+//                 (8-bit maps that have them: segments.py), else one gather of the packed
+//                 bucket entry per lane; by a 4-step binary search over the 15 midpoints held
+//                 in a register (4-bit); codes narrowed by vpmovdb.
 #pragma once
 
 #include <immintrin.h>
@@ -95,6 +96,52 @@ inline __m512i codes_of(const Quant& q, __m512 y, __mmask16* near) {
   return _mm512_mask_add_epi32(low, above, low, _mm512_set1_epi32(1));
 }
 
+// 8-bit maps with segment tables (abi.h TfSegments): t = |y|; its binade's segment and one
+// comparison with that segment's upper threshold; then the count of interior midpoints
+// below t is the integer part of u. Lanes close to a threshold or with u close to an
+// integer are flagged in *near (the caller divides those exactly and uses the bucket table).
+struct SegmentTable {
+  __m512i binade_lo, binade_hi;
+  __m512 upper, d, b, c;
+  __m512i base, n, neg_base, mirrored, lowest;
+  __m128i shift;
+  bool squared;
+  explicit SegmentTable(const TfSegments& s)
+      : binade_lo(_mm512_loadu_si512(s.binade_segment)), binade_hi(_mm512_loadu_si512(s.binade_segment + 16)),
+        upper(_mm512_loadu_ps(s.upper)), d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
+        base(_mm512_loadu_si512(s.base)), n(_mm512_loadu_si512(s.n)), neg_base(_mm512_set1_epi32(s.neg_base)),
+        mirrored(_mm512_set1_epi32(s.mirrored)), lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
+        shift(_mm_cvtsi32_si128(23 + s.binade_shift)), squared(s.kind == 1) {}
+};
+
+inline __m512i codes_of(const SegmentTable& t, __m512 y, __mmask16* near) {
+  const __m512i bits = _mm512_castps_si512(y);
+  const __mmask16 negative = _mm512_movepi32_mask(bits);
+  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512 tv = _mm512_castsi512_ps(mag);
+  // the table entry: exponent field (< 256: a 16-bit lane) minus the lowest, saturating at 0
+  const __m512i entry = _mm512_subs_epu16(_mm512_srl_epi32(mag, t.shift), t.lowest);
+  const __m512i seg0 = _mm512_permutex2var_epi32(t.binade_lo, entry, t.binade_hi);
+  const __m512 up = _mm512_permutexvar_ps(seg0, t.upper);
+  const __m512i seg = _mm512_mask_add_epi32(seg0, _mm512_cmp_ps_mask(tv, up, _CMP_GT_OQ), seg0,
+                                            _mm512_set1_epi32(1));
+  __mmask16 close = _mm512_cmple_epi32_mask(_mm512_abs_epi32(_mm512_sub_epi32(mag, _mm512_castps_si512(up))),
+                                            _mm512_set1_epi32(SEGMENT_THRESHOLD_ULPS));
+  __m512 w = tv;
+  if (t.squared)
+    w = _mm512_sqrt_ps(_mm512_max_ps(_mm512_sub_ps(tv, _mm512_permutexvar_ps(seg, t.c)), _mm512_setzero_ps()));
+  const __m512 u = _mm512_sub_ps(_mm512_mul_ps(w, _mm512_permutexvar_ps(seg, t.d)), _mm512_permutexvar_ps(seg, t.b));
+  // u - round(u), exact
+  close |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(u, _MM_FROUND_TO_NEAREST_INT)),
+                              _mm512_set1_ps(SEGMENT_U_TOLERANCE), _CMP_LT_OQ);
+  *near = close;
+  // u > -1 from each segment's lower threshold up (segments.py), so truncation needs no lower clamp
+  const __m512i count = _mm512_add_epi32(_mm512_permutexvar_epi32(seg, t.base),
+                                         _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.n)));
+  return _mm512_mask_sub_epi32(_mm512_add_epi32(t.neg_base, count), negative, t.neg_base,
+                               _mm512_min_epi32(count, t.mirrored));
+}
+
 // 4-bit maps: the midpoints (and +inf) in one register; code = number of midpoints < y.
 struct Mids16 {
   __m512 mid;
@@ -126,6 +173,19 @@ inline __m512i codes_of(const Mids16& t, __m512 y, __mmask16* near) {
   return code;
 }
 
+// The codes of x / scale, exactly divided, for lanes whose x * (1/scale) was too close to call.
+template <class Table>
+inline __m512i exact_codes(const Table& table, const Quant& q, __m512 xv, __m512 scale_v) {
+  __mmask16 unused;
+  return codes_of(table, _mm512_div_ps(xv, scale_v), &unused);
+}
+
+// A segment table's flagged lanes: the bucket table on the exact quotient.
+inline __m512i exact_codes(const SegmentTable&, const Quant& q, __m512 xv, __m512 scale_v) {
+  __mmask16 unused;
+  return codes_of(q, _mm512_div_ps(xv, scale_v), &unused);
+}
+
 template <class Table>
 inline void encode_block_with(const Table& table, const Quant& q, const float* x, int m, float* absmax_out,
                               uint8_t* codes) {
@@ -148,10 +208,8 @@ inline void encode_block_with(const Table& table, const Quant& q, const float* x
     const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
     __mmask16 near;
     __m512i code = codes_of(table, _mm512_mul_ps(xv, inv_v), &near);
-    if (near & k) {  // rare: divide exactly and take those lanes' codes from the quotient
-      __mmask16 unused;
-      code = _mm512_mask_mov_epi32(code, near, codes_of(table, _mm512_div_ps(xv, scale_v), &unused));
-    }
+    if (near & k)  // rare: divide exactly and take those lanes' codes from the quotient
+      code = _mm512_mask_mov_epi32(code, near, exact_codes(table, q, xv, scale_v));
     _mm_mask_storeu_epi8(codes + i, k, _mm512_cvtepi32_epi8(code));
   }
 }
@@ -159,6 +217,8 @@ inline void encode_block_with(const Table& table, const Quant& q, const float* x
 inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
   if (q.nan_code == 15)  // a 4-bit map
     encode_block_with(Mids16(q.midpoints), q, x, m, absmax_out, codes);
+  else if (q.seg != nullptr)
+    encode_block_with(SegmentTable(*q.seg), q, x, m, absmax_out, codes);
   else
     encode_block_with(q, q, x, m, absmax_out, codes);
 }
