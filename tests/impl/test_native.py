@@ -210,3 +210,35 @@ def test_build_failure_is_a_reason_not_a_crash(case, monkeypatch, tmp_path):
         monkeypatch.undo()
         build.load_level.cache_clear()
     assert build.load_kernel()[0] is not None  # the real kernel comes back (from the cache)
+
+
+@pytest.mark.parametrize("bad_at", [None, 0, 150_000, 199_999])
+def test_one_call_for_all_params_scans_every_chunk_and_is_thread_count_independent(bad_at):
+    """tf_step_many: the scan and the tiles of every param in one index space; a NaN in a late
+    scan chunk of the middle param skips that param only, and 1 or 2 threads agree bit for bit."""
+    shapes = [(1000,), (200_000,), (3, 77)]
+    starts = [torch.randn(s) for s in shapes]
+    grads = [torch.randn(s) for s in shapes]
+    if bad_at is not None:
+        grads[1][bad_at] = float("inf")
+    out = []
+    threads = torch.get_num_threads()
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        try:
+            params = [x.clone().requires_grad_() for x in starts]
+            opt = tightfit.AdamW(params, lr=1e-2, state="8bit", min_quantized_numel=0, impl="native")
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+            out.append((params, [opt.state[p] for p in params]))
+        finally:
+            torch.set_num_threads(threads)
+    (p1, s1), (p2, s2) = out
+    assert [s["nonfinite_skips"].item() for s in s1] == [0, int(bad_at is not None), 0]
+    assert torch.equal(p1[1], starts[1]) == (bad_at is not None)
+    for a, b in zip(p1, p2):
+        assert torch.equal(a, b)
+    for a, b in zip(s1, s2):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(a[key].buffers["codes"], b[key].buffers["codes"])

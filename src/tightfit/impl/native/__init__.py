@@ -10,9 +10,10 @@ as CAME).
 
 Per tile of 1024 elements it loads param and grad, decodes the states, applies the
 rule, stores the param and re-encodes the states, all in L1-resident float buffers,
-with OpenMP over tiles (``torch.get_num_threads()`` threads). A parameter whose
-gradient holds NaN/Inf is found by a first pass over the gradient and skipped
-entirely: param and states untouched, ``nonfinite_skips`` += 1, ``step`` unchanged.
+with OpenMP over the tiles of all the group's parameters at once (``tf_step_many``,
+``torch.get_num_threads()`` threads). A parameter whose gradient holds NaN/Inf is found
+by a first pass over the gradients and skipped entirely: param and states untouched,
+``nonfinite_skips`` += 1, ``step`` unchanged.
 
 The kernel is compiled on first use (build.py); without a compiler, ``impl="auto"``
 falls back to the reference and ``impl="native"`` raises with the reason.
@@ -20,6 +21,7 @@ falls back to the reference and ``impl="native"`` raises with the reason.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +34,7 @@ from ..base import Implementation, plain_hyper
 from .bounds import check_step_inputs
 from .build import load_kernel, tile_id
 from .codec_passes import NativeCodecImplementation
-from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, make_job
+from .jobs import CODEC_FILLERS, DTYPE_IDS, MAX_STATES, TfJob, make_job
 
 
 def _tensor_problem(what: str, t: torch.Tensor) -> str | None:
@@ -115,13 +117,17 @@ class NativeCpuImplementation(Implementation):
             for param, state in zip(params, states):
                 module.param_step(lib, rule, hyper, param, state, n_threads)
             return
-        for param, state in zip(params, states):
+        jobs = (TfJob * len(params))()
+        for slot, (param, state) in enumerate(zip(params, states)):
             names = rule.state_names(param.shape, hyper)
             lossy = rule.lossy_guard(state[n].codec for n in names)
             coeffs = list(rule.scalars(hyper, int(state["step"].item()) + 1, lossy).values())
-            job = make_job(rule, coeffs, param.detach(), param.grad, [state[n] for n in names],
-                           state["step"], state["nonfinite_skips"], n_threads)
-            lib.tf_step(job)
+            jobs[slot] = make_job(rule, coeffs, param.detach(), param.grad, [state[n] for n in names],
+                                  state["step"], state["nonfinite_skips"], n_threads)
+        results = (ctypes.c_int32 * len(params))()
+        lib.tf_step_many(jobs, len(params), n_threads, results)  # all params' tiles in one parallel loop
+        if -1 in results:  # unavailable_reason checked the tile: not reached unless the library is stale
+            raise RuntimeError(f"native kernel refused rule {rule.name!r} (tile {rule.kernels.native_tile!r})")
 
 
 # impl="auto" on CPU tries the fused kernel, then native_codec, then the reference (registry.AUTO_ORDER).

@@ -158,6 +158,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.tf_rule_tile.restype = ctypes.c_int
     lib.tf_step.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_step.restype = ctypes.c_int
+    lib.tf_step_many.argtypes = [ctypes.POINTER(TfJob), ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int32)]
+    lib.tf_step_many.restype = None
     lib.tf_adafactor_sumsq.argtypes = [ctypes.POINTER(TfJob)]
     lib.tf_adafactor_sumsq.restype = ctypes.c_double
     lib.tf_factored_stats.argtypes = [ctypes.POINTER(TfJob), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]

@@ -37,22 +37,12 @@ void encode_state(const TfState& st, int64_t start, int n, const float* x) {
   switch (st.codec) {
     case C_FP32: store_floats(F32, st.data, start, n, x); break;
     case C_BF16: store_floats(BF16, st.data, start, n, x); break;
-    case C_Q8: {
-      const Quant q = quant_of(st);
-      uint8_t* codes = static_cast<uint8_t*>(st.data) + start;
-      for (int b0 = 0; b0 < n; b0 += st.block) {
-        const int m = n - b0 < st.block ? n - b0 : st.block;
-        simd::encode_block(q, x + b0, m, st.absmax + (start + b0) / st.block, codes + b0);
-      }
+    case C_Q8:
+      simd::encode_blocks(quant_of(st), x, n, st.absmax + start / st.block, static_cast<uint8_t*>(st.data) + start);
       break;
-    }
     case C_Q4: {
-      const Quant q = quant_of(st);
       alignas(64) uint8_t codes[TILE + 1];
-      for (int b0 = 0; b0 < n; b0 += st.block) {
-        const int m = n - b0 < st.block ? n - b0 : st.block;
-        simd::encode_block(q, x + b0, m, st.absmax + (start + b0) / st.block, codes + b0);
-      }
+      simd::encode_blocks(quant_of(st), x, n, st.absmax + start / st.block, codes);
       codes[n] = 0;  // odd tail: the high nibble of the last byte is code 0
       uint8_t* packed = static_cast<uint8_t*>(st.data) + start / 2;
       const int pairs = (n + 1) / 2;

@@ -17,5 +17,8 @@ void load_floats(int32_t dtype, const void* src, int64_t start, int n, float* ou
 void store_floats(int32_t dtype, void* dst, int64_t start, int n, const float* in);
 // True when any element is NaN, +-Inf or has |g| >= the limit (a power of two, as float32 bits).
 bool any_beyond_limit(int32_t dtype, const void* src, int64_t n, uint32_t limit_bits, int threads);
+// The same over elements [start, start + n), on the calling thread.
+bool beyond_limit_in(int32_t dtype, const void* src, int64_t start, int64_t n, uint32_t limit_bits);
+constexpr int64_t SCAN_CHUNK = 65536;  // elements per scan work item
 
 }  // namespace tf

@@ -121,5 +121,11 @@ inline void encode_block(const Quant& q, const float* x, int m, float* absmax_ou
   for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
+// n elements from a block-aligned start, block by block.
+inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
+    encode_block(q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
+}
+
 }  // namespace simd
 }  // namespace tf

@@ -214,13 +214,21 @@ inline void encode_block_with(const Table& table, const Quant& q, const float* x
   }
 }
 
-inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
+// n elements from a block-aligned start, block by block (the table built once).
+template <class Table>
+inline void encode_blocks_with(const Table& table, const Quant& q, const float* x, int n, float* absmax,
+                               uint8_t* codes) {
+  for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
+    encode_block_with(table, q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
+}
+
+inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
   if (q.nan_code == 15)  // a 4-bit map
-    encode_block_with(Mids16(q.midpoints), q, x, m, absmax_out, codes);
+    encode_blocks_with(Mids16(q.midpoints), q, x, n, absmax, codes);
   else if (q.seg != nullptr)
-    encode_block_with(SegmentTable(*q.seg), q, x, m, absmax_out, codes);
+    encode_blocks_with(SegmentTable(*q.seg), q, x, n, absmax, codes);
   else
-    encode_block_with(q, q, x, m, absmax_out, codes);
+    encode_blocks_with(q, q, x, n, absmax, codes);
 }
 
 }  // namespace simd

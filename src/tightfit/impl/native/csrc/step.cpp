@@ -13,7 +13,9 @@
 // tiles.gen.h is written by build.py from the files in rules/: it includes each and
 // lists them as TF_TILES(X) = X(adam) X(lion) ...; a tile's id is its place in that list.
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "abi.h"
 #include "codecs.h"
@@ -56,6 +58,20 @@ void process_tile(const TfJob& job, TileFn tile, int64_t start, int n) {
     if (job.states[k].codec != C_FP32) encode_state(job.states[k], start, n, s_buf[k]);
 }
 
+bool refused(const TfJob& job) {
+  return job.tile < 0 || job.tile >= N_TILES || job.n_states < 0 || job.n_states > MAX_STATES;
+}
+
+// Work items of several tensors as one index space: item i belongs to the job whose
+// [first[j], first[j+1]) holds it.
+struct ItemSpace {
+  std::vector<int64_t> first;
+  int64_t total() const { return first.back(); }
+  int job_of(int64_t item) const {
+    return int(std::upper_bound(first.begin(), first.end(), item) - first.begin()) - 1;
+  }
+};
+
 }  // namespace
 }  // namespace tf
 
@@ -79,7 +95,7 @@ int tf_rule_tile(const char* name) {
 // many states (nothing touched).
 int tf_step(const TfJob* job) {
   using namespace tf;
-  if (job->tile < 0 || job->tile >= N_TILES || job->n_states < 0 || job->n_states > MAX_STATES) return -1;
+  if (refused(*job)) return -1;
   const int64_t n = job->numel;
   if (!(job->flags & F_GRAD_CHECKED) &&
       any_beyond_limit(job->grad_dtype, job->grad, n, job->grad_limit_bits, job->n_threads)) {
@@ -96,6 +112,47 @@ int tf_step(const TfJob* job) {
   }
   *job->step += 1.0f;
   return 1;
+}
+
+// The steps of n_jobs parameters (each as tf_step) in two parallel loops over work items
+// of all tensors at once: gradient-scan chunks, then tiles of the usable ones. One
+// fork/join per call rather than two per tensor, and small tensors share the threads.
+// Each tile is still processed whole by one thread, so results do not depend on the
+// schedule. results[i]: as tf_step's return value for job i.
+void tf_step_many(const TfJob* jobs, int n_jobs, int n_threads, int32_t* results) {
+  using namespace tf;
+  std::vector<int32_t> bad(n_jobs, 0);
+  ItemSpace scan{{0}}, tiles{{0}};
+  for (int j = 0; j < n_jobs; ++j) {
+    const bool scanned = !refused(jobs[j]) && !(jobs[j].flags & F_GRAD_CHECKED);
+    scan.first.push_back(scan.total() + (scanned ? (jobs[j].numel + SCAN_CHUNK - 1) / SCAN_CHUNK : 0));
+  }
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (scan.total() > 1)
+  for (int64_t c = 0; c < scan.total(); ++c) {
+    const int j = scan.job_of(c);
+    const TfJob& job = jobs[j];
+    const int64_t start = (c - scan.first[j]) * SCAN_CHUNK;
+    const int64_t n = std::min<int64_t>(SCAN_CHUNK, job.numel - start);
+    if (beyond_limit_in(job.grad_dtype, job.grad, start, n, job.grad_limit_bits)) {
+#pragma omp atomic write
+      bad[j] = 1;
+    }
+  }
+  for (int j = 0; j < n_jobs; ++j) {
+    results[j] = refused(jobs[j]) ? -1 : bad[j] ? 0 : 1;
+    tiles.first.push_back(tiles.total() + (results[j] == 1 ? (jobs[j].numel + TILE - 1) / TILE : 0));
+  }
+#pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (tiles.total() > 8)
+  for (int64_t t = 0; t < tiles.total(); ++t) {
+    const int j = tiles.job_of(t);
+    const TfJob& job = jobs[j];
+    const int64_t start = (t - tiles.first[j]) * TILE;
+    process_tile(job, TILES[job.tile].fn, start, int(std::min<int64_t>(TILE, job.numel - start)));
+  }
+  for (int j = 0; j < n_jobs; ++j) {
+    if (results[j] == 1) *jobs[j].step += 1.0f;
+    if (results[j] == 0) *jobs[j].skips += 1;
+  }
 }
 
 }  // extern "C"
