@@ -2,11 +2,12 @@
 //   decode 8-bit: the 256-entry map held in 16 registers; 8 two-table permutes (vpermi2ps,
 //                 code bits 0-4) and a 3-level blend on code bits 5-7.
 //   decode 4-bit: the 16-entry map in one register (vpermps), nibbles re-interleaved by permutes.
-//   encode:       absmax in registers, x * (1/scale) with a per-lane check (quant.h); the
-//                 nearest code by arithmetic on the map's segment tables held in 13 registers
-//                 (8-bit maps that have them: segments.py), else one gather of the packed
-//                 bucket entry per lane; by a 4-step binary search over the 15 midpoints held
-//                 in a register (4-bit); codes narrowed by vpmovdb.
+//   encode:       absmax in registers; 8-bit: x * (1/scale) with a per-lane check (quant.h),
+//                 the nearest code by arithmetic on the map's segment tables held in
+//                 registers (maps that have them: segments.py), else one gather of the
+//                 packed bucket entry per lane; 4-bit: x / scale exactly divided (cheaper
+//                 than the check) and a 4-step binary search over the 15 midpoints held in a
+//                 register; codes narrowed by vpmovdb.
 #pragma once
 
 #include <immintrin.h>
@@ -145,32 +146,39 @@ inline __m512i codes_of(const SegmentTable& t, __m512 y, __mmask16* near) {
 // 4-bit maps: the midpoints (and +inf) in one register; code = number of midpoints < y.
 struct Mids16 {
   __m512 mid;
-  __m512i key;  // their monotone keys, for the closeness check
-  explicit Mids16(const float* midpoints) : mid(_mm512_loadu_ps(midpoints)) {
-    const __m512i bits = _mm512_castps_si512(mid);
-    const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
-    key = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), mag);
-  }
+  explicit Mids16(const float* midpoints) : mid(_mm512_loadu_ps(midpoints)) {}
 };
 
-inline __m512i codes_of(const Mids16& t, __m512 y, __mmask16* near) {
+inline __m512i codes_of(const Mids16& t, __m512 y) {
   __m512i code = _mm512_setzero_si512();
   for (int step = 8; step >= 1; step /= 2) {
     const __m512i candidate = _mm512_add_epi32(code, _mm512_set1_epi32(step));
     const __m512 mid = _mm512_permutexvar_ps(_mm512_sub_epi32(candidate, _mm512_set1_epi32(1)), t.mid);
     code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(y, mid, _CMP_GT_OQ), candidate);
   }
-  // the midpoints on either side of y (code 0: slot 15, +inf), compared on their keys
-  const __m512i bits = _mm512_castps_si512(y);
-  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
-  const __m512i key = _mm512_mask_sub_epi32(mag, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), mag);
-  const __m512i below = _mm512_permutexvar_epi32(_mm512_and_si512(_mm512_sub_epi32(code, _mm512_set1_epi32(1)),
-                                                                  _mm512_set1_epi32(15)), t.key);
-  const __m512i above = _mm512_permutexvar_epi32(code, t.key);
-  const __m512i margin = _mm512_set1_epi32(RECIPROCAL_MARGIN);
-  *near = _mm512_cmple_epu32_mask(_mm512_abs_epi32(_mm512_sub_epi32(key, below)), margin) |
-          _mm512_cmple_epu32_mask(_mm512_abs_epi32(_mm512_sub_epi32(key, above)), margin);
   return code;
+}
+
+// 4-bit blocks: y = x / scale exactly divided, so the search's comparisons are the reference's.
+inline void encode_block_with(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
+                              uint8_t* codes) {
+  __m512i amax = _mm512_setzero_si512();
+  for (int i = 0; i < m; i += 16) {
+    const __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(tail_mask(m - i), x + i));
+    amax = _mm512_max_epu32(amax, _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF)));
+  }
+  const uint32_t amax_bits = _mm512_reduce_max_epu32(amax);
+  if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
+    encode_block_exact(q, x, m, absmax_out, codes);
+    return;
+  }
+  *absmax_out = float_of(amax_bits);
+  const __m512 scale_v = _mm512_set1_ps(block_scale(float_of(amax_bits)));
+  for (int i = 0; i < m; i += 16) {
+    const __mmask16 k = tail_mask(m - i);
+    const __m512 y = _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + i), scale_v);
+    _mm_mask_storeu_epi8(codes + i, k, _mm512_cvtepi32_epi8(codes_of(table, y)));
+  }
 }
 
 // The codes of x / scale, exactly divided, for lanes whose x * (1/scale) was too close to call.
