@@ -1,7 +1,8 @@
 // AVX2 paths of quant.h: 8 lanes. AVX2 has no two-table permute, so the 256-entry map is
 // read by a gather (vgatherdps); the 16-entry 4-bit map by two vpermps and a blend.
-// Encode as the AVX-512 path: absmax in registers, x * (1/scale) with a per-lane check,
-// one gather of the packed bucket entry per lane.
+// Encode: absmax in registers; 8-bit: x * (1/scale) with a per-lane check, one gather of
+// the packed bucket entry per lane; 4-bit as the AVX-512 path: exact division and a
+// binary search over the midpoints held in registers.
 #pragma once
 
 #include <immintrin.h>
@@ -121,8 +122,54 @@ inline void encode_block(const Quant& q, const float* x, int m, float* absmax_ou
   for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
+// 4-bit maps: the 15 midpoints (and +inf) in two registers; code = number of midpoints < y,
+// by a 4-step binary search on y = x / scale exactly divided (no gather, no closeness check).
+struct Mids16 {
+  __m256 lo, hi, middle;
+  explicit Mids16(const float* midpoints)
+      : lo(_mm256_loadu_ps(midpoints)), hi(_mm256_loadu_ps(midpoints + 8)), middle(_mm256_set1_ps(midpoints[7])) {}
+};
+
+inline __m256i codes_of(const Mids16& t, __m256 y) {
+  __m256i code = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, t.middle, _CMP_GT_OQ)), _mm256_set1_epi32(8));
+  for (int step = 4; step >= 1; step /= 2) {
+    const __m256i candidate = _mm256_add_epi32(code, _mm256_set1_epi32(step));
+    const __m256 mid = lookup16(t.lo, t.hi, _mm256_sub_epi32(candidate, _mm256_set1_epi32(1)));
+    code = _mm256_blendv_epi8(code, candidate, _mm256_castps_si256(_mm256_cmp_ps(y, mid, _CMP_GT_OQ)));
+  }
+  return code;
+}
+
+inline void encode_block(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
+                         uint8_t* codes) {
+  const int whole = m & ~7;
+  __m256i amax = _mm256_setzero_si256();
+  for (int i = 0; i < whole; i += 8)
+    amax = _mm256_max_epu32(amax, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)),
+                                                    _mm256_set1_epi32(0x7FFFFFFF)));
+  uint32_t amax_bits = uint32_t(reduce_max_epu32(amax));
+  const uint32_t rest = absmax_bits(x + whole, m - whole);
+  amax_bits = rest > amax_bits ? rest : amax_bits;
+  if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
+    encode_block_exact(q, x, m, absmax_out, codes);
+    return;
+  }
+  *absmax_out = float_of(amax_bits);
+  const float scale = block_scale(float_of(amax_bits));
+  const __m256 scale_v = _mm256_set1_ps(scale);
+  for (int i = 0; i < whole; i += 8)
+    store_code_bytes(codes_of(table, _mm256_div_ps(_mm256_loadu_ps(x + i), scale_v)), codes + i);
+  for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
+}
+
 // n elements from a block-aligned start, block by block.
 inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
+  if (q.nan_code == 15) {  // a 4-bit map
+    const Mids16 table(q.midpoints);
+    for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
+      encode_block(table, q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
+    return;
+  }
   for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
     encode_block(q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
 }
