@@ -123,11 +123,15 @@ void tf_step_many(const TfJob* jobs, int n_jobs, int n_threads, int32_t* results
   using namespace tf;
   std::vector<int32_t> bad(n_jobs, 0);
   ItemSpace scan{{0}}, tiles{{0}};
+  int64_t scanned_elements = 0;
   for (int j = 0; j < n_jobs; ++j) {
     const bool scanned = !refused(jobs[j]) && !(jobs[j].flags & F_GRAD_CHECKED);
     scan.first.push_back(scan.total() + (scanned ? (jobs[j].numel + SCAN_CHUNK - 1) / SCAN_CHUNK : 0));
+    scanned_elements += scanned ? jobs[j].numel : 0;
   }
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (scan.total() > 1)
+  // Threads only for work worth waking them for: on a busy CPU a sleeping thread can take
+  // milliseconds to start, longer than stepping a few small tensors on one.
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (scanned_elements >= (1 << 18))
   for (int64_t c = 0; c < scan.total(); ++c) {
     const int j = scan.job_of(c);
     const TfJob& job = jobs[j];
@@ -142,7 +146,7 @@ void tf_step_many(const TfJob* jobs, int n_jobs, int n_threads, int32_t* results
     results[j] = refused(jobs[j]) ? -1 : bad[j] ? 0 : 1;
     tiles.first.push_back(tiles.total() + (results[j] == 1 ? (jobs[j].numel + TILE - 1) / TILE : 0));
   }
-#pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (tiles.total() > 8)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(n_threads) if (tiles.total() >= 256)
   for (int64_t t = 0; t < tiles.total(); ++t) {
     const int j = tiles.job_of(t);
     const TfJob& job = jobs[j];
