@@ -1,0 +1,103 @@
+"""Where the native CPU step's time goes: the AdamW step of step_cpu.py (88.1M params) with
+one phase at a time taken out of the kernel, single-threaded, in CPU time.
+
+Each variant is the kernel's own source (impl/native/csrc) with one edit, built into a
+temporary cache: no gradient scan; states not decoded (a constant instead); states not
+encoded; neither. A phase's cost is the full step minus the step without it. The
+variants change results, so this is a profile, never a correctness check. One thread and
+process CPU time make it usable on a shared machine (another process's load does not
+count, though it still shares caches and memory bandwidth).
+
+    python benchmarks/step_cpu_phases.py [--state 8bit] [--rounds 5] [--out step_cpu_phases]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import tightfit
+import tightfit.impl.native as native
+from tightfit.impl.native import build
+
+from step_cpu import RESULTS, cpu_model, llama_shapes
+
+SKIP_SCAN = ("step.cpp", "    if (beyond_limit_in(job.grad_dtype, job.grad, start, n, job.grad_limit_bits)) {",
+             "    if (false) {")
+SKIP_DECODE = ("codecs.cpp", "void decode_state(const TfState& st, int64_t start, int n, float* out) {\n  switch",
+               "void decode_state(const TfState& st, int64_t start, int n, float* out) {\n"
+               "  if (st.codec >= C_Q8) { for (int i = 0; i < n; ++i) out[i] = 1e-6f; return; }\n  switch")
+SKIP_ENCODE = ("codecs.cpp", "void encode_state(const TfState& st, int64_t start, int n, const float* x) {\n  switch",
+               "void encode_state(const TfState& st, int64_t start, int n, const float* x) {\n"
+               "  if (st.codec >= C_Q8) return;\n  switch")
+VARIANTS = {"full step": [], "no gradient scan": [SKIP_SCAN], "no decode": [SKIP_DECODE],
+            "no encode": [SKIP_ENCODE], "no decode, no encode": [SKIP_DECODE, SKIP_ENCODE]}
+
+
+def variant_library(root: Path, edits) -> ctypes.CDLL:
+    src = root / "csrc"
+    shutil.copytree(build.SOURCE_DIR, src)
+    for name, old, new in edits:
+        text = (src / name).read_text()
+        if old not in text:
+            raise SystemExit(f"{name}: the edit's anchor is gone; update step_cpu_phases.py")
+        (src / name).write_text(text.replace(old, new))
+    flags = build.FLAGS + build.ISA_LEVELS[build.isa()][1]
+    target = root / "kernel.so"
+    build._build(build._find_compiler(), src, target, flags)
+    return build._bind(ctypes.CDLL(str(target)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--state", default="8bit")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default="step_cpu_phases")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in llama_shapes(1024, 2816, 2, 32000, 4).values()]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    numel = sum(p.numel() for p in params)
+    with tempfile.TemporaryDirectory(prefix="tightfit-phases-") as tmp:
+        libs = {name: variant_library(Path(tmp, str(i)), edits) for i, (name, edits) in enumerate(VARIANTS.items())}
+        opts = {name: tightfit.AdamW(params, lr=1e-5, state=args.state, impl="native") for name in VARIANTS}
+        times = {name: [] for name in VARIANTS}
+        for r in range(args.rounds + 1):
+            for name in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
+                native.load_kernel = lambda lib=libs[name]: (lib, None)
+                start = time.process_time()
+                opts[name].step()
+                if r:  # the first round warms up
+                    times[name].append((time.process_time() - start) * 1e3)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    full = med["full step"]
+    cost = {"gradient scan": full - med["no gradient scan"], "decode (all states)": full - med["no decode"],
+            "encode (all states)": full - med["no encode"],
+            "rule math, param/grad traffic, rest": med["no decode, no encode"] - (full - med["no gradient scan"])}
+    date, device = datetime.date.today().isoformat(), f"{os.cpu_count()}-core CPU, {cpu_model()}"
+    lines = [f"# Where the native AdamW {args.state} step's time goes ({numel / 1e6:.1f}M params, 1 thread, "
+             f"CPU time)", "",
+             f"Device: {device}; native ISA level {build.isa()}; date {date}; median of {args.rounds} interleaved "
+             f"rounds; load average before: {os.getloadavg()[0]:.2f}.", "",
+             "| variant | ms CPU | ns/param | device | date |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {m:.1f} | {m * 1e6 / numel:.2f} | {device} | {date} |" for n, m in med.items()]
+    lines += ["", "| phase | ms CPU | share of the full step | device | date |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {c:.1f} | {c / full:.0%} | {device} | {date} |" for n, c in cost.items()]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}_{args.state}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
