@@ -12,14 +12,15 @@ THRESHOLD_ULPS of the threshold it was compared with; everywhere else the code e
 the reference's.
 
 Why that is exact: every step of u is a correctly rounded, monotone float32 operation, so
-u is monotone in t. ``build`` measures, by emulating those operations bit for bit, how
-far u(m_k) lies from k at every interior midpoint m_k (``deviation``), and bounds how far
-u moves when t carries the encoder's reciprocal error (< 2^-21 relative; ``drift``); it
-accepts a map only when deviation + drift < U_TOLERANCE. Then an unflagged lane is
-farther than that from every integer, so it lies on the same side of each midpoint as the
-exactly divided value (the threshold comparison likewise: 2^-21 relative is under 8
-ulps). ``check`` replays the encoder on every midpoint, its float
-neighbours and random points against ``torch.bucketize``. Maps that do not fit (more than
+u is monotone in t. ``_fit`` measures, by emulating those operations bit for bit, how far
+u(m_k) lies from k at every interior midpoint m_k (the deviation), and how far u moves
+there when t carries the encoder's reciprocal error (< 2^-21 relative, plus an allowance
+for u's own rounding: the drift); it accepts a map only when deviation + drift <
+U_TOLERANCE / 2 (half as margin). Then an unflagged lane is farther than that from every
+integer, so it lies on the same side of each midpoint as the exactly divided value (the
+threshold comparison likewise: 2^-21 relative is under 8 ulps). ``check`` replays the
+encoder on every midpoint, its float neighbours and random points against
+``torch.bucketize``. Maps that do not fit (more than
 16 segments, two thresholds in one binade, a loose progression) get no tables and keep
 the bucket-table encoder.
 """
