@@ -38,7 +38,7 @@ def _registered(rule: str | Rule | None) -> Rule:
 
 # Group keys the shell understands besides the rule's hyperparameters ("rule" names the rule).
 SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto", "paged": False,
-                  "stochastic_rounding": False, "rounding_seed": 0}
+                  "offload": False, "stochastic_rounding": False, "rounding_seed": 0}
 
 
 class TightfitOptimizer(torch.optim.Optimizer):
@@ -53,7 +53,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
     ``state`` (codec name or Codec object), ``min_quantized_numel`` (parameters with
     fewer elements keep fp32 states), ``impl`` ("auto" or a registered name), ``paged``
     (False; True pages every state to pinned host memory; a size like "4GiB" keeps states
-    on the device up to that many bytes and pages the rest -- see placement/paged.py), and
+    on the device up to that many bytes and pages the rest -- see placement/paged.py),
+    ``offload`` (False; True keeps fp32 master weights and states in host memory and runs
+    the step on the CPU, ZeRO-Offload style -- see placement/offload.py), and
     ``stochastic_rounding`` / ``rounding_seed``: bf16 params are written with stochastic
     rounding (unbiased, so small updates are not lost to round-to-nearest and no fp32
     master copy is needed; Zamirai et al. 2020). The random bits depend only on
@@ -86,6 +88,7 @@ class TightfitOptimizer(torch.optim.Optimizer):
         self.defaults.setdefault("rule", self.rule.name)
         for group in self.param_groups:
             group.setdefault("rule", self.rule.name)
+            group.setdefault("offload", False)  # pickled before the option existed
         self._placements, self._warned = {}, set()
 
     @classmethod
@@ -137,22 +140,27 @@ class TightfitOptimizer(torch.optim.Optimizer):
         return codec_for_state(spec.kind, param.numel(), group["state"], group["min_quantized_numel"])
 
     def placement_for(self, group: dict[str, Any]) -> Placement:
-        """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change
-        (or those of a group sharing its device budget)."""
+        """The group's placement, rebuilt when its ``paged``, ``offload``, ``state`` or threshold
+        change (or those of a group sharing its device budget); the new one takes over from the old."""
         splittable = self.rule_of(group).elementwise and not group["stochastic_rounding"]
         pool = self._budget_pool(group)
-        key = (group["paged"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
+        key = (group["paged"], group["offload"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
                                                   len(g["params"])) for g in pool))
         cached = self._placements.get(id(group))
         if cached is None or cached[0] != key or cached[1] is not group:
             owner = {id(p): g for g in pool for p in g["params"]}
             placement = make_placement(group["paged"], [p for g in pool for p in g["params"]],
-                                       lambda p: self._planned_bytes(p, owner[id(p)]), self._warn_once, splittable)
+                                       lambda p: self._planned_bytes(p, owner[id(p)]), self._warn_once, splittable,
+                                       group["offload"])
+            if cached is not None:
+                placement.take_over(cached[2])
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
 
     def forget_placements(self) -> None:
         """Drop the cached placements (after the groups are replaced); each is rebuilt when used."""
+        for _, _, placement in self._placements.values():
+            placement.close()
         self._placements.clear()
 
     def _budget_pool(self, group: dict[str, Any]) -> list[dict[str, Any]]:
