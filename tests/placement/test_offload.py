@@ -333,3 +333,34 @@ def test_offload_names_build_offloaded_optimizers(name, rule, codec):
     assert opt.rule.name == rule and opt.param_groups[0]["state"] == codec
     assert "offload_paged_adamw_8bit" not in tightfit.OPTIMIZER_NAMES
     assert "paged_offload_adamw_8bit" not in tightfit.OPTIMIZER_NAMES
+
+
+TINY_LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True, max_position_embeddings=512)
+
+
+@pytest.mark.parametrize("precision, optim", [("fp32", "offload_adamw_8bit"), ("bf16", "offload_adamw_4bit"),
+                                              ("fp32", "offload_adafactor")])
+def test_plan_counts_the_bytes_memory_report_reports(fake_streams, precision, optim):
+    # The planner's offload rows (a GPU plan: offload is a no-op on a CPU) against a real
+    # optimizer on the same tiny Llama, stepped once through the fake stream layer.
+    from tightfit.planner.api import plan
+    from tightfit.planner.model_facts import facts_from_config
+    from tightfit.planner.simulate import build_model
+    config = TINY_LLAMA
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    model = build_model(config, dtype)
+    opt = tightfit.create_optimizer(optim, model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, config["vocab_size"], (1, 16))
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    opt.step()
+    report = opt.memory_report()
+    rows = {c.name: c for c in plan(facts_from_config(config, "tiny", "test"), optim=optim, seq=16,
+                                    precision=precision, advise=False).components}
+    assert rows["optimizer state"].device == report.device_bytes == 0
+    assert rows["optimizer state"].host == opt.state_nbytes() > 0
+    assert rows["offload: fp32 master weights"].host == report.offload_master_bytes
+    assert rows["offload: gradient buffers"].host == report.offload_grad_bytes
+    assert "fp32 master weights" not in rows  # no device masters: the host master replaces them
+    assert sum(rows[name].host for name in ("optimizer state", "offload: fp32 master weights",
+                                            "offload: gradient buffers")) == report.host_bytes

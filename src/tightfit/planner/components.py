@@ -99,6 +99,11 @@ def master_bytes(params: list[Trainable], stochastic_rounding: bool) -> int:
     return sum(4 * t.numel for t in params if t.dtype != "fp32")
 
 
+def offload_master_bytes(params: list[Trainable]) -> int:
+    """placement/offload.py's host master copies: fp32 for every trainable, whatever its dtype."""
+    return sum(4 * t.numel for t in params)
+
+
 def gradient_bytes(params: list[Trainable]) -> int:
     return sum(t.numel * DTYPE_BYTES[t.dtype] for t in params)
 
