@@ -137,8 +137,10 @@ def is_offloaded(optim: str) -> bool:
 
 
 def has_masters(ft: FineTune) -> bool:
-    """True when 16-bit trainables get fp32 master copies (bf16 full FT, or bf16 adapters)."""
-    return PRECISIONS[ft.precision][2] and (ft.method == "full" or ft.adapter_dtype == "bf16")
+    """True when 16-bit trainables get fp32 master copies on the device (bf16 full FT, or bf16
+    adapters), unless the optimizer offloads: it keeps its own fp32 masters on the host."""
+    return (PRECISIONS[ft.precision][2] and (ft.method == "full" or ft.adapter_dtype == "bf16")
+            and not is_offloaded(ft.optim))
 
 
 def effective(ft: FineTune, device: str) -> FineTune:

@@ -66,6 +66,21 @@ def test_cpu_notes_say_what_does_not_run_as_asked():
     assert len(notes) == 3 and "runs as fp32 on the CPU" in notes[0]
 
 
+def test_offload_optimizers_keep_their_own_masters():
+    """An offload_ optimizer keeps fp32 masters on the host: train adds none on the device, and
+    --in-backward with bf16 is allowed with it; on a CPU train says offload does nothing."""
+    from tightfit.finetune import check_finetune
+    from tightfit.train.step import _masters_needed
+
+    bf16 = [torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))]
+    assert _masters_needed(FineTune(optim="adamw_8bit", precision="bf16"), bf16)
+    assert not _masters_needed(FineTune(optim="offload_adamw_8bit", precision="bf16"), bf16)
+    check_finetune(FineTune(optim="offload_adamw_8bit", precision="bf16", in_backward=True))
+    _, notes = running_finetune(FineTune(optim="offload_adamw_8bit", precision="fp32"), torch.device("cpu"))
+    assert notes == ["--optim offload_adamw_8bit steps as adamw_8bit on the CPU: offload moves masters, state and "
+                     "step from a GPU to the host, where they already are"]
+
+
 def test_master_weights_step_in_fp32():
     """bf16 params + fp32 masters: the optimizer steps the masters with fp32 gradients and the
     params get the rounded masters; an update below bf16's resolution accumulates in the master."""

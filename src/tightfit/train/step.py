@@ -4,7 +4,7 @@ one step. Every setting ``tightfit plan`` can advise runs here.
 
 * precision (``finetune.PRECISIONS``): ``bf16`` casts the model to bf16 and gives 16-bit
   trainables fp32 master copies that the optimizer steps (gradients converted to fp32
-  first, masters copied back after); ``bf16-autocast`` keeps fp32 weights and runs forward
+  first, masters copied back after; an ``offload_`` optimizer keeps them on the host itself); ``bf16-autocast`` keeps fp32 weights and runs forward
   under bf16 autocast; ``bf16-sr`` casts to bf16 and the tightfit optimizer writes with
   stochastic rounding. On a CPU all of them run fp32 (``finetune.effective``), and say so.
 * ``in_backward``: ``tightfit.step_in_backward`` (accumulation and global-norm clipping
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..finetune import PRECISIONS, FineTune, effective
+from ..finetune import PRECISIONS, FineTune, effective, is_offloaded
 from .errors import TrainInputError
 from .loss import get_loss
 from .offload import offload_activations
@@ -40,6 +40,9 @@ def running_finetune(config: FineTune, device: torch.device) -> tuple[FineTune, 
         notes.append("--offload-activations does nothing on the CPU: activations already are in host memory")
     if config.paged_budget is not None and device.type == "cpu":
         notes.append("--paged-budget does nothing on the CPU: paging streams state between host and a GPU")
+    if is_offloaded(config.optim) and device.type == "cpu":
+        notes.append(f"--optim {config.optim} steps as {config.optim.removeprefix('offload_')} on the CPU: offload "
+                     "moves masters, state and step from a GPU to the host, where they already are")
     return ran, notes
 
 
@@ -55,7 +58,8 @@ def cast_model(model: torch.nn.Module, ran: FineTune) -> None:
 
 
 def _masters_needed(ran: FineTune, params: list[torch.nn.Parameter]) -> bool:
-    return PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params)
+    # an offload_ optimizer keeps fp32 masters on the host itself (placement/offload.py)
+    return PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params) and not is_offloaded(ran.optim)
 
 
 def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float):
