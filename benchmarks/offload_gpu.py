@@ -72,7 +72,8 @@ class DeepSpeedOffload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         self.params = list(params)
-        self.masters = [torch.empty(p.shape, dtype=torch.float32, pin_memory=True).copy_(p.detach()) for p in self.params]
+        self.masters = [torch.empty(p.shape, dtype=torch.float32, pin_memory=True).copy_(p.detach())
+                        for p in self.params]
         for master in self.masters:
             master.grad = torch.empty_like(master, pin_memory=True)
         self.opt = DeepSpeedCPUAdam(self.masters, lr=1e-5)

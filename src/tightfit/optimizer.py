@@ -144,8 +144,8 @@ class TightfitOptimizer(torch.optim.Optimizer):
         change (or those of a group sharing its device budget); the new one takes over from the old."""
         splittable = self.rule_of(group).elementwise and not group["stochastic_rounding"]
         pool = self._budget_pool(group)
-        key = (group["paged"], group["offload"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
-                                                  len(g["params"])) for g in pool))
+        key = (group["paged"], group["offload"], splittable,
+               tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"], len(g["params"])) for g in pool))
         cached = self._placements.get(id(group))
         if cached is None or cached[0] != key or cached[1] is not group:
             owner = {id(p): g for g in pool for p in g["params"]}

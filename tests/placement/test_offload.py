@@ -238,7 +238,8 @@ def test_memory_report_is_exact(fake_streams):
     report = opt.memory_report()
     numel = sum(p.numel() for p in model.parameters())
     assert report.device_bytes == 0 and report.paged_params == 0 and report.stream_buffer_bytes == 0
-    assert (report.offloaded_params, report.offload_master_bytes, report.offload_grad_bytes) == (6, 4 * numel, 4 * numel)
+    assert (report.offloaded_params, report.offload_master_bytes, report.offload_grad_bytes) == \
+        (6, 4 * numel, 4 * numel)
     assert report.host_bytes == opt.state_nbytes() + 8 * numel
     assert sum(v["host"] for v in report.by_codec.values()) == opt.state_nbytes()
 
@@ -335,8 +336,8 @@ def test_offload_names_build_offloaded_optimizers(name, rule, codec):
     assert "paged_offload_adamw_8bit" not in tightfit.OPTIMIZER_NAMES
 
 
-TINY_LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True, max_position_embeddings=512)
+TINY_LLAMA = dict(model_type="llama", hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True, max_position_embeddings=512)
 
 
 @pytest.mark.parametrize("precision, optim", [("fp32", "offload_adamw_8bit"), ("bf16", "offload_adamw_4bit"),

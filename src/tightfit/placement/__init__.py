@@ -31,4 +31,5 @@ def make_placement(paged: bool | str | int, params: list[torch.Tensor], state_by
 
 
 __all__ = ["LOCATIONS", "PAGED_ALLOWED", "STREAM_LAYERS", "CudaStreams", "DevicePlacement", "OffloadPlacement",
-           "PagedPlacement", "Placement", "StreamLayer", "device_budget", "make_placement", "parse_size", "stream_layer_for"]
+           "PagedPlacement", "Placement", "StreamLayer", "device_budget", "make_placement", "parse_size",
+           "stream_layer_for"]

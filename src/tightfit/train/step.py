@@ -4,7 +4,8 @@ one step. Every setting ``tightfit plan`` can advise runs here.
 
 * precision (``finetune.PRECISIONS``): ``bf16`` casts the model to bf16 and gives 16-bit
   trainables fp32 master copies that the optimizer steps (gradients converted to fp32
-  first, masters copied back after; an ``offload_`` optimizer keeps them on the host itself); ``bf16-autocast`` keeps fp32 weights and runs forward
+  first, masters copied back after; an ``offload_`` optimizer keeps its own on the host
+  instead); ``bf16-autocast`` keeps fp32 weights and runs forward
   under bf16 autocast; ``bf16-sr`` casts to bf16 and the tightfit optimizer writes with
   stochastic rounding. On a CPU all of them run fp32 (``finetune.effective``), and say so.
 * ``in_backward``: ``tightfit.step_in_backward`` (accumulation and global-norm clipping
@@ -59,7 +60,8 @@ def cast_model(model: torch.nn.Module, ran: FineTune) -> None:
 
 def _masters_needed(ran: FineTune, params: list[torch.nn.Parameter]) -> bool:
     # an offload_ optimizer keeps fp32 masters on the host itself (placement/offload.py)
-    return PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params) and not is_offloaded(ran.optim)
+    return (PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params)
+            and not is_offloaded(ran.optim))
 
 
 def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float):
