@@ -1,9 +1,9 @@
 """What an optimizer's state costs where: device bytes, host bytes, per codec.
 
 Bytes are exact ``Encoded.nbytes`` sums (step counters, a few bytes per param, excluded;
-so is the < 16 B alignment padding between buffers in a paged block, and whatever
-torch's pinned-memory allocator rounds a block up to), plus, for offloaded params, the
-host master weights and grad transfer buffers (exact tensor bytes).
+so is the < 16 B alignment padding between buffers in a paged block, the < 64 B between
+offload's host buffers, and whatever torch's pinned-memory allocator rounds a block up
+to), plus, for offloaded params, the host master weights and grad transfer buffers.
 """
 
 from __future__ import annotations

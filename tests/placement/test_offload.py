@@ -381,3 +381,22 @@ def test_train_runs_offloaded_and_resumes_exactly(tmp_path, fake_streams, micro_
     train_run(config.replace(out=str(cut), max_steps=5))
     resumed = train_run(config.replace(out=str(cut), resume=True))
     assert resumed.train_loss == whole.train_loss
+
+
+def test_host_buffers_of_params_stepping_together_share_one_pinned_block(fake_streams):
+    model = small_mlp()
+    params = list(model.parameters())
+    opt = adamw(params, offload=True)
+    params[0].requires_grad_(False)  # no grad at the first step: its buffers come later, on their own
+    train(model, opt, 1)
+    placement = opt.placement_for(opt.param_groups[0])
+    blocks = {r.master.untyped_storage().data_ptr() for r in placement._records.values()}
+    assert len(placement._records) == 5 and len(blocks) == 1
+    assert len(fake_streams._host_blocks) == 1
+    params[0].requires_grad_(True)
+    train(model, opt, 1)
+    assert len(placement._records) == 6 and len(fake_streams._host_blocks) == 2
+    report = opt.memory_report()
+    numel = sum(p.numel() for p in params)
+    assert (report.offloaded_params, report.offload_master_bytes, report.offload_grad_bytes) == \
+        (6, 4 * numel, 4 * numel)

@@ -25,7 +25,7 @@ def make_placement(paged: bool | str | int, params: list[torch.Tensor], state_by
     """The placement for a group with options ``paged`` and ``offload`` (ValueError naming what
     is allowed); ``splittable``: the group's params may stream in pieces (elementwise rule)."""
     if offload:
-        return OffloadPlacement(warn)
+        return OffloadPlacement(params, warn)
     budget = device_budget(paged)
     return DevicePlacement() if budget is None else PagedPlacement(budget, params, state_bytes, warn, splittable)
 

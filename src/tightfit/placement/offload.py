@@ -5,7 +5,9 @@ grads. Per param the host keeps an fp32 master copy of the weights (pinned), the
 states (plain host memory: they never move) and a pinned transfer buffer in the param's
 dtype, which receives the grad and sends back the new weights. The step runs on the CPU
 through the same step function as any other placement, so CPU tensors pick tightfit's
-native kernels.
+native kernels. The masters and transfer buffers of the params of a group that first step
+together on one device are views into one pinned block: torch's pinned allocator rounds
+each allocation up to a power of two, which per param could waste up to half of it.
 
 Grads leave the device during backward: a post-accumulate-grad hook copies each param's
 grad on the ``d2h`` side stream as soon as autograd has accumulated it, and remembers
@@ -77,10 +79,34 @@ def param_version(param: torch.Tensor) -> tuple[int, int]:
     return param._version, param.data_ptr()
 
 
+ALIGN = 64  # byte alignment of every view in the pinned block (a cache line; vector loads)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
+
+
+def _nbytes(param: torch.Tensor, dtype: torch.dtype) -> int:
+    return param.numel() * torch.empty((), dtype=dtype).element_size()
+
+
 def host_tensor(layer: StreamLayer, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A pinned host tensor of ``like``'s shape in ``dtype`` (made by the layer, so it is host memory)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return layer.host_empty(like.numel() * itemsize).view(dtype).view(like.shape)
+    return layer.host_empty(_nbytes(like, dtype)).view(dtype).view(like.shape)
+
+
+def host_records(layer: StreamLayer, params: list[torch.Tensor]) -> list[OffloadedParam]:
+    """Each param's master (fp32) and transfer buffer (its dtype) as views into one pinned block."""
+    sizes = [(_nbytes(p, torch.float32), _nbytes(p, p.dtype)) for p in params]
+    block = layer.host_empty(sum(_aligned(a) + _aligned(b) for a, b in sizes))
+    records, offset = [], 0
+    for param, (master_bytes, transfer_bytes) in zip(params, sizes):
+        views = []
+        for dtype, nbytes in ((torch.float32, master_bytes), (param.dtype, transfer_bytes)):
+            views.append(block[offset:offset + nbytes].view(dtype).view(param.shape))
+            offset += _aligned(nbytes)
+        records.append(OffloadedParam(*views))
+    return records
 
 
 def _on_grad_ready(placement_ref: weakref.ref, param: torch.Tensor) -> None:
@@ -98,7 +124,8 @@ def _remove(handles: dict) -> None:
 class OffloadPlacement(Placement):
     name = "offload"
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, params: list[torch.Tensor], warn: Callable[[str], None]) -> None:
+        self._params = params  # the group's: their host buffers share one pinned block per device
         self._warn = warn
         self._layers: dict[torch.device, StreamLayer | None] = {}
         self._records: dict[torch.Tensor, OffloadedParam] = {}
@@ -165,11 +192,14 @@ class OffloadPlacement(Placement):
     # -- grads ----------------------------------------------------------------------------
     def _record(self, param: torch.Tensor) -> OffloadedParam:
         record = self._records.get(param)
-        if record is None:
-            layer = self._layers[param.device]
-            record = self._records[param] = OffloadedParam(host_tensor(layer, param, torch.float32),
-                                                           host_tensor(layer, param, param.dtype))
-            self._hook(param, record)
+        if record is None:  # one block for this param and the others of the group about to step with it
+            others = [p for p in self._params if p is not param and p.device == param.device
+                      and p not in self._records and p.grad is not None]
+            members = [param] + [p for p in others if self.offloads(p)]
+            for member, new in zip(members, host_records(self._layers[param.device], members)):
+                self._records[member] = new
+                self._hook(member, new)
+            record = self._records[param]
         return record
 
     def _hook(self, param: torch.Tensor, record: OffloadedParam) -> None:
