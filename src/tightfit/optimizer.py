@@ -15,6 +15,7 @@ import torch
 
 from . import state_io
 from .codecs import Codec, Encoded, get_codec
+from .grad_scaler import apply_grad_scaler, hands_over
 from .group_checks import validate_group
 from .impl import select_implementation
 from .dtensor import is_dtensor, state_shape
@@ -209,6 +210,8 @@ class TightfitOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if hands_over(self) and not apply_grad_scaler(self, self.param_groups):
+            return loss  # GradScaler found inf/NaN: no step, as on its own path
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -237,6 +240,11 @@ class TightfitOptimizer(torch.optim.Optimizer):
             impl.step_group(rule, hyper, chunk_params, chunk_states, rounding)
 
         self.placement_for(group).run(params, states, step_fn)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """GradScaler hands its scale to step() when a group offloads (grad_scaler.py)."""
+        return any(group.get("offload") for group in self.param_groups)
 
     def rounding_for(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
         """Stochastic rounding for this call, salted by each param's position in the optimizer."""

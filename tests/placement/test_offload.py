@@ -83,10 +83,12 @@ def test_grads_are_copied_during_backward(fake_streams):
     assert [label for _, label in fake_streams.issued[issued:]].count("grad_copy") == 6  # none again in step()
 
 
-def accumulate_and_step(model, opt, micro_batches, clip=None):
+def accumulate_and_step(model, opt, micro_batches, clip=None, layer=None):
     opt.zero_grad()
     for k in range(micro_batches):
         (loss_of(model, regression_batch(seed=10 + k)) / micro_batches).backward()
+        if layer is not None:
+            layer.drain()  # each micro-batch's grad copy runs before the next one accumulates
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
@@ -97,7 +99,7 @@ def test_accumulation_and_clipping_stay_exact(fake_streams, micro_batches, clip)
     model, unpaged, twin, offloaded = twins(adamw)
     for _ in range(STEPS):
         accumulate_and_step(model, unpaged, micro_batches, clip)
-        accumulate_and_step(twin, offloaded, micro_batches, clip)
+        accumulate_and_step(twin, offloaded, micro_batches, clip, fake_streams)
     assert_same(model, unpaged, twin, offloaded)
 
 
@@ -107,6 +109,7 @@ def test_accumulation_and_clipping_stay_exact(fake_streams, micro_batches, clip)
     st.sampled_from([None, 0.02, 10.0]),  # clip_grad_norm_ max norm
     st.booleans(),  # zero the grads first (set_to_none=False: zeroed in place)
     st.booleans(),  # scale a param outside the optimizer before the step
+    st.booleans(),  # the grad copies started in backward run before the host edits the grads
 ), min_size=1, max_size=5))
 def test_any_mix_of_accumulation_clipping_and_outside_edits_stays_exact(seed, script):
     layer = FakeStreams(seed)
@@ -116,12 +119,14 @@ def test_any_mix_of_accumulation_clipping_and_outside_edits_stays_exact(seed, sc
         model, unpaged, twin, offloaded = twins(adamw, codec="4bit")
         for m in (model, twin):
             loss_of(m).backward()
-        for micro_batches, clip, zero, scale in script:
+        for micro_batches, clip, zero, scale, copies_land in script:
             for m, opt in ((model, unpaged), (twin, offloaded)):
                 if zero:
                     opt.zero_grad(set_to_none=False)
                 for k in range(micro_batches):
                     loss_of(m, regression_batch(seed=k)).backward()
+                if copies_land:
+                    layer.drain()
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
                 if scale:
@@ -400,3 +405,29 @@ def test_host_buffers_of_params_stepping_together_share_one_pinned_block(fake_st
     numel = sum(p.numel() for p in params)
     assert (report.offloaded_params, report.offload_master_bytes, report.offload_grad_bytes) == \
         (6, 4 * numel, 4 * numel)
+
+
+@pytest.mark.parametrize("unscale_first, clip", [(False, None), (True, None), (True, 0.05)])
+def test_grad_scaler_gives_the_unoffloaded_result(fake_streams, unscale_first, clip):
+    # GradScaler unscales in place without a new _version: the copies made during backward
+    # hold scaled grads, so offload takes the scale over (grad_scaler.py). A NaN in the last
+    # step's grads: GradScaler skips it on both.
+    model, unpaged, twin, offloaded = twins(adamw)
+    assert offloaded._step_supports_amp_scaling and not unpaged._step_supports_amp_scaling
+    for m, opt in ((model, unpaged), (twin, offloaded)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        for nan in (False, False, True):
+            opt.zero_grad()
+            scaler.scale(loss_of(m)).backward()
+            fake_streams.drain()  # the grad copies run now, as on a GPU, before the host edits the grads
+            if nan:
+                with torch.no_grad():
+                    m[0].bias.grad[0] = float("nan")
+            if unscale_first:
+                scaler.unscale_(opt)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
+            scaler.step(opt)
+            scaler.update()
+    assert int(unpaged.state[next(model.parameters())]["step"]) == 2  # the overflowing step was skipped
+    assert_same(model, unpaged, twin, offloaded)

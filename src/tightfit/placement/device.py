@@ -73,6 +73,9 @@ class Placement:
     def close(self) -> None:
         """The optimizer dropped this placement: release what it holds outside itself (hooks)."""
 
+    def grads_changed(self) -> None:
+        """Grads were changed in place without a new ``_version`` (GradScaler's unscale)."""
+
 
 class DevicePlacement(Placement):
     """States live on the parameter's device; a step uses them where they are."""

@@ -22,8 +22,15 @@ Exactness where the peers are not: a param whose grad changed after its copy (an
 micro-batch accumulated into it, ``clip_grad_norm_`` scaled it in place, the user
 replaced it or set it without a backward) has another ``_version`` or identity at
 ``step()`` and is copied again there; each micro-batch's hook also copies the
-accumulated grad afresh. Edits through ``.data`` bypass the version counter and are not
-seen (as everywhere in autograd).
+accumulated grad afresh. GradScaler unscales in place without a new ``_version``: it
+hands its scale to ``step()`` instead, which marks every copy stale (grad_scaler.py).
+Edits through ``.data`` bypass the version counter and are not seen (as everywhere in
+autograd).
+
+No worker thread: the step cannot start before ``step()`` is called (clipping needs
+every grad, and only the caller knows the last micro-batch; stepping during backward is
+what breaks the peers' accumulation), and inside ``step()`` the host has nothing else to
+do while the copies run on the device's side streams.
 
 The master is not optimizer state (torch's state_dict holds none): it is read from the
 param when first used and whenever the param was changed outside the optimizer (its
@@ -188,6 +195,10 @@ class OffloadPlacement(Placement):
     def close(self) -> None:
         _remove(self._hooks)
         self._records.clear()
+
+    def grads_changed(self) -> None:
+        for record in self._records.values():
+            record.grad_source = None  # copied again in step()
 
     # -- grads ----------------------------------------------------------------------------
     def _record(self, param: torch.Tensor) -> OffloadedParam:
