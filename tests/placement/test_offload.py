@@ -431,3 +431,22 @@ def test_grad_scaler_gives_the_unoffloaded_result(fake_streams, unscale_first, c
             scaler.update()
     assert int(unpaged.state[next(model.parameters())]["step"]) == 2  # the overflowing step was skipped
     assert_same(model, unpaged, twin, offloaded)
+
+
+def test_a_multi_process_run_copies_the_grads_in_step_only(fake_streams, monkeypatch):
+    # DDP reduces grads in place after the hooks (here: halved through .data, no new _version):
+    # a copy made in backward would miss it.
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    model, unpaged, twin, offloaded = twins(adamw)
+    for step in range(3):
+        for m, opt in ((model, unpaged), (twin, offloaded)):
+            opt.zero_grad()
+            issued = len(fake_streams.issued)
+            loss_of(m).backward()
+            fake_streams.drain()
+            assert "grad_copy" not in [label for _, label in fake_streams.issued[issued:]]
+            for p in m.parameters():
+                p.grad.data.mul_(0.5)  # the all-reduce average
+            opt.step()
+    assert_same(model, unpaged, twin, offloaded)

@@ -25,7 +25,8 @@ replaced it or set it without a backward) has another ``_version`` or identity a
 accumulated grad afresh. GradScaler unscales in place without a new ``_version``: it
 hands its scale to ``step()`` instead, which marks every copy stale (grad_scaler.py).
 Edits through ``.data`` bypass the version counter and are not seen (as everywhere in
-autograd).
+autograd). In a multi-process run (DDP) the grads are copied in ``step()`` only: DDP
+reduces them in place after autograd's hooks have run.
 
 No worker thread: the step cannot start before ``step()`` is called (clipping needs
 every grad, and only the caller knows the last micro-batch; stepping during backward is
@@ -116,9 +117,16 @@ def host_records(layer: StreamLayer, params: list[torch.Tensor]) -> list[Offload
     return records
 
 
+def copies_in_backward() -> bool:
+    """False in a multi-process run: DDP reduces grads in place after autograd's hooks (and
+    its writes need not bump ``_version``), so the copies wait for step()."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
 def _on_grad_ready(placement_ref: weakref.ref, param: torch.Tensor) -> None:
     placement = placement_ref()  # the hook must not keep a dropped optimizer alive
-    if placement is not None:
+    if placement is not None and copies_in_backward():
         placement.copy_grad(param)
 
 
