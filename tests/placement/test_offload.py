@@ -17,7 +17,7 @@ import tightfit
 from fake_streams import FakeStreams
 from optim_cases import matrix_case, rule_by_codec
 from test_paged import assert_same
-from tightfit.placement import STREAM_LAYERS
+from tightfit.placement import STREAM_LAYERS, offload
 from toy_problem import regression_batch, small_mlp, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,10 +61,14 @@ def test_offload_equals_unpaged_bit_for_bit(fake_streams, case, codec):
     assert_same(model, unpaged, twin, offloaded)
 
 
-@pytest.mark.parametrize("seed", range(6))
+# batch: STEP_BATCH_ELEMENTS; small_mlp's params (1536, 64, 4096, 64, 256, 4 elements) step
+# one by one (1), in batches [1536] [64] [4096] [64] [256, 4] (300), or all together (default)
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("batch", [1, 300, offload.STEP_BATCH_ELEMENTS])
 @pytest.mark.parametrize("rule, codec", [("adamw", "8bit"), ("adamw", "4bit"), ("adafactor", "8bit")])
-def test_random_legal_stream_orders_give_the_same_result(monkeypatch, seed, rule, codec):
+def test_random_legal_stream_orders_give_the_same_result(monkeypatch, seed, batch, rule, codec):
     use_fake_streams(monkeypatch, seed)
+    monkeypatch.setattr(offload, "STEP_BATCH_ELEMENTS", batch)
     model, unpaged, twin, offloaded = twins(matrix_case(rule).make, codec, model_seed=seed)
     train(model, unpaged, STEPS)
     train(twin, offloaded, STEPS)
@@ -450,3 +454,15 @@ def test_a_multi_process_run_copies_the_grads_in_step_only(fake_streams, monkeyp
                 p.grad.data.mul_(0.5)  # the all-reduce average
             opt.step()
     assert_same(model, unpaged, twin, offloaded)
+
+
+@pytest.mark.parametrize("sizes, limit, batches", [
+    ([5, 5, 5], 10, [[5, 5], [5]]),
+    ([20, 1, 1], 10, [[20], [1, 1]]),
+    ([1, 20, 1], 10, [[1], [20], [1]]),
+    ([], 10, []),
+])
+def test_step_batches_group_consecutive_params_up_to_the_limit(monkeypatch, sizes, limit, batches):
+    monkeypatch.setattr(offload, "STEP_BATCH_ELEMENTS", limit)
+    members = [(torch.empty(n), None) for n in sizes]
+    assert [[p.numel() for p, _ in b] for b in offload.step_batches(members)] == batches

@@ -11,10 +11,10 @@ each allocation up to a power of two, which per param could waste up to half of 
 
 Grads leave the device during backward: a post-accumulate-grad hook copies each param's
 grad on the ``d2h`` side stream as soon as autograd has accumulated it, and remembers
-which grad tensor it copied and its ``_version``. ``step()`` then, param by param: waits
-(on the host) for that copy, steps the master on the CPU, and issues the copy of the new
+which grad tensor it copied and its ``_version``. ``step()`` then, a few consecutive params at a time (``step_batches``): waits (on the
+host) for their copies, steps their masters on the CPU, and issues the copies of the new
 weights back on the ``h2d`` stream, so grad copies of later params and weight copies of
-earlier ones run while the CPU steps this one. The compute stream waits for the last
+earlier ones run while the CPU steps these. The compute stream waits for the last
 weight copy before ``step()`` returns: the next forward sees the new weights, and the
 host never waits for the device except for the grads it reads.
 
@@ -58,6 +58,7 @@ from .device import Placement, StepFn, counters_on, moved
 from .streams import StreamLayer, stream_layer_for
 
 HOST = torch.device("cpu")
+STEP_BATCH_ELEMENTS = 1 << 22  # 16 MiB of fp32 master per CPU step call
 
 
 @dataclass(eq=False)
@@ -122,6 +123,22 @@ def copies_in_backward() -> bool:
     its writes need not bump ``_version``), so the copies wait for step()."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def step_batches(members: list[tuple[torch.Tensor, Any]]) -> list[list[tuple[torch.Tensor, Any]]]:
+    """Consecutive members stepped in one call, up to STEP_BATCH_ELEMENTS together (a larger
+    one alone): one call per small param would cost more than its step, and batches small
+    enough keep weight copies of earlier batches overlapping the CPU step of later ones."""
+    batches: list[list] = []
+    total = 0
+    for member in members:
+        numel = member[0].numel()
+        if not batches or total + numel > STEP_BATCH_ELEMENTS:
+            batches.append([])
+            total = 0
+        batches[-1].append(member)
+        total += numel
+    return batches
 
 
 def _on_grad_ready(placement_ref: weakref.ref, param: torch.Tensor) -> None:
@@ -242,6 +259,19 @@ class OffloadPlacement(Placement):
         record.grad_source, record.grad_version, record.in_flight = weakref.ref(grad), grad._version, grad
 
     # -- step -----------------------------------------------------------------------------
+    def _ready(self, layer: StreamLayer, param: torch.Tensor) -> OffloadedParam:
+        """``param``'s record with a current master and its grad landed on the host, as the master's .grad."""
+        record = self._record(param)
+        if record.param_version != param_version(param):  # new, or changed outside the optimizer
+            record.master.copy_(param)
+        if not record.grad_is_current(param):
+            self.copy_grad(param)
+        layer.host_wait(record.grad_event)
+        record.in_flight = None
+        grad = record.transfer
+        record.master.grad = grad if grad.dtype == torch.float32 else grad.float()
+        return record
+
     def run(self, params: list[torch.Tensor], states: list[dict[str, Any]], step_fn: StepFn) -> None:
         local: tuple[list, list] = ([], [])
         offloaded: dict[torch.device, list[tuple[torch.Tensor, dict[str, Any]]]] = {}
@@ -263,26 +293,20 @@ class OffloadPlacement(Placement):
             layer.host_wait(self._copied_back[device])
         # weights are overwritten after the kernels issued so far (backward) have read them
         layer.wait(layer.h2d, layer.record(layer.compute, "step_start"), "copy_back_waits")
-        for index, (param, state) in enumerate(members):
-            record = self._record(param)
-            if record.param_version != param_version(param):  # new, or changed outside the optimizer
-                record.master.copy_(param)
-            if not record.grad_is_current(param):
-                self.copy_grad(param)
-            layer.host_wait(record.grad_event)
-            record.in_flight = None
-            grad = record.transfer
-            record.master.grad = grad if grad.dtype == torch.float32 else grad.float()
+        for index, batch in enumerate(step_batches(members)):
+            records = [self._ready(layer, param) for param, _ in batch]
             try:
-                step_fn([record.master], [state])
+                step_fn([r.master for r in records], [state for _, state in batch])
             finally:
-                record.master.grad = None
-            source = record.master
-            if param.dtype != torch.float32:  # cast on the host; the transfer buffer is free until the next backward
-                record.transfer.copy_(record.master)
-                source = record.transfer
-                record.grad_source = None  # it holds weights now: a second step() copies the grad again
-            layer.copy(layer.h2d, param, source, ("copy_back", index))
+                for record in records:
+                    record.master.grad = None
+            for (param, _), record in zip(batch, records):
+                source = record.master
+                if param.dtype != torch.float32:  # cast on the host; the transfer buffer is free until the next backward
+                    record.transfer.copy_(record.master)
+                    source = record.transfer
+                    record.grad_source = None  # it holds weights now: a second step() copies the grad again
+                layer.copy(layer.h2d, param, source, ("copy_back", index))
         copied_back = self._copied_back[device] = layer.record(layer.h2d, "copied_back")
         layer.wait(layer.compute, copied_back, "weights_ready")
         layer.finish()
