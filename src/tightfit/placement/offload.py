@@ -67,7 +67,6 @@ class OffloadedParam:
 
     master: torch.Tensor  # pinned fp32 weights the rule updates
     transfer: torch.Tensor  # pinned, the param's dtype: the grad comes in, new weights (if not fp32) go out
-    hook: Any = None  # the post-accumulate-grad hook's handle
     grad_event: Any = None  # the last grad copy into ``transfer`` is done
     grad_source: Any = None  # weakref to the grad tensor that copy read
     grad_version: int = -1  # its _version then
