@@ -97,6 +97,21 @@ class TightfitOptimizer(torch.optim.Optimizer):
         """The default rule an instance built with ``options`` runs (for names and the planner)."""
         return _registered(options["rule"]) if options.get("rule") is not None else cls.rule
 
+    @classmethod
+    def rule_for_param(cls, options: dict[str, Any], shape: tuple[int, ...], role: str = "") -> Rule:
+        """The rule a parameter of ``shape`` and ``role`` ("embedding", "lm_head", ...) runs in an
+        instance built with ``options`` from a whole model (for the planner; Muon routes)."""
+        return cls.rule_for(options)
+
+    @classmethod
+    def groups_for_model(cls, model: torch.nn.Module, params: list[torch.Tensor],
+                         stand_in: dict[int, torch.Tensor] | None = None) -> list:
+        """What to pass as ``params`` for ``params`` of ``model`` (each replaced by
+        ``stand_in[id(param)]`` where given, e.g. its fp32 master): the params themselves,
+        or param groups by role where the preset routes (Muon)."""
+        stand_in = stand_in or {}
+        return [stand_in.get(id(p), p) for p in params]
+
     def rule_of(self, group: dict[str, Any]) -> Rule:
         """The rule a param group runs (its "rule" key)."""
         return get_rule(group["rule"])

@@ -108,6 +108,33 @@ def test_paged_budget_and_stochastic_rounding_reach_the_optimizer():
     assert opt.param_groups[0]["paged"] == 0
 
 
+@pytest.mark.parametrize("optim, precision, paged", [("muon", "fp32", None), ("muon_8bit", "bf16", None),
+                                                      ("paged_muon_4bit", "fp32", None), ("muon_8bit", "fp32", "1MiB")])
+def test_train_routes_muon_by_the_models_roles(optim, precision, paged):
+    """Train gives Muon the model: embeddings and the LM head run AdamW as with ``Muon(model)``
+    (not by dims, which would orthogonalize the embedding), through fp32 masters too, with the
+    AdamW-equivalent lr and match_rms_adamw on every path (paging included)."""
+    from tightfit.optimizers_ademamix_muon import hidden_matrices
+
+    model = tiny_llama()
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    masters = {id(p): torch.nn.Parameter(p.detach().float()) for p in params} if precision == "bf16" else {}
+    stepped = [masters.get(id(p), p) for p in params]
+    opt = build_optimizer_for(FineTune(optim=optim, precision=precision, paged_budget=paged), stepped, 1e-3, 0.01,
+                              model, masters)
+    hidden, rest = hidden_matrices(model)
+    by_rule = {g["rule"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert by_rule == {"muon": {id(masters.get(id(p), p)) for p in hidden},
+                       "adamw": {id(masters.get(id(p), p)) for p in rest}}
+    embedding = model.get_input_embeddings().weight
+    assert id(masters.get(id(embedding), embedding)) in by_rule["adamw"]
+    for group in opt.param_groups:
+        assert group["lr"] == 1e-3 and group["weight_decay"] == 0.01
+        assert group["rule"] == "adamw" or group["adjust_lr_fn"] == "match_rms_adamw"
+
+
 def test_offload_keeps_parameters_and_host_tensors():
     from tightfit.train.offload import _pack, _unpack, offload_activations
 

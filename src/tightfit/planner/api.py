@@ -142,8 +142,14 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
     masters = 0 if offload else C.master_bytes(trainable, not masters_on)
     largest = C.largest(trainable)
     stepped = C.TORCH_DTYPES["fp32" if (masters or largest.dtype == "fp32") else largest.dtype]
-    fused = on_gpu and fused_on_gpu(spec)
-    temp_per_elem = 0.0 if fused or offload else step_bytes_per_element(spec, stepped)
+    own_specs = {t.name: spec.for_param(t.shape, t.role) for t in trainable}  # Muon: AdamW for embeddings
+
+    def temp_per_elem(t: C.Trainable) -> float:
+        own = own_specs[t.name]
+        return 0.0 if offload or (on_gpu and fused_on_gpu(own)) else step_bytes_per_element(own, stepped)
+
+    fused = all(on_gpu and fused_on_gpu(own) for own in own_specs.values())
+    worst = max(trainable, key=lambda t: temp_per_elem(t) * t.numel)  # the largest step working set
     sizes = {
         "weights": C.weight_bytes(facts, ft.method, weight_dtype),
         "adapters": sum(t.numel * C.DTYPE_BYTES[t.dtype] for t in trainable) if setup.adapters else 0,
@@ -155,7 +161,7 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
         "grads_at_step": C.gradient_bytes(trainable),
         "largest_grad": largest.numel * C.DTYPE_BYTES[largest.dtype],
         "state": sum(state_each := C.optimizer_state_bytes_each(trainable, spec, masters > 0 or offload)),
-        "step_temp": int(temp_per_elem * largest.numel) + (4 * largest.numel if masters else 0),
+        "step_temp": int(temp_per_elem(worst) * worst.numel) + (4 * largest.numel if masters else 0),
         "dequant": max(p.numel for p in facts.parameters() if p.linear) * C.DTYPE_BYTES[compute_dtype]
         if ft.method == "qlora" else 0,
         "managed": 0,
@@ -185,7 +191,7 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
                     "lora_r": ft.lora_r if setup.adapters else None, "optimizer_source": spec.source}
     total = peak + sizes["context"] + sizes["slack"]
     result = Plan(model=facts.to_dict(), settings=settings_out,
-                  components=_components(facts, setup, ft, spec, trainable, sizes, temp_per_elem, in_backward,
+                  components=_components(facts, setup, ft, spec, trainable, sizes, temp_per_elem(worst), worst, in_backward,
                                          on_gpu, fused, sr),
                   persistent=persistent, peak_allocated=peak, peak_at=timeline.peak_at, device_total=total,
                   host_total=sizes["state"] - sizes["state_device"] - sizes["managed"] + sizes["host_activations"]
@@ -211,10 +217,9 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
 
 
 def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, sizes: dict, temp_per_elem: float,
-                in_backward: bool, on_gpu: bool, fused: bool, sr: bool) -> list[Component]:
+                worst: C.Trainable, in_backward: bool, on_gpu: bool, fused: bool, sr: bool) -> list[Component]:
     """The table rows: each component's bytes (device, host) and how it was computed."""
     n_train = sum(t.numel for t in trainable)
-    largest = C.largest(trainable)
     weight_dtype = PRECISIONS[ft.precision][0]
     rows = [Component("weights", sizes["weights"], 0,
                       f"{facts.total_params() / 1e9:.3f}B params x {C.DTYPE_BYTES[weight_dtype]} B ({weight_dtype})"
@@ -265,7 +270,8 @@ def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, 
                   "none on the device: the offloaded step runs on the host" if sizes["offload_masters"] else
                   ("fused kernel on the GPU: " + ("only the fp32 gradient of the master being stepped"
                                                   if sizes["masters"] else "none full-size")) if fused else
-                  f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"
+                  f"{temp_per_elem:.1f} B/elem x {worst.name} ({worst.numel / 1e6:.1f}M, the largest working set), "
+                  "measured"
                   + (" + its fp32 gradient (master step)" if sizes["masters"] else "")),
     ]
     if sizes["dequant"]:

@@ -16,8 +16,9 @@ Accepted names (``allowed_optimizer_names()`` lists them):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -43,7 +44,21 @@ class OptimizerSpec:
     paged: bool | str = False
     source: str = "tightfit"
     layout: str = ""
+    routes: Callable[[tuple[int, ...], str], Rule] | None = None  # (shape, role) -> rule, when it varies
     offload: bool = False  # placement/offload.py: fp32 masters, states and the step on the host
+
+    def rule_for(self, shape: tuple[int, ...], role: str = "") -> Rule:
+        """The rule a trainable tensor of ``shape`` and ``role`` ("embedding", "lm_head" ...)
+        runs under this optimizer given the whole model (Muon sends embeddings to AdamW)."""
+        return self.rule if self.routes is None else self.routes(shape, role)
+
+    def for_param(self, shape: tuple[int, ...], role: str = "") -> "OptimizerSpec":
+        """This spec as it applies to one trainable tensor: itself, or (routed to another rule)
+        that rule with its defaults, the same codec and placement, named ``<name>:<rule>``."""
+        rule = self.rule_for(shape, role)
+        if rule is self.rule:
+            return self
+        return dataclasses.replace(self, name=f"{self.name}:{rule.name}", rule=rule, hyper={}, routes=None)
 
     def codec_for(self, stepped_dtype: torch.dtype) -> str:
         if self.codec != "param-dtype":
@@ -58,8 +73,10 @@ class OptimizerSpec:
             return 0
         return parse_size(str(self.paged))
 
-    def build(self, params):
-        """The optimizer itself, for simulated and measured steps (CPU)."""
+    def build(self, params, model: torch.nn.Module | None = None, stand_in: dict | None = None):
+        """The optimizer itself, for simulated and measured steps (CPU); given the ``model``
+        (whose trainable params ``params`` are, through ``stand_in`` masters), grouped by role
+        as train groups them (Muon)."""
         if self.source == "torch":
             peer = PEERS[self.name]
             options = {**peer.options, **MEASURED_TORCH_OPTIONS.get(peer.class_name, {})}
@@ -73,7 +90,10 @@ class OptimizerSpec:
         rule = OPTIMIZER_NAMES[base].cls.rule_for(options)
         if rule.defaults.get("lr", 0) is None and not rule.defaults.get("relative_step", False):
             options["lr"] = 1e-4  # rules without a default lr (CAME); the value does not change memory
-        return OPTIMIZER_NAMES[base].cls(params, **options)
+        cls = OPTIMIZER_NAMES[base].cls
+        if model is not None:
+            params = cls.groups_for_model(model, [p for p in model.parameters() if p.requires_grad], stand_in)
+        return cls(params, **options)
 
 
 def _pageable(name: str) -> bool:
@@ -95,8 +115,9 @@ def _tightfit_spec(name: str, registered: str, paged: bool | str) -> OptimizerSp
     offload = bool(options.pop("offload", False))
     codec = options.get("state", "fp32")
     hyper = {k: v for k, v in options.items() if k in rule.defaults}
+    routes = functools.partial(entry.cls.rule_for_param, dict(entry.options))
     return OptimizerSpec(name, rule, str(codec), hyper, options.get("min_quantized_numel", 4096), paged, "tightfit",
-                         entry.describe(), offload)
+                         entry.describe(), routes, offload)
 
 
 def resolve_optimizer(name: str, paged_budget: str | None = None) -> OptimizerSpec:

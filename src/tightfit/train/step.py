@@ -64,10 +64,12 @@ def _masters_needed(ran: FineTune, params: list[torch.nn.Parameter]) -> bool:
             and not is_offloaded(ran.optim))
 
 
-def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float):
-    """The optimizer over ``params`` with the FineTune's paging budget and stochastic rounding."""
-    from ..names import OPTIMIZER_NAMES, create_optimizer
-    from .peers import build_optimizer, lr_for
+def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                        model: torch.nn.Module | None = None, stand_in: dict[int, torch.Tensor] | None = None):
+    """The optimizer over ``params`` (of ``model``, stepped through ``stand_in`` masters) with the
+    FineTune's paging budget and stochastic rounding."""
+    from ..names import OPTIMIZER_NAMES
+    from .peers import build_optimizer
 
     extras: dict[str, Any] = {}
     if ran.paged_budget is not None:
@@ -75,16 +77,10 @@ def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: flo
         extras["paged"] = int(budget) if budget.isdigit() else budget
     if PRECISIONS[ran.precision][3]:
         extras["stochastic_rounding"] = True
-    if not extras:
-        return build_optimizer(ran.optim, params, lr, weight_decay)
-    if ran.optim not in OPTIMIZER_NAMES:
+    if extras and ran.optim not in OPTIMIZER_NAMES:
         raise TrainInputError(f"--optim {ran.optim!r}: --paged-budget and --precision bf16-sr need a tightfit "
                               "optimizer (tightfit optims lists them)")
-    kwargs: dict[str, Any] = {"weight_decay": weight_decay, **extras}
-    rule_lr = lr_for(ran.optim, lr)
-    if rule_lr is not None:
-        kwargs["lr"] = rule_lr
-    return create_optimizer(ran.optim, params, **kwargs)
+    return build_optimizer(ran.optim, params, lr, weight_decay, model=model, stand_in=stand_in, **extras)
 
 
 @dataclass
@@ -178,7 +174,8 @@ def build_runner(config, model: torch.nn.Module, device: torch.device) -> StepRu
                                   "update runs on the masters after backward; use --precision bf16-sr or fp32")
     fp32 = {id(p) for p, _ in masters}
     stepped = [m for _, m in masters] + [p for p in params if id(p) not in fp32]
-    optimizer = build_optimizer_for(ran, stepped, config.lr, config.weight_decay)
+    optimizer = build_optimizer_for(ran, stepped, config.lr, config.weight_decay, model,
+                                    {id(p): m for p, m in masters})
     handle = None
     if ran.in_backward:
         from ..backward import step_in_backward
