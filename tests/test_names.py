@@ -1,5 +1,5 @@
 """The optimizer names: one table (names.FAMILIES) -> codec variants and bare names ->
-paged variants, whatever the order of its rows."""
+paged and offload variants, whatever the order of its rows."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tightfit import AdamW, create_optimizer
 from tightfit.codecs import CODECS
-from tightfit.names import CODEC_SUFFIX, FAMILIES, OPTIMIZER_NAMES, PAGED_PREFIX, Family, catalog
+from tightfit.names import CODEC_SUFFIX, FAMILIES, OFFLOAD_PREFIX, OPTIMIZER_NAMES, PAGED_PREFIX, Family, catalog
 
 
 @settings(max_examples=20, deadline=None)
@@ -17,10 +17,12 @@ def test_the_catalog_does_not_depend_on_row_order(rows):
     assert catalog(tuple(rows)) == catalog(FAMILIES)
 
 
-def test_every_name_has_its_paged_twin_and_every_family_its_codecs():
-    unpaged = {n: e for n, e in OPTIMIZER_NAMES.items() if not n.startswith(PAGED_PREFIX)}
-    for name, entry in unpaged.items():
+def test_every_name_has_its_paged_and_offload_twins_and_every_family_its_codecs():
+    base = {n: e for n, e in OPTIMIZER_NAMES.items() if not n.startswith((PAGED_PREFIX, OFFLOAD_PREFIX))}
+    for name, entry in base.items():
         assert OPTIMIZER_NAMES[PAGED_PREFIX + name].options == {**entry.options, "paged": True}
+        assert OPTIMIZER_NAMES[OFFLOAD_PREFIX + name].options == {**entry.options, "offload": True}
+    assert len(OPTIMIZER_NAMES) == 3 * len(base)  # no paged offload names: the two exclude each other
     for family in FAMILIES:
         for codec in CODECS:
             entry = OPTIMIZER_NAMES[f"{family.prefix}_{CODEC_SUFFIX.get(codec, codec)}"]

@@ -116,14 +116,31 @@ def check_finetune(ft: FineTune) -> None:
                          "e.g. adamw_8bit)")
     if ft.precision == "bf16-sr" and ":" in ft.optim:
         raise ValueError(f"--precision bf16-sr needs a tightfit optimizer (stochastic rounding), got {ft.optim!r}")
+    if is_offloaded(ft.optim):
+        if ft.precision == "bf16-sr":
+            raise ValueError(f"--optim {ft.optim} with --precision bf16-sr: offload keeps fp32 master weights on the "
+                             "host, so there is nothing to round stochastically (allowed: --precision bf16 or fp32)")
+        if ft.paged_budget is not None:
+            raise ValueError(f"--paged-budget with --optim {ft.optim}: offload already keeps the whole optimizer "
+                             "state in host memory (allowed: one of the two)")
     if ft.in_backward and has_masters(ft):
         raise ValueError("--in-backward with --precision bf16 (fp32 master weights) is not supported: the update "
                          "runs on the masters after backward; use --precision bf16-sr, bf16-autocast or fp32")
 
 
+def is_offloaded(optim: str) -> bool:
+    """True for a tightfit name that offloads (``offload_<name>``: placement/offload.py)."""
+    from .names import OPTIMIZER_NAMES
+
+    entry = OPTIMIZER_NAMES.get(optim)
+    return entry is not None and bool(entry.options.get("offload"))
+
+
 def has_masters(ft: FineTune) -> bool:
-    """True when 16-bit trainables get fp32 master copies (bf16 full FT, or bf16 adapters)."""
-    return PRECISIONS[ft.precision][2] and (ft.method == "full" or ft.adapter_dtype == "bf16")
+    """True when 16-bit trainables get fp32 master copies on the device (bf16 full FT, or bf16
+    adapters), unless the optimizer offloads: it keeps its own fp32 masters on the host."""
+    return (PRECISIONS[ft.precision][2] and (ft.method == "full" or ft.adapter_dtype == "bf16")
+            and not is_offloaded(ft.optim))
 
 
 def effective(ft: FineTune, device: str) -> FineTune:

@@ -64,6 +64,19 @@ def check_shell_options(group: dict[str, Any]) -> None:
     if group["impl"] not in implementation_names():
         raise ValueError(f"unknown impl {group['impl']!r}; allowed: {implementation_names()}")
     device_budget(group["paged"])  # raises ValueError naming what is allowed
+    check_offload(group)
+
+
+def check_offload(group: dict[str, Any]) -> None:
+    offload = group.get("offload", False)
+    if not isinstance(offload, bool):
+        raise ValueError(f"invalid offload: {offload!r} (allowed: True or False)")
+    if offload and group["paged"] is not False:
+        raise ValueError(f"offload=True with paged={group['paged']!r}: offload already keeps every state in host "
+                         "memory and steps it there (allowed: offload=True with paged=False, or offload=False)")
+    if offload and group["stochastic_rounding"]:
+        raise ValueError("offload=True with stochastic_rounding=True: offload keeps an fp32 master copy of the "
+                         "weights, so there is nothing to round stochastically (allowed: one of the two)")
 
 
 def validate_group(rule: Rule, group: dict[str, Any]) -> None:

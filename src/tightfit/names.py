@@ -58,6 +58,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("muon", Muon, bare_options={}),
 )
 PAGED_PREFIX = "paged_"
+OFFLOAD_PREFIX = "offload_"  # master weights, states and the step on the host (placement/offload.py)
 
 
 def _add(names: dict[str, OptimizerName], name: str, cls: type[TightfitOptimizer], options: dict[str, Any]) -> None:
@@ -68,7 +69,8 @@ def _add(names: dict[str, OptimizerName], name: str, cls: type[TightfitOptimizer
 
 def catalog(families: tuple[Family, ...] = FAMILIES, codecs=tuple(CODECS)) -> dict[str, OptimizerName]:
     """Every name of ``families``: codec variants and bare names, then ``paged_<name>`` (states
-    in pinned host memory, ``paged=True``, as HF Trainer's ``paged_adamw_8bit``) for each."""
+    in pinned host memory, ``paged=True``, as HF Trainer's ``paged_adamw_8bit``) and
+    ``offload_<name>`` (``offload=True``: fp32 master weights, states and the step on the host) for each."""
     names: dict[str, OptimizerName] = {}
     for family in families:
         if family.bare_options is not None:
@@ -77,6 +79,7 @@ def catalog(families: tuple[Family, ...] = FAMILIES, codecs=tuple(CODECS)) -> di
             _add(names, f"{family.prefix}_{CODEC_SUFFIX.get(codec, codec)}", family.cls, {**family.options, "state": codec})
     for name, entry in list(names.items()):
         _add(names, PAGED_PREFIX + name, entry.cls, {**entry.options, "paged": True})
+        _add(names, OFFLOAD_PREFIX + name, entry.cls, {**entry.options, "offload": True})
     return names
 
 

@@ -15,6 +15,7 @@ import torch
 
 from . import state_io
 from .codecs import Codec, Encoded, get_codec
+from .grad_scaler import apply_grad_scaler, hands_over
 from .group_checks import validate_group
 from .impl import select_implementation
 from .dtensor import is_dtensor, state_shape
@@ -38,7 +39,7 @@ def _registered(rule: str | Rule | None) -> Rule:
 
 # Group keys the shell understands besides the rule's hyperparameters ("rule" names the rule).
 SHELL_DEFAULTS = {"state": "fp32", "min_quantized_numel": 4096, "impl": "auto", "paged": False,
-                  "stochastic_rounding": False, "rounding_seed": 0}
+                  "offload": False, "stochastic_rounding": False, "rounding_seed": 0}
 
 
 class TightfitOptimizer(torch.optim.Optimizer):
@@ -53,7 +54,9 @@ class TightfitOptimizer(torch.optim.Optimizer):
     ``state`` (codec name or Codec object), ``min_quantized_numel`` (parameters with
     fewer elements keep fp32 states), ``impl`` ("auto" or a registered name), ``paged``
     (False; True pages every state to pinned host memory; a size like "4GiB" keeps states
-    on the device up to that many bytes and pages the rest -- see placement/paged.py), and
+    on the device up to that many bytes and pages the rest -- see placement/paged.py),
+    ``offload`` (False; True keeps fp32 master weights and states in host memory and runs
+    the step on the CPU, ZeRO-Offload style -- see placement/offload.py), and
     ``stochastic_rounding`` / ``rounding_seed``: bf16 params are written with stochastic
     rounding (unbiased, so small updates are not lost to round-to-nearest and no fp32
     master copy is needed; Zamirai et al. 2020). The random bits depend only on
@@ -86,12 +89,28 @@ class TightfitOptimizer(torch.optim.Optimizer):
         self.defaults.setdefault("rule", self.rule.name)
         for group in self.param_groups:
             group.setdefault("rule", self.rule.name)
+            group.setdefault("offload", False)  # pickled before the option existed
         self._placements, self._warned = {}, set()
 
     @classmethod
     def rule_for(cls, options: dict[str, Any]) -> Rule:
         """The default rule an instance built with ``options`` runs (for names and the planner)."""
         return _registered(options["rule"]) if options.get("rule") is not None else cls.rule
+
+    @classmethod
+    def rule_for_param(cls, options: dict[str, Any], shape: tuple[int, ...], role: str = "") -> Rule:
+        """The rule a parameter of ``shape`` and ``role`` ("embedding", "lm_head", ...) runs in an
+        instance built with ``options`` from a whole model (for the planner; Muon routes)."""
+        return cls.rule_for(options)
+
+    @classmethod
+    def groups_for_model(cls, model: torch.nn.Module, params: list[torch.Tensor],
+                         stand_in: dict[int, torch.Tensor] | None = None) -> list:
+        """What to pass as ``params`` for ``params`` of ``model`` (each replaced by
+        ``stand_in[id(param)]`` where given, e.g. its fp32 master): the params themselves,
+        or param groups by role where the preset routes (Muon)."""
+        stand_in = stand_in or {}
+        return [stand_in.get(id(p), p) for p in params]
 
     def rule_of(self, group: dict[str, Any]) -> Rule:
         """The rule a param group runs (its "rule" key)."""
@@ -137,22 +156,27 @@ class TightfitOptimizer(torch.optim.Optimizer):
         return codec_for_state(spec.kind, param.numel(), group["state"], group["min_quantized_numel"])
 
     def placement_for(self, group: dict[str, Any]) -> Placement:
-        """The group's placement, rebuilt when its ``paged``, ``state`` or threshold change
-        (or those of a group sharing its device budget)."""
+        """The group's placement, rebuilt when its ``paged``, ``offload``, ``state`` or threshold
+        change (or those of a group sharing its device budget); the new one takes over from the old."""
         splittable = self.rule_of(group).elementwise and not group["stochastic_rounding"]
         pool = self._budget_pool(group)
-        key = (group["paged"], splittable, tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"],
-                                                  len(g["params"])) for g in pool))
+        key = (group["paged"], group["offload"], splittable,
+               tuple((id(g), get_codec(g["state"]).name, g["min_quantized_numel"], len(g["params"])) for g in pool))
         cached = self._placements.get(id(group))
         if cached is None or cached[0] != key or cached[1] is not group:
             owner = {id(p): g for g in pool for p in g["params"]}
             placement = make_placement(group["paged"], [p for g in pool for p in g["params"]],
-                                       lambda p: self._planned_bytes(p, owner[id(p)]), self._warn_once, splittable)
+                                       lambda p: self._planned_bytes(p, owner[id(p)]), self._warn_once, splittable,
+                                       group["offload"])
+            if cached is not None:
+                placement.take_over(cached[2])
             cached = self._placements[id(group)] = (key, group, placement)
         return cached[2]
 
     def forget_placements(self) -> None:
         """Drop the cached placements (after the groups are replaced); each is rebuilt when used."""
+        for _, _, placement in self._placements.values():
+            placement.close()
         self._placements.clear()
 
     def _budget_pool(self, group: dict[str, Any]) -> list[dict[str, Any]]:
@@ -201,6 +225,8 @@ class TightfitOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if hands_over(self) and not apply_grad_scaler(self, self.param_groups):
+            return loss  # GradScaler found inf/NaN: no step, as on its own path
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -229,6 +255,11 @@ class TightfitOptimizer(torch.optim.Optimizer):
             impl.step_group(rule, hyper, chunk_params, chunk_states, rounding)
 
         self.placement_for(group).run(params, states, step_fn)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """GradScaler hands its scale to step() when a group offloads (grad_scaler.py)."""
+        return any(group.get("offload") for group in self.param_groups)
 
     def rounding_for(self, group: dict[str, Any], params: list[torch.Tensor]) -> StochasticRounding | None:
         """Stochastic rounding for this call, salted by each param's position in the optimizer."""

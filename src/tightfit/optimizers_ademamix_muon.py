@@ -9,8 +9,22 @@ import torch
 
 from .codecs import Codec
 from .optimizer import TightfitOptimizer
+from .rules import Rule
+from .rules.adamw import ADAMW
 from .rules.ademamix import ADEMAMIX
 from .rules.muon import MUON
+
+# Roles whose matrices Muon leaves to AdamW (as Keller Jordan's and Moonlight's setups do):
+# the input embedding and the output head act on one token / one logit at a time, not as
+# a linear map between hidden states that orthogonalization suits.
+ADAMW_ROLES = ("embedding", "lm_head")
+
+
+def runs_muon(ndim: int, role: str = "") -> bool:
+    """Muon's routing, shared by ``Muon(model)`` and the planner: matrices (two or more
+    dims) that are neither an embedding nor the output head; ``role`` is one of
+    ADAMW_ROLES or anything else (a hidden linear, a LoRA adapter, a norm ...)."""
+    return ndim >= 2 and role not in ADAMW_ROLES
 
 
 class AdEMAMix(TightfitOptimizer):
@@ -46,15 +60,28 @@ def hidden_matrices(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[to
     except embedding tables (``nn.Embedding``/``EmbeddingBag`` weights) and the output head's;
     the rest are those, biases, norms and other vectors. A tied head is an embedding (and each
     parameter is listed once)."""
-    outer = {id(p) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-             for p in m.parameters(recurse=False)}
+    role = {id(p): "embedding" for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+            for p in m.parameters(recurse=False)}
     head = output_head(model)
     if head is not None:
-        outer |= {id(p) for p in head.parameters()}
+        role |= {id(p): "lm_head" for p in head.parameters() if id(p) not in role}
     hidden, rest = [], []
     for p in model.parameters():
-        (hidden if p.ndim >= 2 and id(p) not in outer else rest).append(p)
+        (hidden if runs_muon(p.ndim, role.get(id(p), "")) else rest).append(p)
     return hidden, rest
+
+
+def model_groups(model: torch.nn.Module, params: list[torch.Tensor] | None = None,
+                 stand_in: Mapping[int, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Muon's param groups for ``model`` as hidden_matrices splits it, restricted to ``params``
+    (default: those requiring grad), each replaced by ``stand_in[id(param)]`` where given (the
+    fp32 master a trainer steps instead of a bf16 param); AdamW's group carries ``"rule"``."""
+    wanted = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    ids = {id(p) for p in wanted}
+    stand_in = stand_in or {}
+    hidden, rest = (
+        [stand_in.get(id(p), p) for p in part if id(p) in ids] for part in hidden_matrices(model))
+    return [g for g in ({"params": hidden}, {"params": rest, "rule": "adamw"}) if g["params"]]
 
 
 def route(params, adamw: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -99,6 +126,14 @@ class Muon(TightfitOptimizer):
     """
 
     rule = MUON
+
+    @classmethod
+    def rule_for_param(cls, options: dict[str, Any], shape: tuple[int, ...], role: str = "") -> Rule:
+        return MUON if runs_muon(len(shape), role) else ADAMW
+
+    @classmethod
+    def groups_for_model(cls, model, params, stand_in=None) -> list:
+        return model_groups(model, params, stand_in)
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.775, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,

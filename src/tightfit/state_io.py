@@ -243,7 +243,8 @@ def to_torch_state_dict(opt) -> dict[str, Any]:
         state[idx] = out
     groups = []
     for g, live in zip(packed, opt.param_groups):
-        tg = {k: v for k, v in g.items() if k not in ("state", "min_quantized_numel", "impl", "paged", "rule")}
+        tg = {k: v for k, v in g.items()
+              if k not in ("state", "min_quantized_numel", "impl", "paged", "offload", "rule")}
         tg.update({k: v for k, v in opt.rule_of(live).torch_group_extras.items() if k not in tg})
         groups.append(tg)
     return {"state": state, "param_groups": groups}

@@ -87,7 +87,7 @@ def test_presets_are_runnable_configs():
 
 def test_results_name_the_real_data_and_held_out_set(tmp_path, corpus, capsys, one_thread):
     out = tmp_path / "results"
-    assert main(micro_args(corpus, out, "--optims", "adamw_32bit,paged_adamw_32bit", "--steps", "2")) == 0
+    assert main(micro_args(corpus, out, "--optims", "adamw_32bit,paged_adamw_32bit,offload_adamw_32bit", "--steps", "2")) == 0
     err = capsys.readouterr().err
     assert "data: 6,921 tokens from 1 file(s) -> 216 blocks of 32: 195 to train on, 21 held out (4 scored" in err
     md = (out / "results.md").read_text()
@@ -95,6 +95,7 @@ def test_results_name_the_real_data_and_held_out_set(tmp_path, corpus, capsys, o
     assert "held-out: 4 blocks of 32 tokens (of 21 held out: every 10th block, never trained on" in md
     assert "195 training blocks of 32 (0.02 epochs)" in md
     assert "- model source: bundled llama-micro (random init, seed 0)" in md
+    assert "offload_adamw_32bit" in md  # offload names run through bench (a no-op on the CPU)
 
 
 def run_with(optim, train_loss, eval_loss):

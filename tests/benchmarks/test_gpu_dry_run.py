@@ -46,6 +46,7 @@ def test_gpu_tests_are_collected_without_errors(dry_run):
     log = (dry_run[0] / "logs" / "gpu_tests.log").read_text()
     assert "--collect-only" in log and "error" not in log.lower()
     assert "test_paged_gpu.py::test_paged_equals_unpaged_on_cuda" in log
+    assert "test_offload_gpu.py::test_offload_on_cuda_equals_the_unoverlapped_host_step" in log
 
 
 def test_benchmark_models_build_under_this_transformers(dry_run):
@@ -53,7 +54,9 @@ def test_benchmark_models_build_under_this_transformers(dry_run):
     assert {r["params_b"] for r in rows} == {f"{LLAMA_32_1B_PARAMS / 1e9:.3f}"}
     step_rows = table(dry_run[0], "step_gpu")
     planner_rows = table(dry_run[0], "planner_gpu")
-    for row in rows + step_rows + planner_rows:
+    offload_rows = table(dry_run[0], "offload_gpu")
+    assert {r["params_b"] for r in offload_rows} == {f"{LLAMA_32_1B_PARAMS / 1e9:.3f}"}
+    for row in rows + step_rows + planner_rows + offload_rows:
         # tightfit's own rows must set up; a peer may be missing here (torchao), and says so
         if row.get("optimizer", "tightfit").startswith("tightfit"):
             assert row["status"].startswith("dry run"), row
@@ -72,7 +75,7 @@ def test_results_pack_into_files_the_device_returns(dry_run):
         phases = json.load(archive.extractfile("gpu_run/phases.json"))
         for phase in phases:
             assert f"gpu_run/logs/{phase}.log" in names or phases[phase]["status"].startswith("not built")
-        for name in ("step_gpu", "paging_gpu", "planner_gpu"):
+        for name in ("step_gpu", "paging_gpu", "planner_gpu", "offload_gpu"):
             assert f"gpu_run/results/{name}.csv" in names
         summary = archive.extractfile("gpu_run/gpu_summary.md").read().decode()
     assert summary == (out / "gpu_summary.md").read_text()

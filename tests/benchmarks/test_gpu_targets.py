@@ -116,3 +116,18 @@ def test_copy_fraction_passes_exactly_at_or_above_the_threshold(tmp_path_factory
     write_table(folder, "step_gpu", STEP_FIELDS, [step_row("ours", 1, fraction)])
     verdict = copy_fraction("ours", threshold)(Run(folder))
     assert verdict.status == ("pass" if float(str(fraction)) >= threshold else "fail")
+
+
+def test_offload_rows_are_recorded_with_the_peers_and_why_one_is_missing(tmp_path):
+    fields = ["optimizer", "status", "iter_ms", "peak_allocated_gb", "host_gb"]
+    write_table(tmp_path, "offload_gpu", fields, [
+        {"optimizer": "tightfit AdamW 8bit offload", "status": "ok", "iter_ms": "900", "peak_allocated_gb": "9.1",
+         "host_gb": "9.9"},
+        {"optimizer": "torchao CPUOffloadOptimizer (AdamW fused)", "status": "ok", "iter_ms": "1500",
+         "peak_allocated_gb": "9.5"},
+        {"optimizer": "DeepSpeedCPUAdam offload", "status": "skipped: ModuleNotFoundError: No module named 'deepspeed'"}])
+    (verdict,) = [v for t, v in verdicts(Run(tmp_path)) if t.claim.startswith("offload placement")]
+    assert verdict.status == "recorded"
+    assert "tightfit 8-bit offload 900 ms/iter, peak 9.1 GB, host 9.9 GB" in verdict.measured
+    assert "torchao CPUOffloadOptimizer (AdamW fused) 1500 ms, peak 9.5 GB" in verdict.measured
+    assert "No module named 'deepspeed'" in verdict.measured

@@ -66,6 +66,11 @@ class FakeStreams(StreamLayer):
     def wait(self, stream, event, label):
         self._issue(stream, ("wait", label), lambda: None, ready=lambda: event.done)
 
+    def host_wait(self, event):
+        """Run queued work, in a random legal order, until ``event`` is done (other work may stay queued)."""
+        while not event.done:
+            self._run_one()
+
     def finish(self):
         self.drain()
 
@@ -74,14 +79,17 @@ class FakeStreams(StreamLayer):
 
     def drain(self):
         while any(self.queues.values()):
-            runnable = [name for name, q in self.queues.items() if q and q[0][2]()]
-            if not runnable:
-                raise RuntimeError(f"streams deadlocked; heads: {[q[0][0] for q in self.queues.values() if q]}")
-            stream = self.rng.choice(runnable)
-            label, op, _ = self.queues[stream].popleft()
-            op()
-            self.executed.append((stream, label))
-            self._track(label)
+            self._run_one()
+
+    def _run_one(self):
+        runnable = [name for name, q in self.queues.items() if q and q[0][2]()]
+        if not runnable:
+            raise RuntimeError(f"streams deadlocked; heads: {[q[0][0] for q in self.queues.values() if q]}")
+        stream = self.rng.choice(runnable)
+        label, op, _ = self.queues[stream].popleft()
+        op()
+        self.executed.append((stream, label))
+        self._track(label)
 
     def _track(self, label):
         if isinstance(label, tuple) and label[0] == "copy_in":

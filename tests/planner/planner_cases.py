@@ -26,6 +26,7 @@ MATRIX = [
     (TINY_TIED, "lora", "adafactor", 4, 64, True, False),
     (TINY_UNTIED, "lora", "lion_8bit", 2, 48, True, False),
     (TINY_TIED, "lora", "torch:adamw", 1, 32, True, False),
+    (TINY_UNTIED, "full", "muon_8bit", 2, 32, False, False),  # routed: embedding + head run AdamW
 ]
 # QLoRA: bitsandbytes 4-bit runs on CPU but not on fake tensors: analytic vs measured only.
 # config, optimizer, batch, seq, checkpointing

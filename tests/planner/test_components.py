@@ -7,7 +7,7 @@ from tightfit.planner import components as C
 from tightfit.planner.model_facts import facts_from_config, load_model_facts
 from tightfit.planner.optimizer_specs import resolve_optimizer
 
-from planner_cases import TINY_TIED
+from planner_cases import TINY_TIED, TINY_UNTIED
 
 GiB = 2**30
 
@@ -63,6 +63,27 @@ def test_state_bytes_equal_the_optimizers_state(optim):
     actual = unique_storage_bytes(t for s in optimizer.state.values() for t in state_tensors(s))
     planned = C.optimizer_state_bytes(C.trainables(facts, "full", "fp32", 16), spec, masters=False)
     assert planned == actual
+
+
+@pytest.mark.parametrize("config", [TINY_TIED, TINY_UNTIED], ids=["tied", "untied"])
+@pytest.mark.parametrize("optim", ["muon", "muon_8bit", "muon_4bit"])
+def test_muon_state_bytes_follow_its_routing(optim, config):
+    """Muon's plan counts what ``Muon(model)`` keeps: one momentum for hidden matrices, AdamW's
+    two moments for the embedding, the LM head and the norms (not Muon state for all)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from tightfit.names import create_optimizer
+
+    facts = facts_from_config(config, "tiny", "test")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"}))
+    optimizer = create_optimizer(optim, model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert {g["rule"] for g in optimizer.param_groups} == {"muon", "adamw"}
+    spec = resolve_optimizer(optim)
+    planned = C.optimizer_state_bytes(C.trainables(facts, "full", "fp32", 16), spec, masters=False)
+    assert planned == optimizer.state_nbytes()
 
 
 @pytest.mark.parametrize("optim,bnb_class", [("bnb:adamw_8bit", "AdamW8bit"), ("bnb:lion_8bit", "Lion8bit"),

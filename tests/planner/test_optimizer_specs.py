@@ -97,3 +97,39 @@ def test_paged_names_are_not_paged_twice():
     with pytest.raises(ValueError, match="unknown optimizer 'paged_paged_adamw_8bit'"):
         resolve_optimizer("paged_paged_adamw_8bit")
     assert resolve_optimizer("paged_adamw_8bit").paged
+
+
+@pytest.mark.parametrize("name, offload", [("offload_adamw_8bit", True), ("offload_lion_32bit", True),
+                                           ("adamw_8bit", False), ("paged_adamw_8bit", False)])
+def test_offload_names_resolve_as_offloaded(name, offload):
+    spec = resolve_optimizer(name)
+    assert spec.offload is offload and spec.paged is (name.startswith("paged_"))
+
+
+def test_offload_state_masters_and_grad_buffers_are_host_bytes_on_a_gpu_only():
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    trainable = C.trainables(facts, "full", "bf16", 16)
+    state = sum(C.optimizer_state_bytes_each(trainable, resolve_optimizer("adamw_8bit"), True))
+    unoffloaded = plan(facts, optim="adamw_8bit", seq=16, precision="bf16", advise=False)
+    gpu = plan(facts, optim="offload_adamw_8bit", seq=16, precision="bf16", advise=False)
+    rows = {c.name: (c.device, c.host) for c in gpu.components}
+    numel = sum(t.numel for t in trainable)
+    assert rows["optimizer state"] == (0, state)
+    assert rows["offload: fp32 master weights"] == (0, 4 * numel)
+    assert rows["offload: gradient buffers"] == (0, 2 * numel)  # bf16 grads
+    assert "fp32 master weights" not in rows and rows["optimizer step temporaries"] == (0, 0)
+    assert gpu.host_total - unoffloaded.host_total == state + 6 * numel
+    # device: no state, no device masters (4 B/param), no step temporaries
+    masters = dict((c.name, c.device) for c in unoffloaded.components)["fp32 master weights"]
+    assert unoffloaded.persistent - gpu.persistent == state + masters
+    cpu = plan(facts, optim="offload_adamw_8bit", seq=16, precision="bf16", device="cpu", advise=False)
+    assert cpu.peak_allocated == plan(facts, optim="adamw_8bit", seq=16, precision="bf16", device="cpu",
+                                      advise=False).peak_allocated  # a no-op on a CPU
+
+
+@pytest.mark.parametrize("settings, match", [({"precision": "bf16-sr"}, "nothing to round"),
+                                             ({"paged_budget": "1GiB"}, "already keeps the whole optimizer state")])
+def test_offload_refuses_stochastic_rounding_and_a_paged_budget(settings, match):
+    facts = facts_from_config(TINY_TIED, "tiny", "test")
+    with pytest.raises(ValueError, match=match):
+        plan(facts, optim="offload_adamw_8bit", seq=16, **settings)

@@ -77,3 +77,16 @@ def test_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path, micro_config):
     train(micro_config(out, resume=True))
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
+
+
+def test_offload_names_train_on_the_cpu_as_their_base_optimizer(tmp_path, micro_config):
+    # On a CPU offload is a no-op: a warning from the optimizer, the same run.
+    import warnings
+
+    config = micro_config(steps=3, eval_every=3, save_every=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        offloaded = train(config.replace(optim="offload_adamw_8bit", out=str(tmp_path / "offload")))
+    assert [str(w.message) for w in caught if "offload=True has no effect" in str(w.message)]
+    plain = train(config.replace(optim="adamw_8bit", out=str(tmp_path / "plain")))
+    assert offloaded.train_loss == plain.train_loss

@@ -66,6 +66,21 @@ def test_cpu_notes_say_what_does_not_run_as_asked():
     assert len(notes) == 3 and "runs as fp32 on the CPU" in notes[0]
 
 
+def test_offload_optimizers_keep_their_own_masters():
+    """An offload_ optimizer keeps fp32 masters on the host: train adds none on the device, and
+    --in-backward with bf16 is allowed with it; on a CPU train says offload does nothing."""
+    from tightfit.finetune import check_finetune
+    from tightfit.train.step import _masters_needed
+
+    bf16 = [torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))]
+    assert _masters_needed(FineTune(optim="adamw_8bit", precision="bf16"), bf16)
+    assert not _masters_needed(FineTune(optim="offload_adamw_8bit", precision="bf16"), bf16)
+    check_finetune(FineTune(optim="offload_adamw_8bit", precision="bf16", in_backward=True))
+    _, notes = running_finetune(FineTune(optim="offload_adamw_8bit", precision="fp32"), torch.device("cpu"))
+    assert notes == ["--optim offload_adamw_8bit steps as adamw_8bit on the CPU: offload moves masters, state and "
+                     "step from a GPU to the host, where they already are"]
+
+
 def test_master_weights_step_in_fp32():
     """bf16 params + fp32 masters: the optimizer steps the masters with fp32 gradients and the
     params get the rounded masters; an update below bf16's resolution accumulates in the master."""
@@ -91,6 +106,33 @@ def test_paged_budget_and_stochastic_rounding_reach_the_optimizer():
     assert group["stochastic_rounding"] is True and group["paged"] == "1MiB"
     opt = build_optimizer_for(FineTune(optim="adamw_8bit", paged_budget="0"), params, 1e-3, 0.0)
     assert opt.param_groups[0]["paged"] == 0
+
+
+@pytest.mark.parametrize("optim, precision, paged", [("muon", "fp32", None), ("muon_8bit", "bf16", None),
+                                                      ("paged_muon_4bit", "fp32", None), ("muon_8bit", "fp32", "1MiB")])
+def test_train_routes_muon_by_the_models_roles(optim, precision, paged):
+    """Train gives Muon the model: embeddings and the LM head run AdamW as with ``Muon(model)``
+    (not by dims, which would orthogonalize the embedding), through fp32 masters too, with the
+    AdamW-equivalent lr and match_rms_adamw on every path (paging included)."""
+    from tightfit.optimizers_ademamix_muon import hidden_matrices
+
+    model = tiny_llama()
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    masters = {id(p): torch.nn.Parameter(p.detach().float()) for p in params} if precision == "bf16" else {}
+    stepped = [masters.get(id(p), p) for p in params]
+    opt = build_optimizer_for(FineTune(optim=optim, precision=precision, paged_budget=paged), stepped, 1e-3, 0.01,
+                              model, masters)
+    hidden, rest = hidden_matrices(model)
+    by_rule = {g["rule"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert by_rule == {"muon": {id(masters.get(id(p), p)) for p in hidden},
+                       "adamw": {id(masters.get(id(p), p)) for p in rest}}
+    embedding = model.get_input_embeddings().weight
+    assert id(masters.get(id(embedding), embedding)) in by_rule["adamw"]
+    for group in opt.param_groups:
+        assert group["lr"] == 1e-3 and group["weight_decay"] == 0.01
+        assert group["rule"] == "adamw" or group["adjust_lr_fn"] == "match_rms_adamw"
 
 
 def test_offload_keeps_parameters_and_host_tensors():

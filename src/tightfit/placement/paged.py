@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from ..codecs import Encoded, encoded_states
-from .device import Placement, StepFn, moved
+from .device import Placement, StepFn, counters_on, moved
 from ..dtensor import is_dtensor
 from .pieces import split_member, split_sizes
 from .streaming import PagedParam, buffer_layout, make_chunks, slot_bytes, stream_chunks
@@ -122,6 +122,7 @@ class PagedPlacement(Placement):
         return torch.device("cpu") if self.pages(param) else param.device
 
     def settle(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        counters_on(state, param.device)  # e.g. the group was offloaded before
         items = list(encoded_states(state).items())
         layer = self._layer(param.device)
         if not items or layer is None:

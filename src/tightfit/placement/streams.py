@@ -1,7 +1,8 @@
-"""The small device/stream layer that paged placement streams states through.
+"""The small device/stream layer that paged and offload placements move bytes through.
 
-Paging code only ever talks to a ``StreamLayer``: allocate pinned host and device bytes,
-copy on a stream, run work on a stream, record an event, make a stream wait for an event.
+Placement code only ever talks to a ``StreamLayer``: allocate pinned host and device bytes,
+copy on a stream, run work on a stream, record an event, make a stream (or the host) wait
+for an event.
 ``CudaStreams`` is the real one (torch.cuda streams and events, non-blocking copies, no
 host synchronisation); tests register a recording fake for CPU tensors
 (tests/placement/fake_streams.py) so that the buffering logic runs without a GPU.
@@ -55,6 +56,11 @@ class StreamLayer:
         """Work issued on ``stream`` after this waits for ``event`` (the host does not)."""
         raise NotImplementedError
 
+    def host_wait(self, event: Any) -> None:
+        """Block the host until ``event`` has completed (offload: before the CPU reads a
+        copied gradient or rewrites a master weight a copy still reads)."""
+        raise NotImplementedError
+
     def finish(self) -> None:
         """End of one streamed step; the compute stream already waits for the copy-outs."""
 
@@ -103,6 +109,9 @@ class CudaStreams(StreamLayer):
 
     def wait(self, stream, event, label) -> None:
         stream.wait_event(event)
+
+    def host_wait(self, event) -> None:
+        event.synchronize()
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..finetune import FINETUNE_FIELDS, FineTune, check_finetune
-from ..names import OPTIMIZER_NAMES, PAGED_PREFIX
+from ..names import OFFLOAD_PREFIX, OPTIMIZER_NAMES, PAGED_PREFIX
 from ..peers import PEERS
 
 # cheaper codecs, in order (names: <base>_<suffix>)
@@ -43,9 +43,19 @@ def _paged(s: dict) -> dict | None:
     name = s["optim"]
     if name in PEER_PAGED:
         return {**s, "optim": PEER_PAGED[name]}
-    if name in PEERS or name.startswith(PAGED_PREFIX) or OPTIMIZER_NAMES[name].options.get("paged"):
+    if (name in PEERS or name.startswith(PAGED_PREFIX) or OPTIMIZER_NAMES[name].options.get("paged")
+            or OPTIMIZER_NAMES[name].options.get("offload")):
         return None
     return {**s, "optim": PAGED_PREFIX + name}
+
+
+def _offloaded(s: dict) -> dict | None:
+    """A tightfit name -> its offload_ form (masters, states and the step on the host)."""
+    name = s["optim"]
+    if name in PEERS or name not in OPTIMIZER_NAMES or set(OPTIMIZER_NAMES[name].options) & {"paged", "offload"}:
+        return None
+    candidate = OFFLOAD_PREFIX + name
+    return {**s, "optim": candidate} if candidate in OPTIMIZER_NAMES else None
 
 
 def _flag(key: str) -> Callable[[dict], dict | None]:
@@ -101,6 +111,8 @@ CHANGES: list[tuple[str, str, Callable[[dict], dict | None]]] = [
     ("bf16 weights with fp32 masters", "~0% slower on GPUs with bf16 tensor cores", _bf16_weights),
     ("bf16 weights + stochastic rounding, no fp32 masters", "~0% slower; bf16 update precision", _no_masters),
     ("page optimizer state to host", "~0-20% slower (host<->device traffic each step)", _paged),
+    ("offload optimizer (fp32 masters, state and step on the host)",
+     "slower by the grad and weight PCIe copies and the CPU step (benchmarks/offload_gpu.py)", _offloaded),
     ("update inside backward", "~0% slower; needs --grad-accum 1", _in_backward),
     ("gradient checkpointing", "~30% slower (one extra forward per block)", _flag("checkpointing")),
     ("offload activations to host", "slower by the PCIe copies of every saved activation (not measured)",

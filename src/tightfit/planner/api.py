@@ -136,21 +136,32 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
                   ft.adapter_dtype, autocast_weights=weight_dtype != compute_dtype,
                   offload=ft.offload_activations and on_gpu, loss=ft.loss)
     trainable = C.trainables(facts, ft.method, weight_dtype, ft.lora_r, targets, ft.adapter_dtype)
-    masters = C.master_bytes(trainable, not masters_on)
+    # placement/offload.py (a no-op on a CPU): the optimizer keeps fp32 masters, states and its
+    # step on the host; the device keeps the params and their grads
+    offload = spec.offload and on_gpu  # (check_finetune refused it with bf16-sr and a paged budget)
+    masters = 0 if offload else C.master_bytes(trainable, not masters_on)
     largest = C.largest(trainable)
     stepped = C.TORCH_DTYPES["fp32" if (masters or largest.dtype == "fp32") else largest.dtype]
-    fused = on_gpu and fused_on_gpu(spec)
-    temp_per_elem = 0.0 if fused else step_bytes_per_element(spec, stepped)
+    own_specs = {t.name: spec.for_param(t.shape, t.role) for t in trainable}  # Muon: AdamW for embeddings
+
+    def temp_per_elem(t: C.Trainable) -> float:
+        own = own_specs[t.name]
+        return 0.0 if offload or (on_gpu and fused_on_gpu(own)) else step_bytes_per_element(own, stepped)
+
+    fused = all(on_gpu and fused_on_gpu(own) for own in own_specs.values())
+    worst = max(trainable, key=lambda t: temp_per_elem(t) * t.numel)  # the largest step working set
     sizes = {
         "weights": C.weight_bytes(facts, ft.method, weight_dtype),
         "adapters": sum(t.numel * C.DTYPE_BYTES[t.dtype] for t in trainable) if setup.adapters else 0,
         "masters": masters,
+        "offload_masters": C.offload_master_bytes(trainable) if offload else 0,
+        "offload_grads": C.gradient_bytes(trainable) if offload else 0,
         # with fp32 masters each 16-bit gradient is converted to fp32 just before its master's
         # update (train/step.py), so one fp32 gradient joins the 16-bit ones at a time
         "grads_at_step": C.gradient_bytes(trainable),
         "largest_grad": largest.numel * C.DTYPE_BYTES[largest.dtype],
-        "state": sum(state_each := C.optimizer_state_bytes_each(trainable, spec, masters > 0)),
-        "step_temp": int(temp_per_elem * largest.numel) + (4 * largest.numel if masters else 0),
+        "state": sum(state_each := C.optimizer_state_bytes_each(trainable, spec, masters > 0 or offload)),
+        "step_temp": int(temp_per_elem(worst) * worst.numel) + (4 * largest.numel if masters else 0),
         "dequant": max(p.numel for p in facts.parameters() if p.linear) * C.DTYPE_BYTES[compute_dtype]
         if ft.method == "qlora" else 0,
         "managed": 0,
@@ -159,6 +170,8 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
     if spec.source == "bnb" and budget is not None:  # bitsandbytes pages through CUDA managed memory
         sizes["state_device"], sizes["managed"] = C.managed_split(trainable, state_each) if on_gpu else (sizes["state"], 0)
         sizes["buffers"] = 0
+    elif offload:
+        sizes["state_device"], sizes["buffers"] = 0, 0
     elif on_gpu:
         # placement/paged.py streams large params in pieces only for elementwise rules without
         # stochastic rounding (its random bits are keyed by the whole parameter's element index)
@@ -178,10 +191,11 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
                     "lora_r": ft.lora_r if setup.adapters else None, "optimizer_source": spec.source}
     total = peak + sizes["context"] + sizes["slack"]
     result = Plan(model=facts.to_dict(), settings=settings_out,
-                  components=_components(facts, setup, ft, spec, trainable, sizes, temp_per_elem, in_backward,
+                  components=_components(facts, setup, ft, spec, trainable, sizes, temp_per_elem(worst), worst, in_backward,
                                          on_gpu, fused, sr),
                   persistent=persistent, peak_allocated=peak, peak_at=timeline.peak_at, device_total=total,
-                  host_total=sizes["state"] - sizes["state_device"] - sizes["managed"] + sizes["host_activations"],
+                  host_total=sizes["state"] - sizes["state_device"] - sizes["managed"] + sizes["host_activations"]
+                  + sizes["offload_masters"] + sizes["offload_grads"],
                   assumptions=_assumptions(facts, setup, ft, spec, budget is not None, on_gpu, fused),
                   gpu={"name": gpu_name, "bytes": capacity} if gpu else None,
                   fits=total <= capacity if gpu else None, device=device, managed=sizes["managed"])
@@ -203,10 +217,9 @@ def plan(model: str | ModelFacts | FineTune, *, gpu: str | None = None, device: 
 
 
 def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, sizes: dict, temp_per_elem: float,
-                in_backward: bool, on_gpu: bool, fused: bool, sr: bool) -> list[Component]:
+                worst: C.Trainable, in_backward: bool, on_gpu: bool, fused: bool, sr: bool) -> list[Component]:
     """The table rows: each component's bytes (device, host) and how it was computed."""
     n_train = sum(t.numel for t in trainable)
-    largest = C.largest(trainable)
     weight_dtype = PRECISIONS[ft.precision][0]
     rows = [Component("weights", sizes["weights"], 0,
                       f"{facts.total_params() / 1e9:.3f}B params x {C.DTYPE_BYTES[weight_dtype]} B ({weight_dtype})"
@@ -224,9 +237,15 @@ def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, 
                           "dtype" + (" (+ the one converted to fp32 for its master's step, counted as a "
                                      "step temporary)" if sizes["masters"] else "")))
     state_host = sizes["state"] - sizes["state_device"] - sizes["managed"]
-    paged = " (paged to host)" if state_host or sizes["buffers"] else ""
+    paged = (" (offloaded: stepped on the host)" if sizes["offload_masters"] else
+             " (paged to host)" if state_host or sizes["buffers"] else "")
     rows.append(Component("optimizer state", sizes["state_device"], state_host,
                           f"{spec.name}: {spec.layout or spec.rule.name}{paged}"))
+    if sizes["offload_masters"]:
+        rows += [Component("offload: fp32 master weights", 0, sizes["offload_masters"],
+                           "pinned host memory, 4 B per trainable param (placement/offload.py)"),
+                 Component("offload: gradient buffers", 0, sizes["offload_grads"],
+                           "pinned host memory, one per trainable in its dtype: grads in, new weights out")]
     if sizes["managed"]:
         rows.append(Component("optimizer state (CUDA managed)", 0, sizes["managed"],
                               "bitsandbytes paged: managed memory, not in torch's counters; nvidia-smi shows it on "
@@ -248,9 +267,11 @@ def _components(facts: ModelFacts, setup: Setup, ft: FineTune, spec, trainable, 
                   f"chunked: {loss_tokens(facts, setup)} tokens' logits at once (chunks of {LOSS_CHUNK_TOKENS}, "
                   "recomputed in backward) + the hidden-state gradient"),
         Component("optimizer step temporaries", sizes["step_temp"], 0,
+                  "none on the device: the offloaded step runs on the host" if sizes["offload_masters"] else
                   ("fused kernel on the GPU: " + ("only the fp32 gradient of the master being stepped"
                                                   if sizes["masters"] else "none full-size")) if fused else
-                  f"{temp_per_elem:.1f} B/elem x largest trainable ({largest.numel / 1e6:.1f}M), measured"
+                  f"{temp_per_elem:.1f} B/elem x {worst.name} ({worst.numel / 1e6:.1f}M, the largest working set), "
+                  "measured"
                   + (" + its fp32 gradient (master step)" if sizes["masters"] else "")),
     ]
     if sizes["dequant"]:
@@ -293,6 +314,10 @@ def _assumptions(facts: ModelFacts, setup: Setup, ft: FineTune, spec, paged: boo
     if paged and spec.source == "bnb":
         out.append("bitsandbytes paged optimizer: states of tensors >= 100k elements in CUDA managed memory "
                    "(counted as host; nvidia-smi shows them on the GPU while it has room)")
+    elif spec.offload:
+        out.append("offloaded optimizer: fp32 master weights, states and the step on the host; grads copied to the "
+                   "host during backward, weights back after each step (placement/offload.py)"
+                   + ("" if on_gpu else "; on a CPU offload is a no-op"))
     elif paged:
         out.append(f"paged optimizer: state in pinned host memory, streamed through {SLOTS} reusable device slots "
                    "(placement/paged.py)" + ("" if on_gpu else "; on a CPU paging is a no-op"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -54,6 +55,7 @@ class Trainable:
     name: str
     shape: tuple[int, ...]
     dtype: str
+    role: str = "adapter"  # model_facts.ParamInfo.kind for a trained weight (embedding, lm_head ...)
 
     @property
     def numel(self) -> int:
@@ -75,7 +77,7 @@ def trainables(facts: ModelFacts, method: str, dtype: str, lora_rank: int, targe
                adapter_dtype: str = "fp32") -> list[Trainable]:
     """Full FT: every weight in ``dtype``; LoRA: A (r x in) and B (out x r) per target, in ``adapter_dtype``."""
     if method == "full":
-        return [Trainable(p.name, p.shape, dtype) for p in facts.parameters()]
+        return [Trainable(p.name, p.shape, dtype, p.kind) for p in facts.parameters()]
     out = []
     for p in lora_targets(facts, targets):
         rows, cols = p.shape
@@ -99,6 +101,11 @@ def master_bytes(params: list[Trainable], stochastic_rounding: bool) -> int:
     return sum(4 * t.numel for t in params if t.dtype != "fp32")
 
 
+def offload_master_bytes(params: list[Trainable]) -> int:
+    """placement/offload.py's host master copies: fp32 for every trainable, whatever its dtype."""
+    return sum(4 * t.numel for t in params)
+
+
 def gradient_bytes(params: list[Trainable]) -> int:
     return sum(t.numel * DTYPE_BYTES[t.dtype] for t in params)
 
@@ -111,7 +118,8 @@ def optimizer_state_bytes_each(params: list[Trainable], spec, masters: bool) -> 
     each = []
     for t in params:
         stepped = torch.float32 if (masters or t.dtype == "fp32") else TORCH_DTYPES[t.dtype]
-        each.append(state_bytes(spec.rule, spec.codec_for(stepped), t.shape, spec.hyper, spec.min_quantized_numel))
+        own = spec.for_param(t.shape, t.role)  # Muon routes embeddings and the head to AdamW
+        each.append(state_bytes(own.rule, own.codec_for(stepped), t.shape, own.hyper, own.min_quantized_numel))
     return each
 
 
@@ -164,7 +172,9 @@ class GradientPlaces:
     stepping: dict
 
 
-def gradient_places(facts: ModelFacts, params: list[Trainable], temp_per_element: float) -> GradientPlaces:
+def gradient_places(facts: ModelFacts, params: list[Trainable],
+                    temp_per_element: Callable[[Trainable], float]) -> GradientPlaces:
+    """``temp_per_element(t)``: the optimizer step's temporaries per element of ``t``."""
     places = GradientPlaces([0] * facts.layers, [0] * facts.layers, 0, 0,
                             {"head": 0, "embed": 0, **{k: 0 for k in range(facts.layers)}})
     infos = {p.name: p for p in facts.parameters()}
@@ -172,7 +182,7 @@ def gradient_places(facts: ModelFacts, params: list[Trainable], temp_per_element
         info = infos[t.name.split(".lora_")[0]]
         nbytes = t.numel * DTYPE_BYTES[t.dtype]
         place = info.layer if info.layer is not None else ("embed" if info.kind == "embedding" else "head")
-        places.stepping[place] = max(places.stepping[place], nbytes + int(temp_per_element * t.numel))
+        places.stepping[place] = max(places.stepping[place], nbytes + int(temp_per_element(t) * t.numel))
         if info.layer is not None:
             places.by_block[info.layer] += nbytes
             places.largest_by_block[info.layer] = max(places.largest_by_block[info.layer], nbytes)

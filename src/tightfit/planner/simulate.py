@@ -167,12 +167,13 @@ def measure_step(hf_config_dict: dict[str, Any], optimizer_spec, *, method: str 
         tracker = LiveBytesTracker(answer_scalar_reads=fake)
         tracker.track(list(model.parameters()) + list(model.buffers()) + quant_states + [input_ids])
         with tracker:
-            pairs = None
+            pairs, stand_in = None, {}
             if masters:
                 pairs = [(p, torch.nn.Parameter(p.detach().float())) for p in trainable if p.dtype != torch.float32]
                 fp32 = {id(p) for p, _ in pairs}
                 trainable = [m for _, m in pairs] + [p for p in trainable if id(p) not in fp32]
-            optimizer = optimizer_spec.build(trainable)
+                stand_in = {id(p): m for p, m in pairs}
+            optimizer = optimizer_spec.build(trainable, model, stand_in)
             handle = None
             if in_backward:
                 from ..backward import step_in_backward

@@ -73,19 +73,33 @@ RULE_OPTIONS: dict[str, tuple[Callable[[float, float], dict[str, Any]], str]] = 
 }
 
 
-def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over ``params`` with the lr ``lr_for(name, lr)`` (and the rule's
-    RULE_OPTIONS, if any)."""
+def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0, *,
+                    model: torch.nn.Module | None = None, stand_in: dict[int, torch.Tensor] | None = None,
+                    **options: Any) -> torch.optim.Optimizer:
+    """The optimizer ``name`` over ``params`` with the lr ``lr_for(name, lr)`` and the rule's
+    RULE_OPTIONS, if any. Given the ``model`` whose trainable params ``params`` are (through
+    ``stand_in``: the tensor stepped for a model param, e.g. its fp32 master), a preset that
+    routes by role gets them as groups (``groups_for_model``: Muon). ``options`` (paged, stochastic_rounding ...) go to tightfit optimizers only."""
     check_optimizer_name(name)
+    family = _rule_family(name)
+    if options and name not in OPTIMIZER_NAMES:
+        raise TrainInputError(f"--optim {name!r}: {', '.join(sorted(options))} need a tightfit optimizer "
+                              "(tightfit optims lists them)")
     kwargs: dict[str, Any] = {"weight_decay": weight_decay}
-    if name in OPTIMIZER_NAMES and _rule_family(name) in RULE_OPTIONS:
-        kwargs.update(RULE_OPTIONS[_rule_family(name)][0](lr, weight_decay))
+    if name in OPTIMIZER_NAMES and family in RULE_OPTIONS:
+        kwargs.update(RULE_OPTIONS[family][0](lr, weight_decay))
     rule_lr = lr_for(name, lr)
     if rule_lr is not None:
         kwargs["lr"] = rule_lr
-    if name in OPTIMIZER_NAMES:
-        return create_optimizer(name, params, **kwargs)
-    return build_peer(name, params, **kwargs)
+    kwargs.update(options)
+    if name not in OPTIMIZER_NAMES:
+        return build_peer(name, params, **kwargs)
+    if model is not None:
+        model_params = [p for p in model.parameters() if p.requires_grad]
+        stand_in = stand_in or {}
+        if {id(stand_in.get(id(p), p)) for p in model_params} == {id(p) for p in params}:
+            params = OPTIMIZER_NAMES[name].cls.groups_for_model(model, model_params, stand_in)
+    return create_optimizer(name, params, **kwargs)
 
 
 def _tensors(obj: Any):

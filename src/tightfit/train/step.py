@@ -4,7 +4,8 @@ one step. Every setting ``tightfit plan`` can advise runs here.
 
 * precision (``finetune.PRECISIONS``): ``bf16`` casts the model to bf16 and gives 16-bit
   trainables fp32 master copies that the optimizer steps (gradients converted to fp32
-  first, masters copied back after); ``bf16-autocast`` keeps fp32 weights and runs forward
+  first, masters copied back after; an ``offload_`` optimizer keeps its own on the host
+  instead); ``bf16-autocast`` keeps fp32 weights and runs forward
   under bf16 autocast; ``bf16-sr`` casts to bf16 and the tightfit optimizer writes with
   stochastic rounding. On a CPU all of them run fp32 (``finetune.effective``), and say so.
 * ``in_backward``: ``tightfit.step_in_backward`` (accumulation and global-norm clipping
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..finetune import PRECISIONS, FineTune, effective
+from ..finetune import PRECISIONS, FineTune, effective, is_offloaded
 from .errors import TrainInputError
 from .loss import get_loss
 from .offload import offload_activations
@@ -40,6 +41,9 @@ def running_finetune(config: FineTune, device: torch.device) -> tuple[FineTune, 
         notes.append("--offload-activations does nothing on the CPU: activations already are in host memory")
     if config.paged_budget is not None and device.type == "cpu":
         notes.append("--paged-budget does nothing on the CPU: paging streams state between host and a GPU")
+    if is_offloaded(config.optim) and device.type == "cpu":
+        notes.append(f"--optim {config.optim} steps as {config.optim.removeprefix('offload_')} on the CPU: offload "
+                     "moves masters, state and step from a GPU to the host, where they already are")
     return ran, notes
 
 
@@ -55,13 +59,17 @@ def cast_model(model: torch.nn.Module, ran: FineTune) -> None:
 
 
 def _masters_needed(ran: FineTune, params: list[torch.nn.Parameter]) -> bool:
-    return PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params)
+    # an offload_ optimizer keeps fp32 masters on the host itself (placement/offload.py)
+    return (PRECISIONS[ran.precision][2] and any(p.dtype != torch.float32 for p in params)
+            and not is_offloaded(ran.optim))
 
 
-def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float):
-    """The optimizer over ``params`` with the FineTune's paging budget and stochastic rounding."""
-    from ..names import OPTIMIZER_NAMES, create_optimizer
-    from .peers import build_optimizer, lr_for
+def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                        model: torch.nn.Module | None = None, stand_in: dict[int, torch.Tensor] | None = None):
+    """The optimizer over ``params`` (of ``model``, stepped through ``stand_in`` masters) with the
+    FineTune's paging budget and stochastic rounding."""
+    from ..names import OPTIMIZER_NAMES
+    from .peers import build_optimizer
 
     extras: dict[str, Any] = {}
     if ran.paged_budget is not None:
@@ -69,16 +77,10 @@ def build_optimizer_for(ran: FineTune, params: list[torch.nn.Parameter], lr: flo
         extras["paged"] = int(budget) if budget.isdigit() else budget
     if PRECISIONS[ran.precision][3]:
         extras["stochastic_rounding"] = True
-    if not extras:
-        return build_optimizer(ran.optim, params, lr, weight_decay)
-    if ran.optim not in OPTIMIZER_NAMES:
+    if extras and ran.optim not in OPTIMIZER_NAMES:
         raise TrainInputError(f"--optim {ran.optim!r}: --paged-budget and --precision bf16-sr need a tightfit "
                               "optimizer (tightfit optims lists them)")
-    kwargs: dict[str, Any] = {"weight_decay": weight_decay, **extras}
-    rule_lr = lr_for(ran.optim, lr)
-    if rule_lr is not None:
-        kwargs["lr"] = rule_lr
-    return create_optimizer(ran.optim, params, **kwargs)
+    return build_optimizer(ran.optim, params, lr, weight_decay, model=model, stand_in=stand_in, **extras)
 
 
 @dataclass
@@ -172,7 +174,8 @@ def build_runner(config, model: torch.nn.Module, device: torch.device) -> StepRu
                                   "update runs on the masters after backward; use --precision bf16-sr or fp32")
     fp32 = {id(p) for p, _ in masters}
     stepped = [m for _, m in masters] + [p for p in params if id(p) not in fp32]
-    optimizer = build_optimizer_for(ran, stepped, config.lr, config.weight_decay)
+    optimizer = build_optimizer_for(ran, stepped, config.lr, config.weight_decay, model,
+                                    {id(p): m for p, m in masters})
     handle = None
     if ran.in_backward:
         from ..backward import step_in_backward
