@@ -148,6 +148,9 @@ def adversarial_blocks(draw, qmap):
     x = torch.cat(blocks)
     if "squared" in qmap.name or "unsigned" in qmap.name:
         x = x.abs()
+        if draw(st.booleans()):  # negative values (and -0) on a map without negative codes: code 0
+            flip = torch.rand(x.shape, generator=torch.Generator().manual_seed(x.numel())) < 0.3
+            x = torch.where(flip, -x, x)
     return x[: draw(st.integers(1, x.numel()))].contiguous()
 
 

@@ -101,24 +101,29 @@ inline __m512i codes_of(const Quant& q, __m512 y, __mmask16* near) {
 // comparison with that segment's upper threshold; then the count of interior midpoints
 // below t is the integer part of u. Lanes close to a threshold or with u close to an
 // integer are flagged in *near (the caller divides those exactly and uses the bucket table).
+// SQUARED: the map's kind (u from sqrt(t - c)); UNSIGNED: no negative midpoints. Both are
+// template flags so that each map's loop carries only its own instructions.
+template <bool SQUARED, bool UNSIGNED>
 struct SegmentTable {
   __m512i binade_lo, binade_hi;
   __m512 upper, d, b, c;
   __m512i base, n, neg_base, mirrored, lowest;
   __m128i shift;
-  bool squared;
   explicit SegmentTable(const TfSegments& s)
       : binade_lo(_mm512_loadu_si512(s.binade_segment)), binade_hi(_mm512_loadu_si512(s.binade_segment + 16)),
         upper(_mm512_loadu_ps(s.upper)), d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
         base(_mm512_loadu_si512(s.base)), n(_mm512_loadu_si512(s.n)), neg_base(_mm512_set1_epi32(s.neg_base)),
         mirrored(_mm512_set1_epi32(s.mirrored)), lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
-        shift(_mm_cvtsi32_si128(23 + s.binade_shift)), squared(s.kind == 1) {}
+        shift(_mm_cvtsi32_si128(23 + s.binade_shift)) {}
 };
 
-inline __m512i codes_of(const SegmentTable& t, __m512 y, __mmask16* near) {
+template <bool SQUARED, bool UNSIGNED>
+inline __m512i codes_of(const SegmentTable<SQUARED, UNSIGNED>& t, __m512 y, __mmask16* near) {
   const __m512i bits = _mm512_castps_si512(y);
-  const __mmask16 negative = _mm512_movepi32_mask(bits);
-  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  // unsigned maps: a negative y (a negative int32) becomes +0, whose code 0 is also its own
+  const __mmask16 negative = UNSIGNED ? 0 : _mm512_movepi32_mask(bits);
+  const __m512i mag = UNSIGNED ? _mm512_max_epi32(bits, _mm512_setzero_si512())
+                               : _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
   const __m512 tv = _mm512_castsi512_ps(mag);
   // the table entry: exponent field (< 256: a 16-bit lane) minus the lowest, saturating at 0
   const __m512i entry = _mm512_subs_epu16(_mm512_srl_epi32(mag, t.shift), t.lowest);
@@ -129,7 +134,7 @@ inline __m512i codes_of(const SegmentTable& t, __m512 y, __mmask16* near) {
   __mmask16 close = _mm512_cmple_epi32_mask(_mm512_abs_epi32(_mm512_sub_epi32(mag, _mm512_castps_si512(up))),
                                             _mm512_set1_epi32(SEGMENT_THRESHOLD_ULPS));
   __m512 w = tv;
-  if (t.squared)
+  if (SQUARED)
     w = _mm512_sqrt_ps(_mm512_max_ps(_mm512_sub_ps(tv, _mm512_permutexvar_ps(seg, t.c)), _mm512_setzero_ps()));
   const __m512 u = _mm512_sub_ps(_mm512_mul_ps(w, _mm512_permutexvar_ps(seg, t.d)), _mm512_permutexvar_ps(seg, t.b));
   // u - round(u), exact
@@ -139,6 +144,7 @@ inline __m512i codes_of(const SegmentTable& t, __m512 y, __mmask16* near) {
   // u > -1 from each segment's lower threshold up (segments.py), so truncation needs no lower clamp
   const __m512i count = _mm512_add_epi32(_mm512_permutexvar_epi32(seg, t.base),
                                          _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.n)));
+  if (UNSIGNED) return count;
   return _mm512_mask_sub_epi32(_mm512_add_epi32(t.neg_base, count), negative, t.neg_base,
                                _mm512_min_epi32(count, t.mirrored));
 }
@@ -189,7 +195,9 @@ inline __m512i exact_codes(const Table& table, const Quant& q, __m512 xv, __m512
 }
 
 // A segment table's flagged lanes: the bucket table on the exact quotient.
-inline __m512i exact_codes(const SegmentTable&, const Quant& q, __m512 xv, __m512 scale_v) {
+template <bool SQUARED, bool UNSIGNED>
+inline __m512i exact_codes(const SegmentTable<SQUARED, UNSIGNED>&, const Quant& q, __m512 xv,
+                           __m512 scale_v) {
   __mmask16 unused;
   return codes_of(q, _mm512_div_ps(xv, scale_v), &unused);
 }
@@ -230,11 +238,20 @@ inline void encode_blocks_with(const Table& table, const Quant& q, const float* 
     encode_block_with(table, q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
 }
 
+inline void encode_blocks_segments(const TfSegments& s, const Quant& q, const float* x, int n, float* absmax,
+                                   uint8_t* codes) {
+  const bool squared = s.kind == 1, unsigned_map = s.neg_base == 0 && s.mirrored == 0;
+  if (squared && unsigned_map) encode_blocks_with(SegmentTable<true, true>(s), q, x, n, absmax, codes);
+  else if (squared) encode_blocks_with(SegmentTable<true, false>(s), q, x, n, absmax, codes);
+  else if (unsigned_map) encode_blocks_with(SegmentTable<false, true>(s), q, x, n, absmax, codes);
+  else encode_blocks_with(SegmentTable<false, false>(s), q, x, n, absmax, codes);
+}
+
 inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
   if (q.nan_code == 15)  // a 4-bit map
     encode_blocks_with(Mids16(q.midpoints), q, x, n, absmax, codes);
   else if (q.seg != nullptr)
-    encode_blocks_with(SegmentTable(*q.seg), q, x, n, absmax, codes);
+    encode_blocks_segments(*q.seg, q, x, n, absmax, codes);
   else
     encode_blocks_with(q, q, x, n, absmax, codes);
 }
