@@ -107,13 +107,14 @@ template <bool SQUARED, bool UNSIGNED>
 struct SegmentTable {
   __m512i binade_lo, binade_hi;
   __m512 upper, d, b, c;
-  __m512i base, n, neg_base, mirrored, lowest;
+  __m512i base, n, two_neg_base, mirrored, lowest;  // base, mirrored: + neg_base (the code of +0)
   __m128i shift;
   explicit SegmentTable(const TfSegments& s)
       : binade_lo(_mm512_loadu_si512(s.binade_segment)), binade_hi(_mm512_loadu_si512(s.binade_segment + 16)),
         upper(_mm512_loadu_ps(s.upper)), d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
-        base(_mm512_loadu_si512(s.base)), n(_mm512_loadu_si512(s.n)), neg_base(_mm512_set1_epi32(s.neg_base)),
-        mirrored(_mm512_set1_epi32(s.mirrored)), lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
+        base(_mm512_add_epi32(_mm512_loadu_si512(s.base), _mm512_set1_epi32(s.neg_base))), n(_mm512_loadu_si512(s.n)),
+        two_neg_base(_mm512_set1_epi32(2 * s.neg_base)), mirrored(_mm512_set1_epi32(s.mirrored + s.neg_base)),
+        lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
         shift(_mm_cvtsi32_si128(23 + s.binade_shift)) {}
 };
 
@@ -141,12 +142,13 @@ inline __m512i codes_of(const SegmentTable<SQUARED, UNSIGNED>& t, __m512 y, __mm
   close |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(u, _MM_FROUND_TO_NEAREST_INT)),
                               _mm512_set1_ps(SEGMENT_U_TOLERANCE), _CMP_LT_OQ);
   *near = close;
-  // u > -1 from each segment's lower threshold up (segments.py), so truncation needs no lower clamp
-  const __m512i count = _mm512_add_epi32(_mm512_permutexvar_epi32(seg, t.base),
-                                         _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.n)));
-  if (UNSIGNED) return count;
-  return _mm512_mask_sub_epi32(_mm512_add_epi32(t.neg_base, count), negative, t.neg_base,
-                               _mm512_min_epi32(count, t.mirrored));
+  // u > -1 from each segment's lower threshold up (segments.py), so truncation needs no lower clamp.
+  // The code of t = |y|: neg_base + count.
+  const __m512i code = _mm512_add_epi32(_mm512_permutexvar_epi32(seg, t.base),
+                                        _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.n)));
+  if (UNSIGNED) return code;
+  // a negative y: neg_base - min(count, mirrored), with count = code - neg_base
+  return _mm512_mask_sub_epi32(code, negative, t.two_neg_base, _mm512_min_epi32(code, t.mirrored));
 }
 
 // 4-bit maps: the midpoints (and +inf) in one register; code = number of midpoints < y.
