@@ -57,6 +57,23 @@ def variant_library(root: Path, edits) -> ctypes.CDLL:
     return build._bind(ctypes.CDLL(str(target)))
 
 
+def llama_params() -> list[torch.nn.Parameter]:
+    """step_cpu.py's Llama-shaped fp32 params (88.1M) with small random grads, seed 0."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in llama_shapes(1024, 2816, 2, 32000, 4).values()]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    return params
+
+
+def interleaved_rounds(names: list[str], rounds: int, run) -> None:
+    """``run(name, timed)`` for every variant in each of ``rounds`` + 1 rounds (the first warms
+    up, ``timed`` False), the order reversed every other round so load hits all variants alike."""
+    for r in range(rounds + 1):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            run(name, r > 0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--state", default="8bit")
@@ -64,22 +81,21 @@ def main() -> None:
     ap.add_argument("--out", default="step_cpu_phases")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in llama_shapes(1024, 2816, 2, 32000, 4).values()]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    params = llama_params()
     numel = sum(p.numel() for p in params)
     with tempfile.TemporaryDirectory(prefix="tightfit-phases-") as tmp:
         libs = {name: variant_library(Path(tmp, str(i)), edits) for i, (name, edits) in enumerate(VARIANTS.items())}
         opts = {name: tightfit.AdamW(params, lr=1e-5, state=args.state, impl="native") for name in VARIANTS}
         times = {name: [] for name in VARIANTS}
-        for r in range(args.rounds + 1):
-            for name in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
-                native.load_kernel = lambda lib=libs[name]: (lib, None)
-                start = time.process_time()
-                opts[name].step()
-                if r:  # the first round warms up
-                    times[name].append((time.process_time() - start) * 1e3)
+
+        def run(name: str, timed: bool) -> None:
+            native.load_kernel = lambda lib=libs[name]: (lib, None)
+            start = time.process_time()
+            opts[name].step()
+            if timed:
+                times[name].append((time.process_time() - start) * 1e3)
+
+        interleaved_rounds(list(VARIANTS), args.rounds, run)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     full = med["full step"]
     cost = {"gradient scan": full - med["no gradient scan"], "decode (all states)": full - med["no decode"],

@@ -34,8 +34,8 @@ import tightfit.impl.native as native
 from tightfit.impl.native import build
 from tightfit.impl.native.codec_passes import _state_struct, native_decode
 
-from step_cpu import RESULTS, cpu_model, llama_shapes
-from step_cpu_phases import SKIP_SCAN, variant_library
+from step_cpu import RESULTS, cpu_model
+from step_cpu_phases import SKIP_SCAN, interleaved_rounds, llama_params, variant_library
 
 RSQRT = ("quant_avx512.h",
          "    w = _mm512_sqrt_ps(_mm512_max_ps(_mm512_sub_ps(tv, _mm512_permutexvar_ps(seg, t.c)), "
@@ -73,10 +73,7 @@ def main() -> None:
     if build.isa() != "avx512":
         raise SystemExit(f"the edits are to the AVX-512 encoder; this CPU builds {build.isa()}")
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in llama_shapes(1024, 2816, 2, 32000, 4).values()]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    params = llama_params()
     numel = sum(p.numel() for p in params)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tightfit-whatif-") as tmp:
@@ -84,23 +81,25 @@ def main() -> None:
         opts = {name: tightfit.AdamW(params, lr=1e-5, state="8bit", impl="native") for name in VARIANTS}
         step = {name: [] for name in VARIANTS}
         enc = {(name, s): [] for name in VARIANTS for s in ("exp_avg", "exp_avg_sq")}
+        inputs = {}  # (variant, state) -> the decoded values its encoder re-encodes each round
         big = params[0]  # embed_tokens: the encoder alone on the step's own states
-        for r in range(args.rounds + 1):
-            for name in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
-                native.load_kernel = lambda lib=libs[name]: (lib, None)
+
+        def run(name: str, timed: bool) -> None:
+            native.load_kernel = lambda lib=libs[name]: (lib, None)
+            start = time.process_time()
+            opts[name].step()
+            if timed:
+                step[name].append((time.process_time() - start) * 1e3)
+            for s in ("exp_avg", "exp_avg_sq"):
+                e = opts[name].state[big][s]
+                x = inputs.setdefault((name, s), native_decode(e))
+                st = _state_struct(e)
                 start = time.process_time()
-                opts[name].step()
-                if r:  # the first round warms up
-                    step[name].append((time.process_time() - start) * 1e3)
-                for s in ("exp_avg", "exp_avg_sq"):
-                    e = opts[name].state[big][s]
-                    x = native_decode(e) if r == 0 else enc[(name, s, "x")]
-                    enc[(name, s, "x")] = x
-                    st = _state_struct(e)
-                    start = time.process_time()
-                    libs[name].tf_encode(st, x.numel(), x.data_ptr(), 1)
-                    if r:
-                        enc[(name, s)].append((time.process_time() - start) * 1e9 / x.numel())
+                libs[name].tf_encode(st, x.numel(), x.data_ptr(), 1)
+                if timed:
+                    enc[(name, s)].append((time.process_time() - start) * 1e9 / x.numel())
+
+        interleaved_rounds(list(VARIANTS), args.rounds, run)
     date, device = datetime.date.today().isoformat(), f"{os.cpu_count()}-core CPU, {cpu_model()}"
     full = statistics.median(step["full step"])
     lines = [f"# Upper bounds of native-step proposals (AdamW 8bit, {numel / 1e6:.1f}M params, 1 thread, CPU time)",
