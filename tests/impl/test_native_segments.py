@@ -3,8 +3,10 @@ against the definition, torch.bucketize over the map's midpoints.
 
 Two layers: the Python emulation of the vector encoder (the tables' proof) on every
 midpoint, its neighbours and random points; and the compiled encoder with and without
-its segment tables on adversarial blocks (midpoints times the block's absmax, mixed
-scales, zeros after tiny values, one huge element), both equal to the reference codes.
+its segment tables, at every instruction-set level this CPU runs (levels without the
+arithmetic encoder ignore the tables), on adversarial blocks (midpoints times the
+block's absmax, mixed scales, zeros after tiny values, one huge element), both equal to
+the reference codes.
 """
 
 import ctypes
@@ -20,6 +22,7 @@ from tightfit.impl.native import build, segments
 from tightfit.impl.native.jobs import TfState, map_tables
 
 NATIVE_REASON = build.load_kernel()[1]
+LEVELS = [level for level, (needs, _) in build.ISA_LEVELS.items() if all(f in build.cpu_flags() for f in needs)]
 
 # map: (has tables, kind)
 MAPS = {
@@ -155,13 +158,15 @@ def adversarial_blocks(draw, qmap):
 
 
 @pytest.mark.skipif(NATIVE_REASON is not None, reason=str(NATIVE_REASON))
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("name", TABLED + ["irregular"])
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
-def test_compiled_encoder_equals_reference_with_and_without_tables(name, data):
+def test_compiled_encoder_equals_reference_with_and_without_tables(level, name, data):
     qmap = get_map(name) if name != "irregular" else QuantMap(
         "irregular", torch.sort(torch.rand(256, generator=torch.Generator().manual_seed(0)) * 2 - 1).values)
-    lib = build.load_kernel()[0]
+    lib, why = build.load_level(level)
+    assert lib is not None, why
     x = data.draw(adversarial_blocks(qmap))
     ref_codes, ref_absmax = _reference_codes(qmap, x)
     for use in (True, False):
