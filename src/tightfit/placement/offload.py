@@ -55,7 +55,8 @@ import torch
 from ..codecs import encoded_states
 from ..dtensor import is_dtensor
 from .device import Placement, StepFn, counters_on, moved
-from .streams import StreamLayer, stream_layer_for
+from .streaming import consecutive_runs
+from .streams import StreamLayer, cached_layer
 
 HOST = torch.device("cpu")
 STEP_BATCH_ELEMENTS = 1 << 22  # 16 MiB of fp32 master per CPU step call
@@ -128,16 +129,8 @@ def step_batches(members: list[tuple[torch.Tensor, Any]]) -> list[list[tuple[tor
     """Consecutive members stepped in one call, up to STEP_BATCH_ELEMENTS together (a larger
     one alone): one call per small param would cost more than its step, and batches small
     enough keep weight copies of earlier batches overlapping the CPU step of later ones."""
-    batches: list[list] = []
-    total = 0
-    for member in members:
-        numel = member[0].numel()
-        if not batches or total + numel > STEP_BATCH_ELEMENTS:
-            batches.append([])
-            total = 0
-        batches[-1].append(member)
-        total += numel
-    return batches
+    runs = consecutive_runs([param.numel() for param, _ in members], STEP_BATCH_ELEMENTS)
+    return [[members[i] for i in run] for run in runs]
 
 
 def _on_grad_ready(placement_ref: weakref.ref, param: torch.Tensor) -> None:
@@ -165,14 +158,9 @@ class OffloadPlacement(Placement):
         weakref.finalize(self, _remove, self._hooks)
 
     def _layer(self, device: torch.device) -> StreamLayer | None:
-        if device not in self._layers:
-            layer = stream_layer_for(device)
-            if layer is None:
-                self._warn(f"offload=True has no effect for parameters on {device.type}: offload keeps master "
-                           f"weights and states in host memory for parameters on a GPU, so they stay in "
-                           f"{device.type} memory")
-            self._layers[device] = layer
-        return self._layers[device]
+        return cached_layer(self._layers, device, lambda: self._warn(
+            f"offload=True has no effect for parameters on {device.type}: offload keeps master weights and "
+            f"states in host memory for parameters on a GPU, so they stay in {device.type} memory"))
 
     def offloads(self, param: torch.Tensor) -> bool:
         if self._layer(param.device) is None:

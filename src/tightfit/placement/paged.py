@@ -28,7 +28,7 @@ from .device import Placement, StepFn, counters_on, moved
 from ..dtensor import is_dtensor
 from .pieces import split_member, split_sizes
 from .streaming import PagedParam, buffer_layout, make_chunks, slot_bytes, stream_chunks
-from .streams import StreamLayer, stream_layer_for
+from .streams import StreamLayer, cached_layer
 
 SLOTS = 3  # copy-in of the next chunk, update of this one, copy-out of the previous one
 CHUNK_BYTES = 16 << 20  # largest chunk: SLOTS x 16 MiB = 48 MiB of device memory; 16 MiB copies run near PCIe speed
@@ -101,14 +101,9 @@ class PagedPlacement(Placement):
         self._layers: dict[torch.device, StreamLayer | None] = {}
 
     def _layer(self, device: torch.device) -> StreamLayer | None:
-        if device not in self._layers:
-            layer = stream_layer_for(device)
-            if layer is None:
-                self._warn(f"paged optimizer states have no effect for parameters on {device.type}: paging "
-                           f"streams states between pinned host memory and a GPU, so they stay in "
-                           f"{device.type} memory")
-            self._layers[device] = layer
-        return self._layers[device]
+        return cached_layer(self._layers, device, lambda: self._warn(
+            f"paged optimizer states have no effect for parameters on {device.type}: paging streams states "
+            f"between pinned host memory and a GPU, so they stay in {device.type} memory"))
 
     def pages(self, param: torch.Tensor) -> bool:
         """True when ``param``'s states belong in host memory."""

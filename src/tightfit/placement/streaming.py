@@ -100,19 +100,24 @@ def buffer_layout(items: Sequence[tuple[str, Encoded]]) -> tuple[list[tuple[str,
     return layout, total
 
 
-def chunk_groups(sizes: Sequence[int], chunk_bytes: int) -> list[list[int]]:
-    """Indices of consecutive members per chunk, up to ``chunk_bytes`` of aligned sizes
-    per chunk; a larger member is a chunk alone."""
+def consecutive_runs(sizes: Sequence[int], limit: int) -> list[list[int]]:
+    """Indices of consecutive items, greedily grouped so that each group's sizes sum to at
+    most ``limit``; an item larger than ``limit`` is a group alone."""
     groups: list[list[int]] = []
     total = 0
     for index, size in enumerate(sizes):
-        size = _aligned(size)
-        if not groups or total + size > chunk_bytes:
+        if not groups or total + size > limit:
             groups.append([])
             total = 0
         groups[-1].append(index)
         total += size
     return groups
+
+
+def chunk_groups(sizes: Sequence[int], chunk_bytes: int) -> list[list[int]]:
+    """Indices of consecutive members per chunk, up to ``chunk_bytes`` of aligned sizes
+    per chunk; a larger member is a chunk alone."""
+    return consecutive_runs([_aligned(size) for size in sizes], chunk_bytes)
 
 
 def slot_bytes(sizes: Sequence[int], chunk_bytes: int, slots: int) -> int:

@@ -124,3 +124,14 @@ def stream_layer_for(device: torch.device) -> StreamLayer | None:
     """The layer that pages states of params on ``device``; None where paging is a no-op."""
     factory = STREAM_LAYERS.get(device.type)
     return None if factory is None else factory(device)
+
+
+def cached_layer(layers: dict[torch.device, StreamLayer | None], device: torch.device,
+                 on_missing: Callable[[], None]) -> StreamLayer | None:
+    """``device``'s layer from the ``layers`` cache, looked up once (``on_missing()`` is
+    called then when the device type has none: the placement's one warning)."""
+    if device not in layers:
+        layers[device] = stream_layer_for(device)
+        if layers[device] is None:
+            on_missing()
+    return layers[device]
