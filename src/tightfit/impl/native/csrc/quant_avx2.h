@@ -92,15 +92,22 @@ inline void store_code_bytes(__m256i code, uint8_t* dst) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
 }
 
-inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
+// The bits of max |x[i]| over a block (as an unsigned integer: the order of finite floats,
+// and Inf/NaN above every finite value).
+inline uint32_t block_absmax_bits(const float* x, int m) {
   const int whole = m & ~7;
   __m256i amax = _mm256_setzero_si256();
   for (int i = 0; i < whole; i += 8)
     amax = _mm256_max_epu32(amax, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)),
                                                     _mm256_set1_epi32(0x7FFFFFFF)));
-  uint32_t amax_bits = uint32_t(reduce_max_epu32(amax));
+  const uint32_t vector_bits = uint32_t(reduce_max_epu32(amax));
   const uint32_t rest = absmax_bits(x + whole, m - whole);
-  amax_bits = rest > amax_bits ? rest : amax_bits;
+  return rest > vector_bits ? rest : vector_bits;
+}
+
+inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
+  const int whole = m & ~7;
+  const uint32_t amax_bits = block_absmax_bits(x, m);
   const float scale = block_scale(float_of(amax_bits));
   const float inv = 1.0f / scale;
   if (!reciprocal_usable(amax_bits, inv)) {
@@ -143,13 +150,7 @@ inline __m256i codes_of(const Mids16& t, __m256 y) {
 inline void encode_block(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
                          uint8_t* codes) {
   const int whole = m & ~7;
-  __m256i amax = _mm256_setzero_si256();
-  for (int i = 0; i < whole; i += 8)
-    amax = _mm256_max_epu32(amax, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)),
-                                                    _mm256_set1_epi32(0x7FFFFFFF)));
-  uint32_t amax_bits = uint32_t(reduce_max_epu32(amax));
-  const uint32_t rest = absmax_bits(x + whole, m - whole);
-  amax_bits = rest > amax_bits ? rest : amax_bits;
+  const uint32_t amax_bits = block_absmax_bits(x, m);
   if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
     encode_block_exact(q, x, m, absmax_out, codes);
     return;

@@ -167,15 +167,21 @@ inline __m512i codes_of(const Mids16& t, __m512 y) {
   return code;
 }
 
-// 4-bit blocks: y = x / scale exactly divided, so the search's comparisons are the reference's.
-inline void encode_block_with(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
-                              uint8_t* codes) {
+// The bits of max |x[i]| over a block (as an unsigned integer: the order of finite floats,
+// and Inf/NaN above every finite value).
+inline uint32_t block_absmax_bits(const float* x, int m) {
   __m512i amax = _mm512_setzero_si512();
   for (int i = 0; i < m; i += 16) {
     const __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(tail_mask(m - i), x + i));
     amax = _mm512_max_epu32(amax, _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF)));
   }
-  const uint32_t amax_bits = _mm512_reduce_max_epu32(amax);
+  return _mm512_reduce_max_epu32(amax);
+}
+
+// 4-bit blocks: y = x / scale exactly divided, so the search's comparisons are the reference's.
+inline void encode_block_with(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
+                              uint8_t* codes) {
+  const uint32_t amax_bits = block_absmax_bits(x, m);
   if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
     encode_block_exact(q, x, m, absmax_out, codes);
     return;
@@ -207,12 +213,7 @@ inline __m512i exact_codes(const SegmentTable<SQUARED, UNSIGNED>&, const Quant& 
 template <class Table>
 inline void encode_block_with(const Table& table, const Quant& q, const float* x, int m, float* absmax_out,
                               uint8_t* codes) {
-  __m512i amax = _mm512_setzero_si512();
-  for (int i = 0; i < m; i += 16) {
-    const __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(tail_mask(m - i), x + i));
-    amax = _mm512_max_epu32(amax, _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF)));
-  }
-  const uint32_t amax_bits = _mm512_reduce_max_epu32(amax);
+  const uint32_t amax_bits = block_absmax_bits(x, m);
   const float scale = block_scale(float_of(amax_bits));
   const float inv = 1.0f / scale;
   if (!reciprocal_usable(amax_bits, inv)) {
