@@ -74,7 +74,13 @@ def test_a_rule_without_a_tile_is_unavailable():
 
 AVX2 = {"avx2", "fma", "f16c", "bmi2"}
 AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+VBMI = AVX512 | {"avx512vbmi"}
 ISA_CHOICES = [  # (CPU flags, forced level, chosen level or the words of the error)
+    (VBMI, None, "avx512vbmi"),
+    (VBMI, "avx512", "avx512"),  # the float-permute decode on a VBMI CPU, e.g. to compare
+    (AVX2 | {"avx512vbmi"}, None, "avx2"),
+    (VBMI - {"avx512bw"}, None, "avx2"),
+    (AVX512, "avx512vbmi", ValueError("lacks: avx512vbmi")),
     (AVX512, None, "avx512"),
     (AVX2, None, "avx2"),
     (AVX512 - {"avx512bw"}, None, "avx2"),
@@ -82,7 +88,7 @@ ISA_CHOICES = [  # (CPU flags, forced level, chosen level or the words of the er
     (AVX512, "avx2", "avx2"),
     (AVX512, "portable", "portable"),
     (AVX2, "avx512", ValueError("lacks: avx512f")),
-    (AVX512, "sse9", ValueError("allowed: avx512, avx2, portable")),
+    (AVX512, "sse9", ValueError("allowed: avx512vbmi, avx512, avx2, portable")),
 ]
 
 

@@ -6,10 +6,10 @@ lists rules/*.h into a generated ``tiles.gen.h`` (each tile registers itself by 
 file name; Python asks ``tf_rule_tile(name)`` for its id), then compiles every .cpp
 into one shared library.
 
-One library per instruction-set level (ISA_LEVELS: ``avx512``, ``avx2``, ``portable``),
-built for the level chosen at load time from this CPU's features (/proc/cpuinfo), or
-forced with ``TIGHTFIT_NATIVE_ISA=avx512|avx2|portable`` (e.g. to measure the AVX2 path
-on an AVX-512 machine). The codecs have hand-written vector paths per level (codecs.cpp);
+One library per instruction-set level (ISA_LEVELS: ``avx512vbmi``, ``avx512``, ``avx2``,
+``portable``), built for the level chosen at load time from this CPU's features
+(/proc/cpuinfo), or forced with ``TIGHTFIT_NATIVE_ISA=avx512vbmi|avx512|avx2|portable``
+(e.g. to measure the AVX2 path on an AVX-512 machine). The codecs have hand-written vector paths per level (codecs.cpp);
 the tiles are auto-vectorized for it. Results are identical across levels.
 
 The library is cached under ``$TIGHTFIT_CACHE`` (default ``~/.cache/tightfit/native``)
@@ -38,9 +38,11 @@ FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c++17"
 ISA_ENV = "TIGHTFIT_NATIVE_ISA"
 # level -> (CPU flags it needs, compiler flags), best first; "portable" is the compiler's
 # baseline for the machine (any CPU it runs on).
+AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c")
 ISA_LEVELS: dict[str, tuple[tuple[str, ...], list[str]]] = {
-    "avx512": (("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"),
-               ["-march=x86-64-v4", "-mprefer-vector-width=512"]),
+    # VBMI (Ice Lake, Zen 4 and later): the 8-bit decode by byte permutes (csrc/quant_vbmi.h)
+    "avx512vbmi": ((*AVX512_FLAGS, "avx512vbmi"), ["-march=x86-64-v4", "-mavx512vbmi", "-mprefer-vector-width=512"]),
+    "avx512": (AVX512_FLAGS, ["-march=x86-64-v4", "-mprefer-vector-width=512"]),
     "avx2": (("avx2", "fma", "f16c", "bmi2"), ["-march=x86-64-v3"]),
     "portable": ((), []),
 }

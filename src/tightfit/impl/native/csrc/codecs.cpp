@@ -7,7 +7,11 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #include "quant_avx512.h"
+#ifdef __AVX512VBMI__
+#define TF_ISA "avx512vbmi"
+#else
 #define TF_ISA "avx512"
+#endif
 #elif defined(__AVX2__) && defined(__FMA__)
 #include "quant_avx2.h"
 #define TF_ISA "avx2"

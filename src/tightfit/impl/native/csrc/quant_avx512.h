@@ -1,5 +1,6 @@
 // AVX-512 (F, BW, DQ, VL) paths of quant.h: 16 lanes, no gathers in decode.
-//   decode 8-bit: the 256-entry map held in 16 registers; 8 two-table permutes (vpermi2ps,
+//   decode 8-bit: with AVX-512 VBMI, byte permutes on 64 codes at a time (quant_vbmi.h); else
+//                 the 256-entry map held in 16 registers; 8 two-table permutes (vpermi2ps,
 //                 code bits 0-4) and a 3-level blend on code bits 5-7.
 //   decode 4-bit: the 16-entry map in one register (vpermps), nibbles re-interleaved by permutes.
 //   encode:       absmax in registers; 8-bit: x * (1/scale) with a per-lane check (quant.h),
@@ -13,10 +14,16 @@
 #include <immintrin.h>
 
 #include "quant.h"
+#ifdef __AVX512VBMI__
+#include "quant_vbmi.h"
+#endif
 
 namespace tf {
 namespace simd {
 
+inline __mmask16 tail_mask(int left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+
+#ifndef __AVX512VBMI__  // the VBMI decode_bytes is quant_vbmi.h's
 struct Map256 {
   __m512 t[16];
   explicit Map256(const float* values) {
@@ -35,8 +42,6 @@ struct Map256 {
   }
 };
 
-inline __mmask16 tail_mask(int left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
-
 // n codes (one byte each) from a block-aligned start; absmax[0] is the first block's.
 inline void decode_bytes(const Quant& q, const uint8_t* codes, const float* absmax, int n, float* out) {
   const Map256 map(q.values);
@@ -50,6 +55,7 @@ inline void decode_bytes(const Quant& q, const uint8_t* codes, const float* absm
     }
   }
 }
+#endif
 
 // n codes packed two per byte (element 2i: low nibble of byte i), block-aligned start.
 inline void decode_nibbles(const Quant& q, const uint8_t* packed, const float* absmax, int n, float* out) {
