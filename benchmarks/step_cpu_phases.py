@@ -6,9 +6,10 @@ temporary cache: no gradient scan; states not decoded (a constant instead); stat
 encoded; neither. A phase's cost is the full step minus the step without it. The
 variants change results, so this is a profile, never a correctness check. One thread and
 process CPU time make it usable on a shared machine (another process's load does not
-count, though it still shares caches and memory bandwidth).
+count, though it still shares caches and memory bandwidth). ``--levels avx512vbmi,avx512``
+profiles several instruction-set levels (build.ISA_LEVELS) side by side in the same rounds.
 
-    python benchmarks/step_cpu_phases.py [--state 8bit] [--rounds 5] [--out step_cpu_phases]
+    python benchmarks/step_cpu_phases.py [--state 8bit] [--rounds 5] [--levels L1,L2] [--out step_cpu_phases]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ VARIANTS = {"full step": [], "no gradient scan": [SKIP_SCAN], "no decode": [SKIP
             "no encode": [SKIP_ENCODE], "no decode, no encode": [SKIP_DECODE, SKIP_ENCODE]}
 
 
-def variant_library(root: Path, edits) -> ctypes.CDLL:
+def variant_library(root: Path, edits, level: str | None = None) -> ctypes.CDLL:
+    """The kernel's source with ``edits`` applied, built for ``level`` (default: this process's)."""
     src = root / "csrc"
     shutil.copytree(build.SOURCE_DIR, src)
     for name, old, new in edits:
@@ -51,7 +53,7 @@ def variant_library(root: Path, edits) -> ctypes.CDLL:
         if old not in text:
             raise SystemExit(f"{name}: the edit's anchor is gone; update step_cpu_phases.py")
         (src / name).write_text(text.replace(old, new))
-    flags = build.FLAGS + build.ISA_LEVELS[build.isa()][1]
+    flags = build.FLAGS + build.ISA_LEVELS[level or build.isa()][1]
     target = root / "kernel.so"
     build._build(build._find_compiler(), src, target, flags)
     return build._bind(ctypes.CDLL(str(target)))
@@ -66,7 +68,7 @@ def llama_params() -> list[torch.nn.Parameter]:
     return params
 
 
-def interleaved_rounds(names: list[str], rounds: int, run) -> None:
+def interleaved_rounds(names: list, rounds: int, run) -> None:
     """``run(name, timed)`` for every variant in each of ``rounds`` + 1 rounds (the first warms
     up, ``timed`` False), the order reversed every other round so load hits all variants alike."""
     for r in range(rounds + 1):
@@ -78,38 +80,49 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--state", default="8bit")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--levels", default=None,
+                    help=f"comma-separated ISA levels to compare in one run ({', '.join(build.ISA_LEVELS)}); "
+                         "default: this process's level")
     ap.add_argument("--out", default="step_cpu_phases")
     args = ap.parse_args()
+    levels = args.levels.split(",") if args.levels else [build.isa()]
+    for level in levels:  # an unknown level or one this CPU lacks: a clear error before any work
+        build.choose_isa(build.cpu_flags(), level)
     torch.set_num_threads(1)
     params = llama_params()
     numel = sum(p.numel() for p in params)
+    load = os.getloadavg()[0]
+    runs = [(level, name) for level in levels for name in VARIANTS]
     with tempfile.TemporaryDirectory(prefix="tightfit-phases-") as tmp:
-        libs = {name: variant_library(Path(tmp, str(i)), edits) for i, (name, edits) in enumerate(VARIANTS.items())}
-        opts = {name: tightfit.AdamW(params, lr=1e-5, state=args.state, impl="native") for name in VARIANTS}
-        times = {name: [] for name in VARIANTS}
+        libs = {run: variant_library(Path(tmp, str(i)), VARIANTS[run[1]], run[0]) for i, run in enumerate(runs)}
+        opts = {run: tightfit.AdamW(params, lr=1e-5, state=args.state, impl="native") for run in runs}
+        times = {run: [] for run in runs}
 
-        def run(name: str, timed: bool) -> None:
-            native.load_kernel = lambda lib=libs[name]: (lib, None)
+        def step(run: tuple[str, str], timed: bool) -> None:
+            native.load_kernel = lambda lib=libs[run]: (lib, None)
             start = time.process_time()
-            opts[name].step()
+            opts[run].step()
             if timed:
-                times[name].append((time.process_time() - start) * 1e3)
+                times[run].append((time.process_time() - start) * 1e3)
 
-        interleaved_rounds(list(VARIANTS), args.rounds, run)
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    full = med["full step"]
-    cost = {"gradient scan": full - med["no gradient scan"], "decode (all states)": full - med["no decode"],
-            "encode (all states)": full - med["no encode"],
-            "rule math, param/grad traffic, rest": med["no decode, no encode"] - (full - med["no gradient scan"])}
+        interleaved_rounds(runs, args.rounds, step)
+    med = {run: statistics.median(ts) for run, ts in times.items()}
     date, device = datetime.date.today().isoformat(), f"{os.cpu_count()}-core CPU, {cpu_model()}"
     lines = [f"# Where the native AdamW {args.state} step's time goes ({numel / 1e6:.1f}M params, 1 thread, "
              f"CPU time)", "",
-             f"Device: {device}; native ISA level {build.isa()}; date {date}; median of {args.rounds} interleaved "
-             f"rounds; load average before: {os.getloadavg()[0]:.2f}.", "",
-             "| variant | ms CPU | ns/param | device | date |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {m:.1f} | {m * 1e6 / numel:.2f} | {device} | {date} |" for n, m in med.items()]
-    lines += ["", "| phase | ms CPU | share of the full step | device | date |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {c:.1f} | {c / full:.0%} | {device} | {date} |" for n, c in cost.items()]
+             f"Device: {device}; native ISA level(s) {', '.join(levels)}; date {date}; median of {args.rounds} "
+             f"interleaved rounds; load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}.", "",
+             "| ISA level | variant | ms CPU | ns/param | device | date |", "|---|---|---|---|---|---|"]
+    lines += [f"| {lv} | {n} | {m:.1f} | {m * 1e6 / numel:.2f} | {device} | {date} |" for (lv, n), m in med.items()]
+    lines += ["", "| ISA level | phase | ms CPU | share of the full step | device | date |", "|---|---|---|---|---|---|"]
+    for lv in levels:
+        full = med[(lv, "full step")]
+        cost = {"gradient scan": full - med[(lv, "no gradient scan")],
+                "decode (all states)": full - med[(lv, "no decode")],
+                "encode (all states)": full - med[(lv, "no encode")],
+                "rule math, param/grad traffic, rest": med[(lv, "no decode, no encode")]
+                - (full - med[(lv, "no gradient scan")])}
+        lines += [f"| {lv} | {n} | {c:.1f} | {c / full:.0%} | {device} | {date} |" for n, c in cost.items()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}_{args.state}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -49,11 +49,12 @@ VARIANTS = {"full step": [], "sqrt -> x*rsqrt14(x)": [RSQRT], "tolerance 2^-11":
 
 
 def source_at(rev: str) -> list[tuple[str, str, str]]:
-    """Edits turning the kernel's csrc into its text at git revision rev (whole files)."""
+    """Edits turning the kernel's csrc into its text at git revision rev (whole files). Files
+    added since rev stay: rev's sources do not include them."""
     rel = build.SOURCE_DIR.relative_to(Path(__file__).resolve().parents[1])
     git = ["git", "-C", str(build.SOURCE_DIR)]
-    changed = subprocess.run(git + ["diff", "--name-only", "--relative", rev, "--", "."], check=True,
-                             capture_output=True, text=True).stdout.split()
+    changed = subprocess.run(git + ["diff", "--name-only", "--diff-filter=a", "--relative", rev, "--", "."],
+                             check=True, capture_output=True, text=True).stdout.split()
     edits = []
     for name in changed:
         old = (build.SOURCE_DIR / name).read_text()
@@ -70,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.before:
         VARIANTS[f"source at {args.before}"] = source_at(args.before)
-    if build.isa() != "avx512":
+    if "avx512f" not in build.ISA_LEVELS[build.isa()][0]:  # avx512 and avx512vbmi share the encoder
         raise SystemExit(f"the edits are to the AVX-512 encoder; this CPU builds {build.isa()}")
     torch.set_num_threads(1)
     params = llama_params()
