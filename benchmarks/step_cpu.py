@@ -6,7 +6,7 @@ same tensors, rounds interleaved so that load from other processes hits all rows
 the median ms/step over rounds after warm-up. Writes benchmarks/results/<out>.csv and
 .md (device, threads, date, native ISA level and versions on every row). Peers that are
 not installed (or cannot build) are skipped with the reason printed. The native kernel's
-instruction-set level can be forced with TIGHTFIT_NATIVE_ISA=avx512|avx2|portable.
+instruction-set level can be forced with TIGHTFIT_NATIVE_ISA=avx512vbmi|avx512|avx2|portable.
 
     python benchmarks/step_cpu.py [--layers 2] [--hidden 1024] [--rounds 7] [--skip REGEX] [--out step_cpu]
 """
