@@ -92,6 +92,13 @@ ISA_CHOICES = [  # (CPU flags, forced level, chosen level or the words of the er
 ]
 
 
+def test_the_runnable_levels_are_those_whose_flags_the_cpu_has_best_first():
+    assert build.runnable_levels(VBMI) == ["avx512vbmi", "avx512", "avx2", "portable"]
+    assert build.runnable_levels(AVX2 | {"avx512vbmi"}) == ["avx2", "portable"]
+    assert build.runnable_levels(set()) == ["portable"]
+    assert build.runnable_levels()[0] == build.choose_isa(build.cpu_flags())
+
+
 @pytest.mark.parametrize("flags, forced, expected", ISA_CHOICES)
 def test_the_isa_level_follows_the_cpu_flags_or_the_environment(flags, forced, expected):
     if isinstance(expected, ValueError):
@@ -101,8 +108,7 @@ def test_the_isa_level_follows_the_cpu_flags_or_the_environment(flags, forced, e
         assert build.choose_isa(flags, forced) == expected
 
 
-@pytest.mark.parametrize("level", [lv for lv, (needs, _) in build.ISA_LEVELS.items()
-                                   if all(f in build.cpu_flags() for f in needs)])
+@pytest.mark.parametrize("level", build.runnable_levels())
 def test_a_forced_level_loads_the_library_built_for_it(level, monkeypatch):
     monkeypatch.setenv(build.ISA_ENV, level)
     assert build.isa() == level

@@ -104,7 +104,7 @@ def test_auto_picks_fused_native_then_native_codec(case):
 # The vector encoders multiply by 1/absmax and divide exactly only where the quotient
 # could round to another code (csrc/quant.h); these cases aim at exactly those places:
 # values on and around every midpoint, under scales that are and are not powers of two.
-LEVELS = [level for level, (needs, _) in build.ISA_LEVELS.items() if all(f in build.cpu_flags() for f in needs)]
+LEVELS = build.runnable_levels()
 
 
 def _level_lib(level):

@@ -17,7 +17,7 @@ from tightfit.impl.native.codec_passes import _state_struct
 NATIVE_REASON = build.load_kernel()[1]
 pytestmark = pytest.mark.skipif(NATIVE_REASON is not None, reason=str(NATIVE_REASON))
 
-LEVELS = [level for level, (needs, _) in build.ISA_LEVELS.items() if all(f in build.cpu_flags() for f in needs)]
+LEVELS = build.runnable_levels()
 CODEC = get_codec("8bit")
 BLOCK = CODEC.block_size
 

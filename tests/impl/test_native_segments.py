@@ -22,7 +22,7 @@ from tightfit.impl.native import build, segments
 from tightfit.impl.native.jobs import TfState, map_tables
 
 NATIVE_REASON = build.load_kernel()[1]
-LEVELS = [level for level, (needs, _) in build.ISA_LEVELS.items() if all(f in build.cpu_flags() for f in needs)]
+LEVELS = build.runnable_levels()
 
 # map: (has tables, kind)
 MAPS = {

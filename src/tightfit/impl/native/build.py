@@ -78,7 +78,13 @@ def choose_isa(flags: set[str], forced: str | None = None) -> str:
         if missing:
             raise ValueError(f"{ISA_ENV}={forced!r} needs CPU flags this CPU lacks: {', '.join(missing)}")
         return forced
-    return next(level for level, (needs, _) in ISA_LEVELS.items() if all(f in flags for f in needs))
+    return runnable_levels(flags)[0]  # "portable" needs nothing
+
+
+def runnable_levels(flags: set[str] | None = None) -> list[str]:
+    """The levels whose CPU flags ``flags`` (default: this CPU's) has, best first."""
+    flags = cpu_flags() if flags is None else flags
+    return [level for level, (needs, _) in ISA_LEVELS.items() if all(f in flags for f in needs)]
 
 
 def _cpu_fingerprint() -> str:
