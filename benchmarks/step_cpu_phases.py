@@ -86,8 +86,10 @@ def main() -> None:
     ap.add_argument("--out", default="step_cpu_phases")
     args = ap.parse_args()
     levels = args.levels.split(",") if args.levels else [build.isa()]
-    for level in levels:  # an unknown level or one this CPU lacks: a clear error before any work
-        build.choose_isa(build.cpu_flags(), level)
+    bad = [level for level in levels if level not in build.runnable_levels()]
+    if bad:  # before any work
+        raise SystemExit(f"--levels: {', '.join(bad)} not among the levels this CPU runs: "
+                         f"{', '.join(build.runnable_levels())}")
     torch.set_num_threads(1)
     params = llama_params()
     numel = sum(p.numel() for p in params)
