@@ -103,16 +103,23 @@ inline __m512i codes_of(const Quant& q, __m512 y, __mmask16* near) {
 // integer are flagged in *near (the caller divides those exactly and uses the bucket table).
 // SQUARED: the map's kind (u from sqrt(t - c)); UNSIGNED: no negative midpoints. Both are
 // template flags so that each map's loop carries only its own instructions.
+// A segment's lowest code (neg_base + base) and highest (+ n), packed in 16-bit halves.
+inline __m512i bounds_of(const TfSegments& s) {
+  const __m512i lowest = _mm512_add_epi32(_mm512_loadu_si512(s.base), _mm512_set1_epi32(s.neg_base));
+  return _mm512_or_si512(lowest, _mm512_slli_epi32(_mm512_add_epi32(lowest, _mm512_loadu_si512(s.n)), 16));
+}
+
 template <bool SQUARED, bool UNSIGNED>
 struct SegmentTable {
   __m512i binade_lo, binade_hi;
   __m512 upper, d, b, c;
-  __m512i base, n, two_neg_base, mirrored, lowest;  // base, mirrored: + neg_base (the code of +0)
+  __m512i bounds;  // per segment: its lowest code (bits 0-15) and its highest (bits 16-31), + neg_base
+  __m512i two_neg_base, mirrored, lowest;  // mirrored: + neg_base (the code of +0)
   __m128i shift;
   explicit SegmentTable(const TfSegments& s)
       : binade_lo(_mm512_loadu_si512(s.binade_segment)), binade_hi(_mm512_loadu_si512(s.binade_segment + 16)),
         upper(_mm512_loadu_ps(s.upper)), d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
-        base(_mm512_add_epi32(_mm512_loadu_si512(s.base), _mm512_set1_epi32(s.neg_base))), n(_mm512_loadu_si512(s.n)),
+        bounds(bounds_of(s)),
         two_neg_base(_mm512_set1_epi32(2 * s.neg_base)), mirrored(_mm512_set1_epi32(s.mirrored + s.neg_base)),
         lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
         shift(_mm_cvtsi32_si128(23 + s.binade_shift)) {}
@@ -137,15 +144,17 @@ inline __m512i codes_of(const SegmentTable<SQUARED, UNSIGNED>& t, __m512 y, __mm
   __m512 w = tv;
   if (SQUARED)
     w = _mm512_sqrt_ps(_mm512_max_ps(_mm512_sub_ps(tv, _mm512_permutexvar_ps(seg, t.c)), _mm512_setzero_ps()));
-  const __m512 u = _mm512_sub_ps(_mm512_mul_ps(w, _mm512_permutexvar_ps(seg, t.d)), _mm512_permutexvar_ps(seg, t.b));
+  const __m512 u = _mm512_fmsub_ps(w, _mm512_permutexvar_ps(seg, t.d), _mm512_permutexvar_ps(seg, t.b));
   // u - round(u), exact
   close |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(u, _MM_FROUND_TO_NEAREST_INT)),
                               _mm512_set1_ps(SEGMENT_U_TOLERANCE), _CMP_LT_OQ);
   *near = close;
   // u > -1 from each segment's lower threshold up (segments.py), so truncation needs no lower clamp.
   // The code of t = |y|: neg_base + count.
-  const __m512i code = _mm512_add_epi32(_mm512_permutexvar_epi32(seg, t.base),
-                                        _mm512_min_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.n)));
+  // min(lowest + trunc(u), highest) in the low 16 bits (u < 2^15: t is at most its segment's upper
+  // threshold), 0 above: one look-up for both bounds
+  const __m512i sum = _mm512_add_epi32(_mm512_cvttps_epi32(u), _mm512_permutexvar_epi32(seg, t.bounds));
+  const __m512i code = _mm512_min_epu16(sum, _mm512_srli_epi32(sum, 16));
   if (UNSIGNED) return code;
   // a negative y: neg_base - min(count, mirrored), with count = code - neg_base
   return _mm512_mask_sub_epi32(code, negative, t.two_neg_base, _mm512_min_epi32(code, t.mirrored));
