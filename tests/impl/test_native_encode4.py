@@ -87,7 +87,8 @@ def test_every_midpoint_and_its_neighbours_in_every_lane(level, name):
     near = np.concatenate([(mids.view(np.int32) + d).view(np.float32) for d in range(-3, 4)])
     y = np.concatenate([near, -near, qmap.values.numpy(), -qmap.values.numpy(), [0.0, -0.0, 1.0, -1.0]])
     y = y[np.isfinite(y) & (np.abs(y) <= 1)].astype(np.float32)
-    rows = [np.roll(np.resize(y, BLOCK - 1), shift) for shift in range(16)]
+    chunks = [np.resize(y[i:i + BLOCK - 1], BLOCK - 1) for i in range(0, len(y), BLOCK - 1)]
+    rows = [np.roll(chunk, shift) for chunk in chunks for shift in range(16)]
     _assert_reference(_lib(level), qmap, _blocks(rows))
 
 
