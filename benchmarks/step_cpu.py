@@ -6,7 +6,8 @@ same tensors, rounds interleaved so that load from other processes hits all rows
 the median ms/step over rounds after warm-up. Writes benchmarks/results/<out>.csv and
 .md (device, threads, date, native ISA level and versions on every row). Peers that are
 not installed (or cannot build) are skipped with the reason printed. The native kernel's
-instruction-set level can be forced with TIGHTFIT_NATIVE_ISA=avx512|avx2|portable.
+instruction-set level can be forced with TIGHTFIT_NATIVE_ISA=avx512|avx2|portable, the thread
+count with OMP_NUM_THREADS (every row, the peers' OpenMP loops included).
 
     python benchmarks/step_cpu.py [--layers 2] [--hidden 1024] [--rounds 7] [--skip REGEX] [--out step_cpu]
 """
@@ -180,8 +181,18 @@ def main() -> None:
                         "x_torch_fused_min": round(min(times[name]) / min(times["torch AdamW fused"]), 2),
                         "x_deepspeed": round(med[name] / ds_ms, 2) if ds_ms else "",
                         "bnb8bit_over_this": round(bnb_ms / med[name], 1) if bnb_ms else "",
-                        "state_bytes_per_param": round(state_bytes(opts[name]) / numel, 3), **meta})
+                        "state_bytes_per_param": round(state_bytes(opts[name]) / numel, 3),
+                        "gb_per_s": round(minimum_traffic(state_bytes(opts[name]), numel) / med[name] / 1e6, 1),
+                        **meta})
     write(records, args)
+
+
+def minimum_traffic(state_total: int, numel: int) -> int:
+    """Bytes an elementwise step must move at least: fp32 param read and written, grad read,
+    every state read and written. ms/step against it says who runs at memory speed (the
+    peers' fp32 steps) and who is bound by instructions; tightfit's second read of the
+    grad (the NaN/Inf guard) is not counted."""
+    return numel * 12 + 2 * state_total
 
 
 def write(records: list[dict], args) -> None:
@@ -191,13 +202,14 @@ def write(records: list[dict], args) -> None:
         writer.writeheader()
         writer.writerows(records)
     cols = ["optimizer", "impl", "ms_per_step", "min_ms", "max_ms", "x_torch_fused", "x_torch_fused_min",
-            "x_deepspeed", "bnb8bit_over_this", "state_bytes_per_param", "native_isa", "device", "date"]
+            "x_deepspeed", "bnb8bit_over_this", "state_bytes_per_param", "gb_per_s", "native_isa", "device", "date"]
     m = records[0]
     lines = [f"# One optimizer step on CPU ({m['params'] / 1e6:.1f}M params in {m['tensors']} Llama-shaped fp32 "
              f"tensors: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab})", "",
              f"Device: {m['device']}, {m['threads']} threads; date {m['date']}; native ISA level {m['native_isa']}; "
              f"torch {m['torch']}, bitsandbytes {m['bitsandbytes']}; median of {m['rounds']} interleaved rounds "
-             "after warm-up.", "",
+             "after warm-up. gb_per_s: the step's minimum traffic (fp32 param read and written, grad read, "
+             "states read and written) over its median time.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in records]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")

@@ -112,13 +112,15 @@ inline __m512i bounds_of(const TfSegments& s) {
 template <bool SQUARED, bool UNSIGNED>
 struct SegmentTable {
   __m512i binade_lo, binade_hi;
-  __m512 upper, d, b, c;
+  __m512i upper_low;  // bit patterns of the upper thresholds minus SEGMENT_THRESHOLD_ULPS
+  __m512 d, b, c;
   __m512i bounds;  // per segment: its lowest code (bits 0-15) and its highest (bits 16-31), + neg_base
   __m512i two_neg_base, mirrored, lowest;  // mirrored: + neg_base (the code of +0)
   __m128i shift;
   explicit SegmentTable(const TfSegments& s)
       : binade_lo(_mm512_loadu_si512(s.binade_segment)), binade_hi(_mm512_loadu_si512(s.binade_segment + 16)),
-        upper(_mm512_loadu_ps(s.upper)), d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
+        upper_low(_mm512_sub_epi32(_mm512_loadu_si512(s.upper), _mm512_set1_epi32(SEGMENT_THRESHOLD_ULPS))),
+        d(_mm512_loadu_ps(s.d)), b(_mm512_loadu_ps(s.b)), c(_mm512_loadu_ps(s.c)),
         bounds(bounds_of(s)),
         two_neg_base(_mm512_set1_epi32(2 * s.neg_base)), mirrored(_mm512_set1_epi32(s.mirrored + s.neg_base)),
         lowest(_mm512_set1_epi32((127 >> s.binade_shift) - 31)),
@@ -136,11 +138,14 @@ inline __m512i codes_of(const SegmentTable<SQUARED, UNSIGNED>& t, __m512 y, __mm
   // the table entry: exponent field (< 256: a 16-bit lane) minus the lowest, saturating at 0
   const __m512i entry = _mm512_subs_epu16(_mm512_srl_epi32(mag, t.shift), t.lowest);
   const __m512i seg0 = _mm512_permutex2var_epi32(t.binade_lo, entry, t.binade_hi);
-  const __m512 up = _mm512_permutexvar_ps(seg0, t.upper);
-  const __m512i seg = _mm512_mask_add_epi32(seg0, _mm512_cmp_ps_mask(tv, up, _CMP_GT_OQ), seg0,
+  // t against the threshold on the bit patterns (positive floats order as integers):
+  // from_low = mag - (up - ULPS); t > up where from_low > ULPS, within ULPS of it where
+  // 0 <= from_low <= 2 ULPS (one unsigned comparison)
+  const __m512i from_low = _mm512_sub_epi32(mag, _mm512_permutexvar_epi32(seg0, t.upper_low));
+  const __m512i ulps = _mm512_set1_epi32(SEGMENT_THRESHOLD_ULPS);
+  const __m512i seg = _mm512_mask_add_epi32(seg0, _mm512_cmpgt_epi32_mask(from_low, ulps), seg0,
                                             _mm512_set1_epi32(1));
-  __mmask16 close = _mm512_cmple_epi32_mask(_mm512_abs_epi32(_mm512_sub_epi32(mag, _mm512_castps_si512(up))),
-                                            _mm512_set1_epi32(SEGMENT_THRESHOLD_ULPS));
+  __mmask16 close = _mm512_cmple_epu32_mask(from_low, _mm512_add_epi32(ulps, ulps));
   __m512 w = tv;
   if (SQUARED)
     w = _mm512_sqrt_ps(_mm512_max_ps(_mm512_sub_ps(tv, _mm512_permutexvar_ps(seg, t.c)), _mm512_setzero_ps()));
