@@ -11,9 +11,13 @@ never a correctness check. Variants:
   exact division + bucket table); bounds what a tighter proof could save.
 * no gradient scan: bounds folding the scan into the tile pass.
 * source at REV (--before REV): the kernel's csrc as committed at REV, for a before/after
-  comparison in one run.
+  comparison in one run; with --only-before, just that against the current source, at any
+  ISA level (TIGHTFIT_NATIVE_ISA=avx2 to measure the AVX2 path).
 
-    python benchmarks/step_cpu_whatif.py [--rounds 7] [--before REV] [--out step_cpu_whatif]
+--state 4bit times the 4-bit step and encoders instead (the edits above touch only 8-bit code).
+
+    python benchmarks/step_cpu_whatif.py [--rounds 7] [--state 8bit|4bit] [--before REV [--only-before]]
+                                         [--out step_cpu_whatif]
 """
 
 from __future__ import annotations
@@ -67,19 +71,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--before", default=None, help="git revision: add its kernel source as a variant")
+    ap.add_argument("--only-before", action="store_true", help="time only the current source and --before's")
+    ap.add_argument("--state", default="8bit", choices=["8bit", "4bit"])
     ap.add_argument("--out", default="step_cpu_whatif")
     args = ap.parse_args()
+    if args.only_before:
+        if not args.before:
+            raise SystemExit("--only-before needs --before REV")
+        for name in list(VARIANTS)[1:]:
+            del VARIANTS[name]
     if args.before:
         VARIANTS[f"source at {args.before}"] = source_at(args.before)
-    if "avx512f" not in build.ISA_LEVELS[build.isa()][0]:  # avx512 and avx512vbmi share the encoder
-        raise SystemExit(f"the edits are to the AVX-512 encoder; this CPU builds {build.isa()}")
+    # avx512 and avx512vbmi share the encoder the edits are to
+    if "avx512f" not in build.ISA_LEVELS[build.isa()][0] and not args.only_before:
+        raise SystemExit(f"the edits are to the AVX-512 encoder; this CPU builds {build.isa()} (use --only-before)")
     torch.set_num_threads(1)
     params = llama_params()
     numel = sum(p.numel() for p in params)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tightfit-whatif-") as tmp:
         libs = {name: variant_library(Path(tmp, str(i)), edits) for i, (name, edits) in enumerate(VARIANTS.items())}
-        opts = {name: tightfit.AdamW(params, lr=1e-5, state="8bit", impl="native") for name in VARIANTS}
+        opts = {name: tightfit.AdamW(params, lr=1e-5, state=args.state, impl="native") for name in VARIANTS}
         step = {name: [] for name in VARIANTS}
         enc = {(name, s): [] for name in VARIANTS for s in ("exp_avg", "exp_avg_sq")}
         inputs = {}  # (variant, state) -> the decoded values its encoder re-encodes each round
@@ -103,7 +115,8 @@ def main() -> None:
         interleaved_rounds(list(VARIANTS), args.rounds, run)
     date, device = datetime.date.today().isoformat(), f"{os.cpu_count()}-core CPU, {cpu_model()}"
     full = statistics.median(step["full step"])
-    lines = [f"# Upper bounds of native-step proposals (AdamW 8bit, {numel / 1e6:.1f}M params, 1 thread, CPU time)",
+    lines = [f"# Upper bounds of native-step proposals (AdamW {args.state}, {numel / 1e6:.1f}M params, 1 thread, "
+             "CPU time)",
              "", f"Device: {device}; native ISA level {build.isa()}; date {date}; median of {args.rounds} "
              f"interleaved rounds; load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}. Encoder: "
              f"tf_encode alone on embed_tokens' m (signed map) and v (squared map), {big.numel() / 1e6:.1f}M elements.",

@@ -2,7 +2,7 @@
 // read by a gather (vgatherdps); the 16-entry 4-bit map by two vpermps and a blend.
 // Encode: absmax in registers; 8-bit: x * (1/scale) with a per-lane check, one gather of
 // the packed bucket entry per lane; 4-bit as the AVX-512 path: exact division and a
-// binary search over the midpoints held in registers.
+// binary search over the midpoints held in registers (no index arithmetic: see Mids16).
 #pragma once
 
 #include <immintrin.h>
@@ -129,22 +129,29 @@ inline void encode_block(const Quant& q, const float* x, int m, float* absmax_ou
   for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
-// 4-bit maps: the 15 midpoints (and +inf) in two registers; code = number of midpoints < y,
-// by a 4-step binary search on y = x / scale exactly divided (no gather, no closeness check).
+// 4-bit maps: code = number of midpoints < y, by a 4-step binary search on y = x / scale exactly
+// divided (no gather, no closeness check). Step s (8, 4, 2, 1) compares y with midpoint
+// code + s - 1: step 8 with a broadcast midpoint 7, step 4 with midpoint 3 or 11 (a blend on
+// step 8's outcome), steps 2 and 1 with one vpermps each from 8-entry tables indexed by code / 4
+// and code / 2. Each outcome, all ones where y is above, is masked to s and added.
 struct Mids16 {
-  __m256 lo, hi, middle;
+  __m256 mid3, mid7, mid11, by4, by2;
   explicit Mids16(const float* midpoints)
-      : lo(_mm256_loadu_ps(midpoints)), hi(_mm256_loadu_ps(midpoints + 8)), middle(_mm256_set1_ps(midpoints[7])) {}
+      : mid3(_mm256_set1_ps(midpoints[3])), mid7(_mm256_set1_ps(midpoints[7])), mid11(_mm256_set1_ps(midpoints[11])),
+        by4(_mm256_setr_ps(midpoints[1], midpoints[5], midpoints[9], midpoints[13], 0, 0, 0, 0)),
+        by2(_mm256_setr_ps(midpoints[0], midpoints[2], midpoints[4], midpoints[6], midpoints[8], midpoints[10],
+                           midpoints[12], midpoints[14])) {}
 };
 
 inline __m256i codes_of(const Mids16& t, __m256 y) {
-  __m256i code = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, t.middle, _CMP_GT_OQ)), _mm256_set1_epi32(8));
-  for (int step = 4; step >= 1; step /= 2) {
-    const __m256i candidate = _mm256_add_epi32(code, _mm256_set1_epi32(step));
-    const __m256 mid = lookup16(t.lo, t.hi, _mm256_sub_epi32(candidate, _mm256_set1_epi32(1)));
-    code = _mm256_blendv_epi8(code, candidate, _mm256_castps_si256(_mm256_cmp_ps(y, mid, _CMP_GT_OQ)));
-  }
-  return code;
+  const __m256 above8 = _mm256_cmp_ps(y, t.mid7, _CMP_GT_OQ);
+  __m256i code = _mm256_and_si256(_mm256_castps_si256(above8), _mm256_set1_epi32(8));
+  const __m256 above4 = _mm256_cmp_ps(y, _mm256_blendv_ps(t.mid3, t.mid11, above8), _CMP_GT_OQ);
+  code = _mm256_add_epi32(code, _mm256_and_si256(_mm256_castps_si256(above4), _mm256_set1_epi32(4)));
+  const __m256 above2 = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t.by4, _mm256_srli_epi32(code, 2)), _CMP_GT_OQ);
+  code = _mm256_add_epi32(code, _mm256_and_si256(_mm256_castps_si256(above2), _mm256_set1_epi32(2)));
+  const __m256 above1 = _mm256_cmp_ps(y, _mm256_permutevar8x32_ps(t.by2, _mm256_srli_epi32(code, 1)), _CMP_GT_OQ);
+  return _mm256_sub_epi32(code, _mm256_castps_si256(above1));  // all ones: -1
 }
 
 inline void encode_block(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,

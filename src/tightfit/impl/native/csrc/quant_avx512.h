@@ -7,8 +7,8 @@
 //                 the nearest code by arithmetic on the map's segment tables held in
 //                 registers (maps that have them: segments.py), else one gather of the
 //                 packed bucket entry per lane; 4-bit: x / scale exactly divided (cheaper
-//                 than the check) and a 4-step binary search over the 15 midpoints held in a
-//                 register; codes narrowed by vpmovdb.
+//                 than the check) and a 4-step binary search over the 15 midpoints held in
+//                 registers (one shifted copy per step); codes narrowed by vpmovdb.
 #pragma once
 
 #include <immintrin.h>
@@ -171,20 +171,28 @@ inline __m512i codes_of(const SegmentTable<SQUARED, UNSIGNED>& t, __m512 y, __mm
   return _mm512_mask_sub_epi32(code, negative, t.two_neg_base, _mm512_min_epi32(code, t.mirrored));
 }
 
-// 4-bit maps: the midpoints (and +inf) in one register; code = number of midpoints < y.
+// 4-bit maps: code = number of midpoints < y, by a 4-step binary search. Step s (8, 4, 2, 1)
+// compares y with midpoint code + s - 1; the first against a broadcast midpoint 7, the others
+// against their own copy of the midpoints shifted down by s - 1 (+inf padding), indexed by the
+// code itself: one permute, one compare and one masked add per step, no index arithmetic.
 struct Mids16 {
-  __m512 mid;
-  explicit Mids16(const float* midpoints) : mid(_mm512_loadu_ps(midpoints)) {}
+  __m512 mid7, from3, from1, from0;
+  explicit Mids16(const float* midpoints) : mid7(_mm512_set1_ps(midpoints[7])), from0(_mm512_loadu_ps(midpoints)) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i last = _mm512_set1_epi32(15);
+    from3 = _mm512_permutexvar_ps(_mm512_min_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(3)), last), from0);
+    from1 = _mm512_permutexvar_ps(_mm512_min_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(1)), last), from0);
+  }
 };
 
 inline __m512i codes_of(const Mids16& t, __m512 y) {
-  __m512i code = _mm512_setzero_si512();
-  for (int step = 8; step >= 1; step /= 2) {
-    const __m512i candidate = _mm512_add_epi32(code, _mm512_set1_epi32(step));
-    const __m512 mid = _mm512_permutexvar_ps(_mm512_sub_epi32(candidate, _mm512_set1_epi32(1)), t.mid);
-    code = _mm512_mask_mov_epi32(code, _mm512_cmp_ps_mask(y, mid, _CMP_GT_OQ), candidate);
-  }
-  return code;
+  __m512i code = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(y, t.mid7, _CMP_GT_OQ), _mm512_set1_epi32(8));
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(code, t.from3), _CMP_GT_OQ), code,
+                               _mm512_set1_epi32(4));
+  code = _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(code, t.from1), _CMP_GT_OQ), code,
+                               _mm512_set1_epi32(2));
+  return _mm512_mask_add_epi32(code, _mm512_cmp_ps_mask(y, _mm512_permutexvar_ps(code, t.from0), _CMP_GT_OQ), code,
+                               _mm512_set1_epi32(1));
 }
 
 // The bits of max |x[i]| over a block (as an unsigned integer: the order of finite floats,
