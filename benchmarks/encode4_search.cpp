@@ -96,6 +96,14 @@ bool bucket_table(const Map& m, int k, int n, int32_t* mid, int32_t* low, int32_
 }
 
 // code from the count of nonnegative midpoints below |y| (at or below for a negative y)
+// |y|'s bit pattern and y's sign lanes; on unsigned maps a negative y counts as +0 (code 0,
+// as bucketize gives) and no lane is negative.
+inline __m512i magnitude(__m512 y, bool is_signed, __mmask16* negative) {
+  const __m512i bits = _mm512_castps_si512(y);
+  *negative = is_signed ? _mm512_movepi32_mask(bits) : 0;
+  return is_signed ? _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF)) : _mm512_max_epi32(bits, _mm512_setzero_si512());
+}
+
 inline __m512i signed_code(const Map& m, __m512i count, __mmask16 negative) {
   const __m512i code = _mm512_add_epi32(count, _mm512_set1_epi32(m.negative));
   return _mm512_mask_sub_epi32(code, negative, _mm512_set1_epi32(m.negative),
@@ -118,12 +126,9 @@ struct Buckets {
     return _mm512_mask_blend_epi32(upper, _mm512_permutex2var_epi32(t[0], b, t[1]), _mm512_permutex2var_epi32(t[2], b, t[3]));
   }
   __m512i operator()(__m512 y) const {
-    const __m512i bits = _mm512_castps_si512(y);
     const bool is_signed = map.negative > 0;
-    const __mmask16 negative = is_signed ? _mm512_movepi32_mask(bits) : 0;
-    // unsigned maps: a negative y counts as +0 (code 0, as bucketize gives)
-    const __m512i mag = is_signed ? _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF))
-                                  : _mm512_max_epi32(bits, _mm512_setzero_si512());
+    __mmask16 negative;
+    const __m512i mag = magnitude(y, is_signed, &negative);
     __m512i b = _mm512_subs_epu16(_mm512_srli_epi32(mag, 23 - k), _mm512_set1_epi32((127 << k) - (N - 1)));
     b = _mm512_min_epu32(b, _mm512_set1_epi32(N - 1));
     const __mmask16 upper = _mm512_test_epi32_mask(b, _mm512_set1_epi32(32));
@@ -152,11 +157,9 @@ struct Packed32 {
     t0 = _mm512_loadu_si512(packed), t1 = _mm512_loadu_si512(packed + 16);
   }
   __m512i operator()(__m512 y) const {
-    const __m512i bits = _mm512_castps_si512(y);
     const bool is_signed = map.negative > 0;
-    const __mmask16 negative = is_signed ? _mm512_movepi32_mask(bits) : 0;
-    const __m512i mag = is_signed ? _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF))
-                                  : _mm512_max_epi32(bits, _mm512_setzero_si512());
+    __mmask16 negative;
+    const __m512i mag = magnitude(y, is_signed, &negative);
     const int base = (127 << k) - 31;
     __m512i b = _mm512_subs_epu16(_mm512_srli_epi32(mag, 23 - k), _mm512_set1_epi32(base));
     b = _mm512_min_epu32(b, _mm512_set1_epi32(31));
