@@ -1,7 +1,7 @@
 // AVX2 paths of quant.h: 8 lanes. AVX2 has no two-table permute, so the 256-entry map is
 // read by a gather (vgatherdps); the 16-entry 4-bit map by two vpermps and a blend.
-// Encode: absmax in registers; 8-bit: x * (1/scale) with a per-lane check, one gather of
-// the packed bucket entry per lane; 4-bit as the AVX-512 path: exact division and a
+// Encode: absmax in registers, y = x / scale exactly divided; 8-bit: one gather of the
+// packed bucket entry per lane; 4-bit as the AVX-512 path: a
 // binary search over the midpoints held in registers (no index arithmetic: see Mids16).
 #pragma once
 
@@ -63,7 +63,8 @@ inline void decode_nibbles(const Quant& q, const uint8_t* packed, const float* a
   }
 }
 
-inline __m256i codes_of(const Quant& q, __m256 y, __m256i* near) {
+// Codes of 8 lanes of y = x / scale (exactly divided, |y| <= 1, finite) by the bucket table.
+inline __m256i codes_of(const Quant& q, __m256 y) {
   const __m256i bits = _mm256_castps_si256(y);
   const __m256i mag = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i key = _mm256_blendv_epi8(mag, _mm256_sub_epi32(_mm256_setzero_si256(), mag), _mm256_srai_epi32(bits, 31));
@@ -76,11 +77,6 @@ inline __m256i codes_of(const Quant& q, __m256 y, __m256i* near) {
   const __m256i mid = _mm256_srli_epi32(entry, 8);
   const __m256i within = _mm256_sub_epi32(key, _mm256_sll_epi32(hi, shift));
   const __m256i above = _mm256_cmpgt_epi32(within, mid);  // -1 where above
-  const __m256i margin = _mm256_set1_epi32(RECIPROCAL_MARGIN + 1);
-  *near = _mm256_or_si256(
-      _mm256_or_si256(_mm256_cmpgt_epi32(margin, _mm256_abs_epi32(_mm256_sub_epi32(within, mid))),
-                      _mm256_cmpgt_epi32(margin, within)),
-      _mm256_cmpgt_epi32(within, _mm256_set1_epi32((1 << q.shift) - 1 - RECIPROCAL_MARGIN)));
   return _mm256_sub_epi32(low, above);
 }
 
@@ -108,24 +104,17 @@ inline uint32_t block_absmax_bits(const float* x, int m) {
 inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
   const int whole = m & ~7;
   const uint32_t amax_bits = block_absmax_bits(x, m);
-  const float scale = block_scale(float_of(amax_bits));
-  const float inv = 1.0f / scale;
-  if (!reciprocal_usable(amax_bits, inv)) {
+  if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
     encode_block_exact(q, x, m, absmax_out, codes);
     return;
   }
   *absmax_out = float_of(amax_bits);
-  const __m256 inv_v = _mm256_set1_ps(inv), scale_v = _mm256_set1_ps(scale);
-  for (int i = 0; i < whole; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    __m256i near;
-    __m256i code = codes_of(q, _mm256_mul_ps(xv, inv_v), &near);
-    if (!_mm256_testz_si256(near, near)) {  // rare: divide exactly and take those lanes' codes from the quotient
-      __m256i unused;
-      code = _mm256_blendv_epi8(code, codes_of(q, _mm256_div_ps(xv, scale_v), &unused), near);
-    }
-    store_code_bytes(code, codes + i);
-  }
+  const float scale = block_scale(float_of(amax_bits));
+  const __m256 scale_v = _mm256_set1_ps(scale);
+  // exactly divided, so the bucket table's comparison is the reference's: no closeness check
+  // (dividing is cheaper than the reciprocal's check here; docs/cpu_step.md)
+  for (int i = 0; i < whole; i += 8)
+    store_code_bytes(codes_of(q, _mm256_div_ps(_mm256_loadu_ps(x + i), scale_v)), codes + i);
   for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
