@@ -43,6 +43,7 @@ from step_cpu import (DEEPSPEED_ROW, check_labels, cpu_model, deepspeed_rows, ll
 LR = 1e-5
 TORCH_FUSED = "torch AdamW fused"
 BNB_ROW = "bitsandbytes AdamW8bit"
+PEERS = ("deepspeed", "bnb")  # implementation labels of rows that are not ours or torch's
 SHAPES = {"full": dict(hidden=1024, intermediate=2816, layers=2, vocab=32000),  # step_cpu.py's 88.1M
           "dry": dict(hidden=64, intermediate=128, layers=1, vocab=256)}
 FIELDS = ["optimizer", "impl", "threads", "status", "ms_per_step", "min_ms", "max_ms", "rounds", "reference",
@@ -137,7 +138,8 @@ def dry_run(results: Path) -> int:
     table = [{"optimizer": name, "impl": impl, "threads": 1,
               "status": failed.get(name, "dry run: built and stepped on cpu")} for name, (impl, _) in rows.items()]
     write_results("step_cpu_host", FIELDS, table, facts(params, 1), results)
-    return 0 if opts else 1
+    ours_failed = [name for name in failed if rows[name][0] not in PEERS]
+    return 1 if ours_failed else 0  # a peer may be missing or broken here; our own rows must run
 
 
 def main(argv=None) -> int:
