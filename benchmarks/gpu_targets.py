@@ -211,6 +211,8 @@ def host_step(optimizer: str, at_most: float) -> Callable[[Run], Verdict]:
         parts = [f"{ratio:.2f}x {reference['optimizer']} ({float(mine['ms_per_step']):.1f} vs "
                  f"{float(reference['ms_per_step']):.1f} ms, {mine['gb_per_s']} GB/s; {host_threads} threads of "
                  f"{mine['cpu_count']} CPUs, {mine['device']}, {mine['native_isa']})"]
+        if mine.get("cpu_per_wall"):  # CPU time over wall time: the threads the step really kept busy
+            parts.append(f"cpu/wall {mine['cpu_per_wall']}")
         try:  # the scaling picture: the same ratio at one thread
             one = [run.row("step_cpu_host", "step_cpu_host", optimizer=n, threads="1")["ms_per_step"]
                    for n in (optimizer, reference["optimizer"])]

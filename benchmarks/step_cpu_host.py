@@ -5,11 +5,12 @@ the many-core host a GPU offloads to rather than the 2-core development machine:
 AdamW fp32 / 8-bit / 4-bit (native kernel) against the fp32 reference, DeepSpeedCPUAdam
 when it imports and builds, else torch AdamW fused (the `reference` column names which),
 with torch AdamW fused always and bitsandbytes AdamW8bit in the full run. Measured at all
-the host's threads (torch.get_num_threads(), os.cpu_count() recorded beside it) and at one
-thread, for the scaling picture; the thread count is set with torch.set_num_threads before
-each set of rows (the native kernel, torch and the peers' OpenMP loops follow it; the
-`cpu_per_wall` column, process CPU time over wall time, shows the parallelism each step
-really used).
+the host's threads (torch.get_num_threads(); os.cpu_count() and the CPUs this process may
+use recorded beside it) and at one thread, for the scaling picture. The thread count is
+set with torch.set_num_threads before each set of rows: the native kernel passes
+torch.get_num_threads() to its OpenMP loops, and torch and the peers share torch's OpenMP
+runtime; the `cpu_per_wall` column (process CPU time over wall time) shows the parallelism
+each step really used.
 
 Every optimizer takes one untimed step first (the native kernel compiles on first use,
 peers build or fail there: a failing row says why), then warm-up and timed rounds
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import statistics
 import sys
@@ -48,8 +50,8 @@ SHAPES = {"full": dict(hidden=1024, intermediate=2816, layers=2, vocab=32000),  
           "dry": dict(hidden=64, intermediate=128, layers=1, vocab=256)}
 FIELDS = ["optimizer", "impl", "threads", "status", "ms_per_step", "min_ms", "max_ms", "rounds", "reference",
           "x_reference", "x_torch_fused", "x_one_thread", "bnb8bit_over_this", "cpu_per_wall", "gb_per_s",
-          "state_bytes_per_param", "params", "tensors", "device", "cpu_count", "host_threads", "native_isa", "date",
-          "torch", "tightfit", "bitsandbytes", "deepspeed"]
+          "state_bytes_per_param", "params", "tensors", "device", "cpu_count", "usable_cpus", "host_threads",
+          "native_isa", "date", "torch", "tightfit", "bitsandbytes", "deepspeed"]
 
 
 def host_rows(with_bnb: bool) -> dict[str, tuple[str, Callable]]:
@@ -124,8 +126,8 @@ def measured_rows(timings: dict[int, tuple[dict, dict]], opts: dict, rows: dict,
 def facts(params: list[torch.nn.Parameter], host_threads: int) -> dict:
     """Device, date and versions for every row."""
     return {"params": sum(p.numel() for p in params), "tensors": len(params), "device": cpu_model(),
-            "cpu_count": os.cpu_count(), "host_threads": host_threads, "native_isa": build.isa(),
-            "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "host_threads": host_threads,
+            "native_isa": build.isa(), "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             **{m: version_of(m) for m in ("tightfit", "bitsandbytes", "deepspeed")}}
 
 
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"folder for the result tables [{RESULTS}]")
     parser.add_argument("--quick", action="store_true", help="3 timed rounds after 1 warm-up, no bitsandbytes row")
-    parser.add_argument("--dry-run", action="store_true", help="tiny tensors: build and step every row once, time nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny tensors: build and step every row once, time nothing")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per thread count [7; quick 3]")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds per thread count [2; quick 1]")
     args = parser.parse_args(argv)
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
         write_results("step_cpu_host", FIELDS, measured_rows(timings, opts, rows, numel) + skipped, common,
                       args.results, quiet=quiet)
 
-    def after_round(done: int, wall: dict, cpu: dict) -> None:
+    def after_round(threads: int, done: int, wall: dict, cpu: dict) -> None:
         timings[threads] = (wall, cpu)  # the lists grow in place: every finished round is written
         if done > warmup:
             write()
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
     for threads in thread_counts(host_threads):
         torch.set_num_threads(threads)
         live = {name: opt for name, opt in opts.items() if threads == host_threads or name != BNB_ROW}
-        wall, _ = time_interleaved(live, rounds, warmup, after_round)
+        wall, _ = time_interleaved(live, rounds, warmup, functools.partial(after_round, threads))
         print(f"{threads} threads: " + ", ".join(f"{n} {statistics.median(t):.1f} ms" for n, t in wall.items()),
               flush=True)
     torch.set_num_threads(host_threads)
