@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU figure the open issues ask for, in one time-boxed command for a lent device (the
 # device tool's `run`, from the repo root, with `.whl` carried): the GPU tests, then
-# step_gpu, paging_gpu, planner_gpu, offload_gpu and moonshot_gpu (once they exist), each
-# under its own budget (benchmarks/gpu_phases.py). Two files come back in $OUT:
+# step_gpu, paging_gpu, planner_gpu, offload_gpu, step_cpu_host (the CPU step on the host's
+# cores) and moonshot_gpu (once it exists), each under its own budget
+# (benchmarks/gpu_phases.py). Two files come back in $OUT:
 # gpu_summary.md (each GPU target of the open issues: measured value, pass/fail) and
 # gpu_results.tar.gz (every table and log). See docs/benchmarks.md, "Measuring on a GPU".
 #

@@ -188,6 +188,42 @@ def offload_vs_peers(run: Run) -> Verdict:
     return Verdict("; ".join(parts), "recorded")
 
 
+HOST_REFERENCES = ("DeepSpeedCPUAdam (fp32 states)", "torch AdamW fused")  # the fp32 step to beat, first found
+
+
+def host_step(optimizer: str, at_most: float) -> Callable[[Run], Verdict]:
+    """step_cpu_host.csv: ``optimizer``'s ms per step over the fp32 reference's at all the
+    host's threads (DeepSpeedCPUAdam where it ran, else torch AdamW fused; named)."""
+    def judge(run: Run) -> Verdict:
+        table = run.table("step_cpu_host", "step_cpu_host")
+        host_threads = next((r["host_threads"] for r in table if r.get("host_threads")), "")
+        mine = run.row("step_cpu_host", "step_cpu_host", optimizer=optimizer, threads=host_threads)
+        missing = []
+        for name in HOST_REFERENCES:
+            try:
+                reference = run.row("step_cpu_host", "step_cpu_host", optimizer=name, threads=host_threads)
+                break
+            except NotMeasured as why:
+                missing.append(str(why))
+        else:
+            raise NotMeasured("no fp32 reference: " + "; ".join(missing))
+        ratio = float(mine["ms_per_step"]) / float(reference["ms_per_step"])
+        parts = [f"{ratio:.2f}x {reference['optimizer']} ({float(mine['ms_per_step']):.1f} vs "
+                 f"{float(reference['ms_per_step']):.1f} ms, {mine['gb_per_s']} GB/s; {host_threads} threads of "
+                 f"{mine['cpu_count']} CPUs, {mine['device']}, {mine['native_isa']})"]
+        if mine.get("cpu_per_wall"):  # CPU time over wall time: the threads the step really kept busy
+            parts.append(f"cpu/wall {mine['cpu_per_wall']}")
+        try:  # the scaling picture: the same ratio at one thread
+            one = [run.row("step_cpu_host", "step_cpu_host", optimizer=n, threads="1")["ms_per_step"]
+                   for n in (optimizer, reference["optimizer"])]
+            parts.append(f"1 thread: {float(one[0]) / float(one[1]):.2f}x")
+        except NotMeasured:
+            pass
+        parts += [f"reference fallback: {why}" for why in missing]
+        return Verdict("; ".join(parts), "pass" if ratio <= at_most else "fail")
+    return judge
+
+
 @dataclass(frozen=True)
 class Target:
     issue: str
@@ -211,6 +247,12 @@ TARGETS = [
     Target("#15", "planner peak within +-5% of max_memory_allocated (1B Llama matrix)", planner_within(0.05)),
     Target("#19", "offload placement: step time and peak vs torchao CPUOffloadOptimizer, DeepSpeed (offload_gpu.py)",
            offload_vs_peers),
+    Target("#19", "host CPU, all cores: tightfit AdamW 8-bit step <= 1.0x the fp32 reference "
+                  "(DeepSpeedCPUAdam, else torch AdamW fused; step_cpu_host.py)", host_step("tightfit AdamW 8bit", 1.0)),
+    Target("#19", "host CPU, all cores: tightfit AdamW 4-bit step <= 1.0x the fp32 reference",
+           host_step("tightfit AdamW 4bit", 1.0)),
+    Target("#19", "host CPU, all cores: tightfit AdamW fp32 step <= 1.0x the fp32 reference",
+           host_step("tightfit AdamW fp32", 1.0)),
     Target("moonshot", "Llama-3.1-8B fine-tune peaks within 24 GiB (moonshot_gpu.py)",
            peak_at_most("moonshot_gpu", "moonshot_gpu", 24 * 2**30)),
 ]

@@ -23,6 +23,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,6 +34,7 @@ from tightfit.impl.native import build
 from state_sizes import state_bytes
 
 RESULTS = Path(__file__).with_name("results")
+DEEPSPEED_ROW = "DeepSpeedCPUAdam (fp32 states)"
 
 
 def llama_shapes(hidden: int, intermediate: int, layers: int, vocab: int, kv_heads_ratio: int) -> dict[str, tuple]:
@@ -100,24 +102,72 @@ def optimizer_rows(lr: float) -> dict[str, tuple[str, callable]]:
 
 def peer_rows(lr: float) -> dict[str, tuple[str, callable]]:
     """DeepSpeed's and torchao's CPU AdamW, when they import and build here."""
-    rows = {}
+    return deepspeed_rows(lr) | torchao_rows(lr)
+
+
+def deepspeed_rows(lr: float) -> dict[str, tuple[str, callable]]:
+    """DeepSpeedCPUAdam (fp32 states), when deepspeed imports and its CPU Adam builds here."""
     try:  # builds its C++ extension on first use (minutes); cached under ~/.cache/torch_extensions
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         probe = [torch.nn.Parameter(torch.zeros(8))]
         probe[0].grad = torch.zeros(8)
         DeepSpeedCPUAdam(probe, lr=lr).step()
-        rows["DeepSpeedCPUAdam (fp32 states)"] = ("deepspeed", lambda ps: DeepSpeedCPUAdam(ps, lr=lr, adamw_mode=True))
+        return {DEEPSPEED_ROW: ("deepspeed", lambda ps: DeepSpeedCPUAdam(ps, lr=lr, adamw_mode=True))}
     except Exception as exc:  # not installed, or its CPU Adam does not build here
         print(f"DeepSpeedCPUAdam row skipped: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def torchao_rows(lr: float) -> dict[str, tuple[str, callable]]:
     try:  # torch.compile'd steps: the warm-up rounds include their compilation
         from torchao.optim import AdamW8bit, _AdamW
 
-        rows["torchao AdamW8bit"] = ("torchao", lambda ps: AdamW8bit(ps, lr=lr))
-        rows["torchao AdamW fp32 (_AdamW)"] = ("torchao", lambda ps: _AdamW(ps, lr=lr))
+        return {"torchao AdamW8bit": ("torchao", lambda ps: AdamW8bit(ps, lr=lr)),
+                "torchao AdamW fp32 (_AdamW)": ("torchao", lambda ps: _AdamW(ps, lr=lr))}
     except Exception as exc:
         print(f"torchao rows skipped: {type(exc).__name__}: {exc}")
-    return rows
+        return {}
+
+
+def llama_params(shapes: dict[str, tuple]) -> list[torch.nn.Parameter]:
+    """fp32 params of the given shapes with small random grads, seed 0."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes.values()]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    return params
+
+
+def time_interleaved(opts: dict[str, torch.optim.Optimizer], rounds: int, warmup: int,
+                     after_round: Callable[[int, dict, dict], None] = lambda done, wall, cpu: None
+                     ) -> tuple[dict, dict]:
+    """Wall and process-CPU milliseconds of each optimizer's step() over ``rounds`` rounds
+    after ``warmup`` (name -> list); ``after_round(rounds done, warm-up included, wall, cpu)``
+    sees the timings so far. Every
+    round steps every optimizer once, in alternating order, so that load from other
+    processes hits all rows alike. CPU time over wall time is the parallelism a step used."""
+    wall: dict[str, list[float]] = {name: [] for name in opts}
+    cpu: dict[str, list[float]] = {name: [] for name in opts}
+    for r in range(warmup + rounds):
+        order = list(opts) if r % 2 == 0 else list(reversed(opts))  # no row always follows another
+        for name in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            opts[name].step()
+            elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            if r >= warmup:
+                wall[name].append(elapsed * 1e3)
+                cpu[name].append(elapsed_cpu * 1e3)
+        after_round(r + 1, wall, cpu)
+    return wall, cpu
+
+
+def check_labels(rows: dict[str, tuple[str, callable]], opts: dict[str, torch.optim.Optimizer]) -> None:
+    """The implementation label of every row must name what really ran."""
+    for name, (impl, _) in rows.items():
+        ran = chosen_impl(opts[name])
+        if ran is not None and ran != impl:
+            raise SystemExit(f"row {name!r} is labelled {impl!r} but ran {ran!r}")
 
 
 def main() -> None:
@@ -132,11 +182,8 @@ def main() -> None:
     ap.add_argument("--out", default="step_cpu", help="results file name (without .md / .csv)")
     args = ap.parse_args()
 
-    torch.manual_seed(0)
     shapes = llama_shapes(args.hidden, args.intermediate, args.layers, args.vocab, kv_heads_ratio=4)
-    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes.values()]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+    params = llama_params(shapes)
     numel = sum(p.numel() for p in params)
     print(f"{len(params)} tensors, {numel / 1e6:.1f}M params, {torch.get_num_threads()} threads, {cpu_model()}, "
           f"native ISA {build.isa()}")
@@ -145,24 +192,12 @@ def main() -> None:
     if args.skip:
         rows = {name: row for name, row in rows.items() if not re.search(args.skip, name)}
     opts = {name: make(params) for name, (_, make) in rows.items()}
-    times: dict[str, list[float]] = {name: [] for name in rows}
-    for r in range(args.warmup + args.rounds):
-        order = list(opts) if r % 2 == 0 else list(reversed(opts))  # alternate: no row always follows another
-        for name in order:
-            start = time.perf_counter()
-            opts[name].step()
-            elapsed = time.perf_counter() - start
-            if r >= args.warmup:
-                times[name].append(elapsed * 1e3)
-        print(f"round {r + 1}/{args.warmup + args.rounds} done")
-
-    for name, (impl, _) in rows.items():  # the label must name what really ran
-        ran = chosen_impl(opts[name])
-        if ran is not None and ran != impl:
-            raise SystemExit(f"row {name!r} is labelled {impl!r} but ran {ran!r}")
+    times, _ = time_interleaved(opts, args.rounds, args.warmup,
+                                lambda done, *_: print(f"round {done}/{args.warmup + args.rounds} done"))
+    check_labels(rows, opts)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     fused, bnb_ms = med["torch AdamW fused"], med.get("bitsandbytes AdamW8bit")
-    ds_ms = med.get("DeepSpeedCPUAdam (fp32 states)")
+    ds_ms = med.get(DEEPSPEED_ROW)
     try:
         import bitsandbytes
         bnb_version = bitsandbytes.__version__

@@ -65,6 +65,15 @@ def test_benchmark_models_build_under_this_transformers(dry_run):
     assert all(float(r["predicted_gb"]) > 1 for r in planner_rows)
 
 
+def test_host_cpu_step_builds_and_steps_every_row(dry_run):
+    rows = {r["optimizer"]: r for r in table(dry_run[0], "step_cpu_host")}
+    ours = ["tightfit AdamW 8bit", "tightfit AdamW 4bit", "tightfit AdamW fp32", "torch AdamW fused"]
+    assert list(rows)[:4] == ours  # the targets' rows first
+    for row in rows.values():
+        assert row["status"] == "dry run: built and stepped on cpu", row  # a peer that is missing has no row
+        assert row["native_isa"] and row["device"] and row["date"] and int(row["cpu_count"]) >= 1
+
+
 def test_results_pack_into_files_the_device_returns(dry_run):
     run_dir, out = dry_run
     files = sorted(p.name for p in out.iterdir())
@@ -75,7 +84,7 @@ def test_results_pack_into_files_the_device_returns(dry_run):
         phases = json.load(archive.extractfile("gpu_run/phases.json"))
         for phase in phases:
             assert f"gpu_run/logs/{phase}.log" in names or phases[phase]["status"].startswith("not built")
-        for name in ("step_gpu", "paging_gpu", "planner_gpu", "offload_gpu"):
+        for name in ("step_gpu", "paging_gpu", "planner_gpu", "offload_gpu", "step_cpu_host"):
             assert f"gpu_run/results/{name}.csv" in names
         summary = archive.extractfile("gpu_run/gpu_summary.md").read().decode()
     assert summary == (out / "gpu_summary.md").read_text()

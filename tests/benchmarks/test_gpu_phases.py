@@ -87,3 +87,13 @@ def test_what_the_device_returns(tmp_path, files, problem):
     else:
         with pytest.raises(RuntimeError, match=problem):
             check_returnable(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_the_phases_budgets_fill_the_run_budget_and_no_more(mode):
+    assert sum(p.budget_s.get(mode, 0) for p in gpu_phases.PHASES) == gpu_phases.RUN_BUDGET_S[mode]
+
+
+def test_the_host_cpu_step_runs_after_the_offload_phase():
+    names = [p.name for p in gpu_phases.PHASES]
+    assert names.index("step_cpu_host") == names.index("offload_gpu") + 1
