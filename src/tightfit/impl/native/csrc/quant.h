@@ -73,11 +73,12 @@ inline void encode_block_exact(const Quant& q, const float* x, int m, float* abs
   for (int i = 0; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
-// A reciprocal 1/scale is used instead of dividing when it is a normal float and the
-// block is finite: then x * inv is within 3 roundings (< 2^-22 relative, < 5 ulps) of
-// x / scale, so a code computed from it can differ only where the key lies within
-// RECIPROCAL_MARGIN of a bucket edge or of the bucket's midpoint; those elements are
-// divided exactly (the vector paths check every lane).
+// The AVX-512 8-bit encoders multiply by a reciprocal 1/scale instead of dividing when it
+// is a normal float and the block is finite: then x * inv is within 3 roundings (< 2^-22
+// relative, < 5 ulps) of x / scale, so a code computed from it can differ only where the
+// key lies within RECIPROCAL_MARGIN of a bucket edge or of the bucket's midpoint; those
+// lanes are divided exactly (every lane is checked). The 4-bit encoders and AVX2 divide
+// every lane exactly: there the division is cheaper than the check (docs/cpu_step.md).
 constexpr int32_t RECIPROCAL_MARGIN = 8;
 
 // The segment encoder's closeness limits (impl/native/segments.py proves them against the
