@@ -101,23 +101,6 @@ inline uint32_t block_absmax_bits(const float* x, int m) {
   return rest > vector_bits ? rest : vector_bits;
 }
 
-inline void encode_block(const Quant& q, const float* x, int m, float* absmax_out, uint8_t* codes) {
-  const int whole = m & ~7;
-  const uint32_t amax_bits = block_absmax_bits(x, m);
-  if (amax_bits >= 0x7F800000u) {  // Inf or NaN in the block
-    encode_block_exact(q, x, m, absmax_out, codes);
-    return;
-  }
-  *absmax_out = float_of(amax_bits);
-  const float scale = block_scale(float_of(amax_bits));
-  const __m256 scale_v = _mm256_set1_ps(scale);
-  // exactly divided, so the bucket table's comparison is the reference's: no closeness check
-  // (dividing is cheaper than the reciprocal's check here; docs/cpu_step.md)
-  for (int i = 0; i < whole; i += 8)
-    store_code_bytes(codes_of(q, _mm256_div_ps(_mm256_loadu_ps(x + i), scale_v)), codes + i);
-  for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
-}
-
 // 4-bit maps: code = number of midpoints < y, by a 4-step binary search on y = x / scale exactly
 // divided (no gather, no closeness check). Step s (8, 4, 2, 1) compares y with midpoint
 // code + s - 1: step 8 with a broadcast midpoint 7, step 4 with midpoint 3 or 11 (a blend on
@@ -143,7 +126,11 @@ inline __m256i codes_of(const Mids16& t, __m256 y) {
   return _mm256_sub_epi32(code, _mm256_castps_si256(above1));  // all ones: -1
 }
 
-inline void encode_block(const Mids16& table, const Quant& q, const float* x, int m, float* absmax_out,
+// One block, y = x / scale exactly divided, so the table's comparisons are the reference's:
+// no closeness check (dividing is cheaper than the reciprocal's check here;
+// docs/cpu_step.md). Table: the 8-bit bucket table (Quant) or a 4-bit map's Mids16.
+template <class Table>
+inline void encode_block(const Table& table, const Quant& q, const float* x, int m, float* absmax_out,
                          uint8_t* codes) {
   const int whole = m & ~7;
   const uint32_t amax_bits = block_absmax_bits(x, m);
@@ -159,16 +146,19 @@ inline void encode_block(const Mids16& table, const Quant& q, const float* x, in
   for (int i = whole; i < m; ++i) codes[i] = uint8_t(code_of(q, x[i] / scale));
 }
 
-// n elements from a block-aligned start, block by block.
-inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
-  if (q.nan_code == 15) {  // a 4-bit map
-    const Mids16 table(q.midpoints);
-    for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
-      encode_block(table, q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
-    return;
-  }
+// n elements from a block-aligned start, block by block (the table built once).
+template <class Table>
+inline void encode_blocks_with(const Table& table, const Quant& q, const float* x, int n, float* absmax,
+                               uint8_t* codes) {
   for (int b0 = 0, blk = 0; b0 < n; b0 += q.block, ++blk)
-    encode_block(q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
+    encode_block(table, q, x + b0, n - b0 < q.block ? n - b0 : q.block, absmax + blk, codes + b0);
+}
+
+inline void encode_blocks(const Quant& q, const float* x, int n, float* absmax, uint8_t* codes) {
+  if (q.nan_code == 15)  // a 4-bit map
+    encode_blocks_with(Mids16(q.midpoints), q, x, n, absmax, codes);
+  else
+    encode_blocks_with(q, q, x, n, absmax, codes);
 }
 
 }  // namespace simd
