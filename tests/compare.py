@@ -1,5 +1,7 @@
 """Comparing an implementation's params and states with the reference's, within TOLERANCES."""
 
+import io
+
 import torch
 
 from optim_cases import TOLERANCES as TOL
@@ -61,15 +63,28 @@ def assert_update_close(fast, slow, start, quantized):
         assert not bool(outside.any()), float(error.max() / change)
 
 
+def assert_same_state(sa, sb):
+    """One param's states equal bit for bit: the same names, codecs and buffers."""
+    assert sa.keys() == sb.keys()
+    for name, value in sb.items():
+        if hasattr(value, "buffers"):
+            assert sa[name].codec == value.codec
+            for key, buf in value.buffers.items():
+                assert torch.equal(sa[name].buffers[key], buf), (name, key)
+        else:
+            assert torch.equal(sa[name], value), name
+
+
 def assert_bit_identical(params_a, states_a, params_b, states_b):
     for a, b in zip(params_a, params_b):
         assert a.dtype == b.dtype and torch.equal(a, b)
     for sa, sb in zip(states_a, states_b):
-        assert sa.keys() == sb.keys()
-        for name, value in sb.items():
-            if hasattr(value, "buffers"):
-                assert sa[name].codec == value.codec
-                for key, buf in value.buffers.items():
-                    assert torch.equal(sa[name].buffers[key], buf), (name, key)
-            else:
-                assert torch.equal(sa[name], value), name
+        assert_same_state(sa, sb)
+
+
+def weights_only_round_trip(sd: dict) -> dict:
+    """``sd`` through torch.save and torch.load(weights_only=True), as a resumed run reads it."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)

@@ -1,36 +1,21 @@
 """state_dict: bit-exact resume for every rule x codec, torch.optim interop, clear errors."""
 
 import copy
-import io
 
 import pytest
 import torch
 
 import tightfit
+from compare import assert_same_state, weights_only_round_trip
 from optim_cases import CODECS, TOLERANCES, rule_by_codec
 from toy_problem import small_mlp, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: far faster on one thread on a shared CPU
 
 
-def saved_and_loaded(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def assert_same_states(opt_a, opt_b, params_a, params_b):
     for pa, pb in zip(params_a, params_b):
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys()
-        for key, value in sa.items():
-            if isinstance(value, tightfit.codecs.Encoded):
-                assert value.codec == sb[key].codec
-                for name, buf in value.buffers.items():
-                    assert torch.equal(buf, sb[key].buffers[name]), (key, name)
-            else:
-                assert torch.equal(value, sb[key])
+        assert_same_state(opt_a.state[pa], opt_b.state[pb])
 
 
 @pytest.mark.parametrize("case, codec", rule_by_codec())
@@ -40,7 +25,7 @@ def test_resume_mid_run_is_bit_exact(case, codec):
     train(model, opt, 4)
     resumed_model = copy.deepcopy(model)
     resumed = case.make(resumed_model.parameters(), state="fp32", min_quantized_numel=1000)
-    resumed.load_state_dict(saved_and_loaded(opt.state_dict()))
+    resumed.load_state_dict(weights_only_round_trip(opt.state_dict()))
     assert resumed.param_groups[0]["state"] == codec
     assert_same_states(opt, resumed, model.parameters(), resumed_model.parameters())
     train(model, opt, 4)
@@ -170,7 +155,7 @@ def test_state_dict_of_fresh_optimizer_round_trips():
     model = small_mlp()
     opt = tightfit.Lion(model.parameters(), state="4bit")
     fresh = tightfit.Lion(model.parameters())
-    fresh.load_state_dict(saved_and_loaded(opt.state_dict()))
+    fresh.load_state_dict(weights_only_round_trip(opt.state_dict()))
     assert len(fresh.state) == 0
     train(model, fresh, 1)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 from typing import Any
 
 import pytest
@@ -67,13 +66,6 @@ def assert_same(a: Any, b: Any, where: str = "") -> None:
 def assert_same_params(model_a, model_b) -> None:
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(a, b)
-
-
-def weights_only_round_trip(sd: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 def skip_if_excluded(row, test: str) -> None:

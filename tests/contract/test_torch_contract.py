@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import tightfit
+from compare import weights_only_round_trip
 from contract_helpers import (assert_same, assert_same_params, loss_of, lr_options, maximizes, skip_if_excluded,
-                              tiny_model, train, trained, twin, weights_only_round_trip)
+                              tiny_model, train, trained, twin)
 from optim_cases import TOLERANCES
 from optim_table import ROWS
 

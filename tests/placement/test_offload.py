@@ -5,7 +5,6 @@ outside the optimizer; exact memory reports; refusals; the CPU no-op; hooks rele
 
 import copy
 import gc
-import io
 import warnings
 import weakref
 
@@ -14,6 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import tightfit
+from compare import assert_same_state, weights_only_round_trip
 from fake_streams import FakeStreams
 from optim_cases import matrix_case, rule_by_codec
 from test_paged import assert_same
@@ -175,28 +175,12 @@ def test_bf16_params_equal_an_fp32_master_reference_cast_to_bf16(fake_streams, c
     assert (report.offload_master_bytes, report.offload_grad_bytes) == (4 * numel, 2 * numel)
 
 
-def assert_same_state(a, b):
-    for key, value in a.items():
-        if isinstance(value, tightfit.codecs.Encoded):
-            for name, buf in value.buffers.items():
-                assert torch.equal(buf, b[key].buffers[name]), (key, name)
-        else:
-            assert torch.equal(value, b[key])
-
-
-def saved_and_loaded(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("codec", ["fp32", "4bit"])
 def test_state_dict_round_trip(fake_streams, codec):
     model = small_mlp()
     opt = adamw(model.parameters(), state=codec, min_quantized_numel=0, offload=True)
     train(model, opt, 2)
-    sd = saved_and_loaded(opt.state_dict())
+    sd = weights_only_round_trip(opt.state_dict())
     assert sd["param_groups"][0]["offload"] is True
     assert all(t.device.type == "cpu" for s in sd["state"].values() for t in s.values() if torch.is_tensor(t))
     twin = copy.deepcopy(model)
@@ -273,13 +257,13 @@ def test_steps_with_update_hessian_and_in_backward_updates(fake_streams):
 def test_turning_offload_on_and_off_keeps_the_run_exact(fake_streams):
     model, unpaged, twin, offloaded = twins(adamw)
     group = offloaded.param_groups[0]
-    for offload in (True, False, True):
-        group["offload"] = offload
+    for on in (True, False, True):
+        group["offload"] = on
         train(model, unpaged, 2)
         train(twin, offloaded, 2)
         report = offloaded.memory_report()
-        assert report.offloaded_params == (6 if offload else 0)
-        assert (report.device_bytes == 0) == offload
+        assert report.offloaded_params == (6 if on else 0)
+        assert (report.device_bytes == 0) == on
     group["state"] = "4bit"  # a new codec rebuilds the placement; the masters carry over
     unpaged.param_groups[0]["state"] = "4bit"
     train(model, unpaged, 2)

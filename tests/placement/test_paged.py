@@ -2,13 +2,13 @@
 device budgets, memory reports, state_dict, updates inside backward, the CPU no-op."""
 
 import copy
-import io
 import warnings
 
 import pytest
 import torch
 
 import tightfit
+from compare import assert_same_state, weights_only_round_trip
 from optim_cases import CODECS, matrix_case, rule_by_codec
 from tightfit.codecs import Encoded
 from tightfit.placement import paged, parse_size
@@ -22,22 +22,7 @@ STEPS = 4
 def assert_same(model_a, opt_a, model_b, opt_b):
     for pa, pb in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(pa, pb)
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys()
-        for key, value in sa.items():
-            if isinstance(value, Encoded):
-                assert value.codec == sb[key].codec
-                for name, buf in value.buffers.items():
-                    assert torch.equal(buf, sb[key].buffers[name]), (key, name)
-            else:
-                assert torch.equal(value, sb[key])
-
-
-def saved_and_loaded(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+        assert_same_state(opt_a.state[pa], opt_b.state[pb])
 
 
 def trained_pair(factory, codec):
@@ -135,7 +120,7 @@ def test_state_dict_round_trip_lands_in_host_memory(fake_streams, codec):
     train(model, opt, 3)
     twin = copy.deepcopy(model)
     resumed = tightfit.AdamW(twin.parameters(), lr=1e-2, state=codec, min_quantized_numel=0, paged=True)
-    resumed.load_state_dict(saved_and_loaded(opt.state_dict()))
+    resumed.load_state_dict(weights_only_round_trip(opt.state_dict()))
     assert resumed.memory_report() == opt.memory_report()
     assert resumed.memory_report().device_bytes == 0
     assert_same(model, opt, twin, resumed)
