@@ -103,18 +103,18 @@ inline __m512i codes_of(const Quant& q, __m512 y, __mmask16* near) {
   return _mm512_mask_add_epi32(low, above, low, _mm512_set1_epi32(1));
 }
 
-// 8-bit maps with segment tables (abi.h TfSegments): t = |y|; its binade's segment and one
-// comparison with that segment's upper threshold; then the count of interior midpoints
-// below t is the integer part of u. Lanes close to a threshold or with u close to an
-// integer are flagged in *near (the caller divides those exactly and uses the bucket table).
-// SQUARED: the map's kind (u from sqrt(t - c)); UNSIGNED: no negative midpoints. Both are
-// template flags so that each map's loop carries only its own instructions.
 // A segment's lowest code (neg_base + base) and highest (+ n), packed in 16-bit halves.
 inline __m512i bounds_of(const TfSegments& s) {
   const __m512i lowest = _mm512_add_epi32(_mm512_loadu_si512(s.base), _mm512_set1_epi32(s.neg_base));
   return _mm512_or_si512(lowest, _mm512_slli_epi32(_mm512_add_epi32(lowest, _mm512_loadu_si512(s.n)), 16));
 }
 
+// 8-bit maps with segment tables (abi.h TfSegments): t = |y|; its binade's segment and one
+// comparison with that segment's upper threshold; then the count of interior midpoints
+// below t is the integer part of u. Lanes close to a threshold or with u close to an
+// integer are flagged in *near (the caller divides those exactly and uses the bucket table).
+// SQUARED: the map's kind (u from sqrt(t - c)); UNSIGNED: no negative midpoints. Both are
+// template flags so that each map's loop carries only its own instructions.
 template <bool SQUARED, bool UNSIGNED>
 struct SegmentTable {
   __m512i binade_lo, binade_hi;
@@ -223,17 +223,9 @@ inline void encode_block_with(const Mids16& table, const Quant& q, const float* 
   }
 }
 
-// The codes of x / scale, exactly divided, for lanes whose x * (1/scale) was too close to call.
-template <class Table>
-inline __m512i exact_codes(const Table& table, const Quant& q, __m512 xv, __m512 scale_v) {
-  __mmask16 unused;
-  return codes_of(table, _mm512_div_ps(xv, scale_v), &unused);
-}
-
-// A segment table's flagged lanes: the bucket table on the exact quotient.
-template <bool SQUARED, bool UNSIGNED>
-inline __m512i exact_codes(const SegmentTable<SQUARED, UNSIGNED>&, const Quant& q, __m512 xv,
-                           __m512 scale_v) {
+// The codes of x / scale, exactly divided, by the bucket table: for the lanes whose
+// x * (1/scale) was too close to call (whichever table gave the others).
+inline __m512i exact_codes(const Quant& q, __m512 xv, __m512 scale_v) {
   __mmask16 unused;
   return codes_of(q, _mm512_div_ps(xv, scale_v), &unused);
 }
@@ -256,7 +248,7 @@ inline void encode_block_with(const Table& table, const Quant& q, const float* x
     __mmask16 near;
     __m512i code = codes_of(table, _mm512_mul_ps(xv, inv_v), &near);
     if (near & k)  // rare: divide exactly and take those lanes' codes from the quotient
-      code = _mm512_mask_mov_epi32(code, near, exact_codes(table, q, xv, scale_v));
+      code = _mm512_mask_mov_epi32(code, near, exact_codes(q, xv, scale_v));
     _mm_mask_storeu_epi8(codes + i, k, _mm512_cvtepi32_epi8(code));
   }
 }
